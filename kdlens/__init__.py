@@ -1,0 +1,38 @@
+"""kdlens: distill language models, then explain what the distillation did.
+
+Importing ``kdlens`` is cheap: it does not import torch, transformers or matplotlib. The public
+names below are resolved lazily from their submodules on first access.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    "load_model": "kdlens.models",
+    "prune_layers": "kdlens.models",
+    "check_compatible": "kdlens.models",
+    "load_task": "kdlens.data",
+    "TASKS": "kdlens.data",
+    "LOSSES": "kdlens.losses",
+    "get_loss": "kdlens.losses",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdlens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,5 @@
+import sys
+
+from kdlens.cli import main
+
+sys.exit(main())

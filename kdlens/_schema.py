@@ -1,0 +1,95 @@
+"""Column names of every tidy table kdlens writes or reads, in one place.
+
+Each tuple is the exact column order of the table. Analyses import these names instead of
+spelling strings, so a renamed column fails loudly in one spot.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "EXAMPLES_COLUMNS",
+    "TOKENS_COLUMNS",
+    "STATS_COLUMNS",
+    "AGREEMENT_COLUMNS",
+    "FIDELITY_COLUMNS",
+    "PAPER_COLUMNS",
+    "RUNS_COLUMNS",
+    "EXAMPLES_DTYPES",
+    "TOKENS_DTYPES",
+]
+
+#: One row per (model_id, task, example_id, sample): written by ``kdlens.eval.evaluate``.
+EXAMPLES_COLUMNS: tuple[str, ...] = (
+    "model_id",         # str: the name given to the model (teacher, student, sft, ...)
+    "task",             # str: task spec, e.g. "chain_sum" or "SVAMP"
+    "split",            # str: "train" | "test"
+    "example_id",       # str: stable id of the record within the task
+    "sample",           # int: 0 for greedy; 0..n-1 for sampling
+    "prompt",           # str: the user prompt (before the chat template)
+    "output",           # str: the generated text (the rationale)
+    "pred_answer",      # str | None: extracted final answer
+    "gold_answer",      # str: gold final answer
+    "correct",          # bool
+    "n_output_tokens",  # int
+    "finish_reason",    # str: "eos" | "length"
+    "mean_logprob",     # float: mean token log-probability of the output under the model
+    "gold_nll",         # float: mean NLL of the gold rationale (NaN when the task has none)
+    "gold_rationale",   # str | None
+)
+
+EXAMPLES_DTYPES: dict[str, str] = {
+    "model_id": "string", "task": "string", "split": "string", "example_id": "string",
+    "sample": "int64", "prompt": "string", "output": "string", "pred_answer": "string",
+    "gold_answer": "string", "correct": "bool", "n_output_tokens": "int64",
+    "finish_reason": "string", "mean_logprob": "float64", "gold_nll": "float64",
+    "gold_rationale": "string",
+}
+
+#: One row per response token of a teacher-forced sequence: ``kdlens.eval.collect_tokens``.
+TOKENS_COLUMNS: tuple[str, ...] = (
+    "model_id",            # str: the student being compared
+    "teacher_id",          # str
+    "task",                # str
+    "example_id",          # str
+    "position",            # int: index of the token within the response
+    "token_id",            # int: the actual token
+    "teacher_top1",        # int
+    "student_top1",        # int
+    "top1_agree",          # bool
+    "forward_kl",          # float: KL(p_teacher || q_student)
+    "reverse_kl",          # float: KL(q_student || p_teacher)
+    "teacher_entropy",     # float (nats)
+    "student_entropy",     # float (nats)
+    "teacher_token_prob",  # float: p_teacher(token)
+    "student_token_prob",  # float: q_student(token)
+)
+
+TOKENS_DTYPES: dict[str, str] = {
+    "model_id": "string", "teacher_id": "string", "task": "string", "example_id": "string",
+    "position": "int64", "token_id": "int64", "teacher_top1": "int64", "student_top1": "int64",
+    "top1_agree": "bool", "forward_kl": "float64", "reverse_kl": "float64",
+    "teacher_entropy": "float64", "student_entropy": "float64", "teacher_token_prob": "float64",
+    "student_token_prob": "float64",
+}
+
+#: Statistical test results (pingouin style). Tests add a leading "test" column and may add
+#: grouping columns (e.g. "task", "method") before these.
+STATS_COLUMNS: tuple[str, ...] = (
+    "statistic", "dof", "p_val", "p_adj", "ci_low", "ci_high", "effect_size", "n", "alternative",
+)
+
+#: Agreement summaries: one row per (model_id, task, metric).
+AGREEMENT_COLUMNS: tuple[str, ...] = (
+    "model_id", "task", "metric", "value", "ci_low", "ci_high", "n",
+)
+
+#: Per-example fidelity between a student's and a reference rationale.
+FIDELITY_COLUMNS: tuple[str, ...] = (
+    "model_id", "reference", "task", "example_id", "bleu", "rouge_l", "embedding_cosine",
+)
+
+#: Output of ``kdlens.analysis.paper.reproduce``.
+PAPER_COLUMNS: tuple[str, ...] = ("hypothesis", "test", "task", "method", "statistic", "p_val", "n")
+
+#: One row per run of a sweep: the run id, its overrides, and where it lives.
+RUNS_COLUMNS: tuple[str, ...] = ("run_id", "overrides", "run_dir", "status")

@@ -1,0 +1,24 @@
+"""Shared fixtures: tiny offline models and paths to the shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+KD_DATA = SHARED / "data" / "kd-generalization"
+
+
+@pytest.fixture(scope="session")
+def kd_data() -> Path:
+    """../shared/data/kd-generalization (skips when the checkout has no shared/ beside it)."""
+    if not KD_DATA.is_dir():
+        pytest.skip(f"{KD_DATA} is not present")
+    return KD_DATA
