@@ -13,13 +13,27 @@ __version__ = "0.1.0"
 
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
+    "distill": "kdlens.distill",
+    "RunDir": "kdlens.distill",
+    "METHODS": "kdlens.distill",
+    "DistillConfig": "kdlens.config",
+    "load_config": "kdlens.config",
     "load_model": "kdlens.models",
     "prune_layers": "kdlens.models",
     "check_compatible": "kdlens.models",
+    "tiny_model": "kdlens.models",
     "load_task": "kdlens.data",
     "TASKS": "kdlens.data",
+    "load_tasks": "kdlens.data",
+    "Record": "kdlens.data",
+    "score": "kdlens.data",
+    "evaluate": "kdlens.eval",
+    "collect_tokens": "kdlens.eval",
     "LOSSES": "kdlens.losses",
     "get_loss": "kdlens.losses",
+    "agreement": "kdlens.analysis",
+    "fidelity": "kdlens.analysis",
+    "paradox_test": "kdlens.analysis",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -22,3 +22,19 @@ def kd_data() -> Path:
     if not KD_DATA.is_dir():
         pytest.skip(f"{KD_DATA} is not present")
     return KD_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """``(model, tokenizer)`` of the built-in tiny model (seed 0). Shared: do not modify it in place."""
+    from kdlens.models import tiny_model
+
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """``(model, tokenizer)`` of the embedded SmolLM2-135M-Instruct (integration tests only)."""
+    from kdlens.models import load_model
+
+    return load_model("smollm2-135m-instruct")

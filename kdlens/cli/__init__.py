@@ -16,8 +16,13 @@ __all__ = ["main", "build_parser", "SUBCOMMANDS"]
 
 #: subcommand name -> module under kdlens.cli (in ``kdlens --help`` order)
 SUBCOMMANDS: dict[str, str] = {
+    "finetune": "kdlens.cli.finetune",
+    "distill": "kdlens.cli.distill",
+    "eval": "kdlens.cli.eval",
     "models": "kdlens.cli.models",
     "demo": "kdlens.cli.demo",
+    "analyze": "kdlens.cli.analyze",
+    "paper-stats": "kdlens.cli.paper_stats",
 }
 
 

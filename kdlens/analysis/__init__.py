@@ -1,0 +1,66 @@
+"""Explain what distillation did: agreement, fidelity, statistical tests, paper reproduction.
+
+DataFrame in, DataFrame out: every function takes tidy tables (``kdlens._schema``) and returns
+one. Nothing here loads a language model; the sentence encoder for embedding fidelity is loaded
+lazily, only when that metric is asked for.
+"""
+
+from __future__ import annotations
+
+from kdlens.analysis.paper import improvements, reproduce
+from kdlens.analysis.paradox import paradox_test
+from kdlens.analysis.rationale_fidelity import (
+    BLEU_SETTINGS,
+    bleu_signature,
+    embedding_cosine,
+    fidelity,
+    load_encoder,
+    rouge_l,
+    sentence_bleu,
+    summarize_fidelity,
+)
+from kdlens.analysis.regression import MODEL_COLUMNS, fit_gee, fit_logistic, gee, logistic
+from kdlens.analysis.stats import (
+    PADJUST_METHODS,
+    adjust_pvalues,
+    anova,
+    correlation,
+    mcnemar,
+    pair_models,
+    paired_ttest,
+    ttest,
+    wilcoxon,
+)
+from kdlens.analysis.teacher_agreement import ANSWER_METRICS, TOKEN_METRICS, agreement, answer_pairs
+
+__all__ = [
+    "ANSWER_METRICS",
+    "BLEU_SETTINGS",
+    "MODEL_COLUMNS",
+    "PADJUST_METHODS",
+    "TOKEN_METRICS",
+    "adjust_pvalues",
+    "agreement",
+    "anova",
+    "answer_pairs",
+    "bleu_signature",
+    "correlation",
+    "embedding_cosine",
+    "fidelity",
+    "fit_gee",
+    "fit_logistic",
+    "gee",
+    "improvements",
+    "load_encoder",
+    "logistic",
+    "mcnemar",
+    "pair_models",
+    "paired_ttest",
+    "paradox_test",
+    "reproduce",
+    "rouge_l",
+    "sentence_bleu",
+    "summarize_fidelity",
+    "ttest",
+    "wilcoxon",
+]

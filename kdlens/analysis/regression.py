@@ -1,0 +1,202 @@
+"""Example-level models: does a student's correctness go with the fidelity of its rationale?
+
+Logistic regression of correctness on fidelity with task fixed effects, and a GEE variant whose
+standard errors allow correlation within a cluster (a task, or an example shared by several
+students). ``fit_*`` return the statsmodels results; the plain names return a tidy table.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from kdlens.analysis._validate import require_columns, require_level, require_nonempty
+
+__all__ = ["fit_logistic", "logistic", "fit_gee", "gee", "MODEL_COLUMNS"]
+
+#: columns of the tidy model tables
+MODEL_COLUMNS: tuple[str, ...] = (
+    "model", "term", "estimate", "std_err", "statistic", "p_val", "ci_low", "ci_high", "effect_size", "n", "note",
+)
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _design(data: pd.DataFrame, outcome: str, predictors: Sequence[str], task_effects: bool,
+            extra: Sequence[str] = ()) -> tuple[pd.DataFrame, str]:
+    predictors = [predictors] if isinstance(predictors, str) else list(predictors)
+    if not predictors:
+        raise ValueError("predictors must name at least one column, e.g. predictors=['bleu']")
+    for name in [outcome, *predictors]:
+        if not _NAME.match(name):
+            raise ValueError(f"column name {name!r} must be a Python identifier to be used in a model formula")
+    needed = [outcome, *predictors, *(["task"] if task_effects else []), *extra]
+    require_columns(data, needed)
+    frame = data[list(dict.fromkeys(needed))].dropna().copy()
+    require_nonempty(frame, what="data after dropping rows with missing values")
+    y = frame[outcome]
+    if y.dtype == bool or set(pd.unique(y)) <= {0, 1}:
+        frame[outcome] = y.astype(int)
+    else:
+        raise ValueError(f"outcome {outcome!r} must be boolean or 0/1, got values like {list(pd.unique(y))[:5]}")
+    if frame[outcome].nunique() < 2:
+        raise ValueError(f"outcome {outcome!r} is constant ({frame[outcome].iloc[0]}): a logistic model is undefined")
+    if len(frame) < len(predictors) + 3:
+        raise ValueError(f"only {len(frame)} complete rows for {len(predictors)} predictor(s): too few to fit")
+    rhs = " + ".join(predictors)
+    if task_effects and frame["task"].nunique() > 1:
+        rhs += " + C(task)"
+    return frame, f"{outcome} ~ {rhs}"
+
+
+def _fit(fit_fn, label: str):
+    from statsmodels.tools.sm_exceptions import (
+        ConvergenceWarning,
+        PerfectSeparationError,
+        PerfectSeparationWarning,
+    )
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerfectSeparationWarning)
+        # non-convergence is checked below and reported as an error, not a warning
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", "overflow encountered in exp", RuntimeWarning)
+        try:
+            result = fit_fn()
+        except (PerfectSeparationError, PerfectSeparationWarning) as err:
+            raise ValueError(f"{label}: the outcome is perfectly separated by the predictors, so the "
+                             f"coefficients are infinite ({err}); drop task effects or add data") from err
+        except np.linalg.LinAlgError as err:
+            raise ValueError(f"{label}: singular design matrix ({err}); a predictor is constant or collinear") from err
+    converged = getattr(result, "mle_retvals", None) or {}
+    converged = converged.get("converged", getattr(result, "converged", True))
+    if not converged:
+        with np.errstate(over="ignore"):
+            fitted = np.asarray(result.predict(), dtype=float)
+        if np.any((fitted < 1e-6) | (fitted > 1 - 1e-6)):
+            raise ValueError(f"{label}: the outcome is (quasi-)perfectly separated by the predictors, so the "
+                             "coefficients diverge; drop task effects or add data")
+        raise ValueError(f"{label}: the fit did not converge; check the predictors' scale and collinearity")
+    return result
+
+
+def fit_logistic(
+    data: pd.DataFrame,
+    *,
+    outcome: str = "correct",
+    predictors: Sequence[str] = ("bleu",),
+    task_effects: bool = True,
+):
+    """Fit ``logit P(outcome) ~ predictors + C(task)`` by maximum likelihood (statsmodels Logit).
+
+    Parameters
+    ----------
+    data : DataFrame
+        One row per example (e.g. an examples table merged with :func:`kdlens.analysis.fidelity`
+        on ``model_id, task, example_id``); rows with a missing value in a used column are dropped.
+    outcome : str
+        Boolean or 0/1 column.
+    predictors : list of str
+        Numeric columns (identifiers).
+    task_effects : bool
+        Add task fixed effects (ignored when there is a single task).
+
+    Returns
+    -------
+    statsmodels ``LogitResults``
+    """
+    import statsmodels.formula.api as smf
+
+    frame, formula = _design(data, outcome, predictors, task_effects)
+    return _fit(lambda: smf.logit(formula, data=frame).fit(disp=0), "logistic regression")
+
+
+def fit_gee(
+    data: pd.DataFrame,
+    *,
+    outcome: str = "correct",
+    predictors: Sequence[str] = ("bleu",),
+    groups: str = "example_id",
+    task_effects: bool = True,
+    cov_struct: str = "exchangeable",
+):
+    """Fit a binomial GEE (logit link) of ``outcome`` with clusters given by ``groups``.
+
+    Parameters
+    ----------
+    data : DataFrame
+        One row per (model, example).
+    groups : str
+        Cluster column: ``"example_id"`` (the same prompt answered by several students; combined
+        with ``task`` when present, since example ids are unique only within a task) or ``"task"``.
+    task_effects : bool
+        Task fixed effects (not allowed with ``groups="task"``, where they would be aliased).
+    cov_struct : {"exchangeable", "independence"}
+        Working correlation; the robust (sandwich) standard errors are valid under either.
+
+    Returns
+    -------
+    statsmodels ``GEEResults``
+    """
+    import statsmodels.api as sm
+    import statsmodels.formula.api as smf
+
+    structures = {"exchangeable": sm.cov_struct.Exchangeable, "independence": sm.cov_struct.Independence}
+    if cov_struct not in structures:
+        raise ValueError(f"unknown cov_struct {cov_struct!r}; known: {sorted(structures)}")
+    if groups == "task" and task_effects:
+        raise ValueError("groups='task' with task_effects=True aliases the task effects; set task_effects=False")
+    frame, formula = _design(data, outcome, predictors, task_effects,
+                             extra=[groups, *(["task"] if groups == "example_id" and "task" in data else [])])
+    clusters = frame[groups].astype(str)
+    if groups == "example_id" and "task" in frame:
+        clusters = frame["task"].astype(str) + "\x1f" + clusters
+    n_groups = clusters.nunique()
+    if n_groups < 2:
+        raise ValueError(f"groups={groups!r} has {n_groups} cluster(s): GEE needs several")
+    model = smf.gee(formula, groups=clusters, data=frame, family=sm.families.Binomial(),
+                    cov_struct=structures[cov_struct]())
+    return _fit(lambda: model.fit(), "GEE")
+
+
+def _tidy(result, label: str, level: float) -> pd.DataFrame:
+    ci = np.asarray(result.conf_int(alpha=1 - level))
+    params = result.params
+    table = pd.DataFrame({
+        "model": label,
+        "term": list(params.index),
+        "estimate": params.to_numpy(float),
+        "std_err": np.asarray(result.bse, dtype=float),
+        "statistic": np.asarray(result.tvalues, dtype=float),
+        "p_val": np.asarray(result.pvalues, dtype=float),
+        "ci_low": ci[:, 0],
+        "ci_high": ci[:, 1],
+        "effect_size": np.exp(params.to_numpy(float)),
+        "n": int(result.nobs),
+        "note": "effect_size = odds ratio per unit of the term",
+    })
+    return table[list(MODEL_COLUMNS)]
+
+
+def logistic(data: pd.DataFrame, *, level: float = 0.95, **kwargs) -> pd.DataFrame:
+    """Tidy table of :func:`fit_logistic`: one row per term (Wald z, CI, odds ratio).
+
+    Returns
+    -------
+    DataFrame
+        :data:`MODEL_COLUMNS`; ``statistic`` is the Wald z, ``effect_size`` the odds ratio
+        ``exp(estimate)``.
+    """
+    require_level(level)
+    return _tidy(fit_logistic(data, **kwargs), "logit", level)
+
+
+def gee(data: pd.DataFrame, *, level: float = 0.95, **kwargs) -> pd.DataFrame:
+    """Tidy table of :func:`fit_gee` (robust standard errors), like :func:`logistic`."""
+    require_level(level)
+    result = fit_gee(data, **kwargs)
+    return _tidy(result, f"gee({kwargs.get('groups', 'example_id')})", level)

@@ -1,0 +1,68 @@
+"""Tasks and data: uniform records from reasoning-gym, JSON/JSONL files and Hugging Face datasets;
+prompt formatting and tokenization; answer extraction and scoring.
+
+``TASKS`` (reasoning-gym names -> :class:`TaskInfo`) is built from the reasoning-gym registry on
+first access, so importing this package does not import reasoning-gym (about a second, and it pulls
+in matplotlib) unless a named task is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdlens.data._answers import (
+    ANSWER_KINDS,
+    NUMERIC_TOLERANCE,
+    answers_equal,
+    extract_answer,
+    infer_kind,
+    score,
+)
+from kdlens.data._files import row_to_record
+from kdlens.data._format import (
+    ALPACA_PREAMBLE,
+    IGNORE_INDEX,
+    TRUNCATION_POLICIES,
+    collate,
+    encode_for_generation,
+    encode_for_training,
+    format_prompt,
+    response_text,
+)
+from kdlens.data._gym import DEFAULT_SIZE, TaskInfo, gym_seed
+from kdlens.data._records import Record, save_records
+from kdlens.data._registry import SPLITS, load_task, load_tasks, tasks
+
+__all__ = [
+    "ALPACA_PREAMBLE",
+    "ANSWER_KINDS",
+    "DEFAULT_SIZE",
+    "IGNORE_INDEX",
+    "NUMERIC_TOLERANCE",
+    "SPLITS",
+    "TASKS",
+    "TRUNCATION_POLICIES",
+    "Record",
+    "TaskInfo",
+    "answers_equal",
+    "collate",
+    "encode_for_generation",
+    "encode_for_training",
+    "extract_answer",
+    "format_prompt",
+    "gym_seed",
+    "infer_kind",
+    "load_task",
+    "load_tasks",
+    "response_text",
+    "row_to_record",
+    "save_records",
+    "score",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # TASKS: dict[str, TaskInfo], a plain dict built once from the reasoning-gym registry
+    if name == "TASKS":
+        return tasks()
+    raise AttributeError(f"module 'kdlens.data' has no attribute {name!r}")

@@ -1,0 +1,31 @@
+"""Load any causal LM, build tiny test models, and initialize layer-pruned students.
+
+``load_model`` accepts a Hugging Face hub id or local directory, a kdlens run directory, a
+``.gguf`` file, or a built-in name (:data:`BUILTINS`). ``tiny_model`` builds the deterministic
+2-layer test model, ``prune_layers`` a student from a teacher's layers, and ``check_compatible``
+checks that teacher and student share the one vocabulary logit KD needs.
+"""
+
+from kdlens.models._builtin import BUILTINS, Builtin, cache_root, find_smollm2_gguf, prepare_builtin
+from kdlens.models._compat import check_compatible
+from kdlens.models._gguf import convert_gguf
+from kdlens.models._load import ModelNotFoundError, load_model
+from kdlens.models._prune import evenly_spaced, prune_layers
+from kdlens.models._tiny import tiny_config, tiny_model, tiny_tokenizer
+
+__all__ = [
+    "BUILTINS",
+    "Builtin",
+    "ModelNotFoundError",
+    "cache_root",
+    "check_compatible",
+    "convert_gguf",
+    "evenly_spaced",
+    "find_smollm2_gguf",
+    "load_model",
+    "prepare_builtin",
+    "prune_layers",
+    "tiny_config",
+    "tiny_model",
+    "tiny_tokenizer",
+]

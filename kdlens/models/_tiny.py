@@ -1,0 +1,166 @@
+"""The built-in ``tiny`` model: a deterministic 2-layer causal LM and its byte-level tokenizer.
+
+Built locally from a config and a seed (no download), so every test and smoke run anywhere gets
+bit-identical weights. The tokenizer maps each UTF-8 byte to one token, so any text round-trips,
+and carries ChatML special tokens and a ChatML chat template like SmolLM2's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "TINY_ARCHS",
+    "TINY_SPECIAL_TOKENS",
+    "TINY_CHAT_TEMPLATE",
+    "tiny_config",
+    "tiny_tokenizer",
+    "tiny_model",
+]
+
+#: special tokens first (ids 0..3), as in SmolLM2, then the 256 bytes (ids 4..259)
+TINY_SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>")
+_EOS_ID, _PAD_ID = 2, 3
+TINY_VOCAB_SIZE = len(TINY_SPECIAL_TOKENS) + 256
+
+#: ChatML, the format of SmolLM2-Instruct (without its default system prompt)
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+#: causal-LM architectures tiny_config can build -> transformers config class name
+TINY_ARCHS: dict[str, str] = {
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "gemma3": "Gemma3TextConfig",
+}
+
+_MAX_POSITIONS = 512
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (what ``ByteLevel`` pre-tokenizes into)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, chars), strict=True))
+
+
+def tiny_tokenizer():
+    """The byte-level tokenizer of the ``tiny`` model.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+        260 tokens: ``<|endoftext|>`` (0), ``<|im_start|>`` (1), ``<|im_end|>`` (2, the EOS token),
+        ``<pad>`` (3, the pad token), then byte ``b`` at id ``4 + b``. No merges, so every text
+        round-trips through ``encode``/``decode`` byte for byte. Right padding; a ChatML chat template.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_chars = _bytes_to_unicode()
+    vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
+    vocab.update({byte_chars[b]: len(TINY_SPECIAL_TOKENS) + b for b in range(256)})
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    # use_regex=False: with no merges the GPT-2 split would not change the tokens, only cost time
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|im_end|>",
+        pad_token="<pad>",
+        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
+        chat_template=TINY_CHAT_TEMPLATE,
+        model_max_length=_MAX_POSITIONS,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tiny_config(arch: str = "llama", **overrides: Any):
+    """Config of a tiny causal LM: 2 layers, hidden 64, 4 heads (2 KV heads), MLP 128, vocabulary 260.
+
+    Parameters
+    ----------
+    arch : {"llama", "qwen2", "gemma3"}
+        Architecture family (``gemma3`` is the text-only ``Gemma3TextConfig``).
+    **overrides
+        Config attributes to change, e.g. ``num_hidden_layers=6``. For gemma3, ``layer_types``
+        alternates sliding and full attention unless given.
+
+    Returns
+    -------
+    transformers.PretrainedConfig
+    """
+    import transformers
+
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"unknown tiny architecture {arch!r}; known: {', '.join(TINY_ARCHS)}")
+    params: dict[str, Any] = dict(
+        vocab_size=TINY_VOCAB_SIZE,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=_MAX_POSITIONS,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=_EOS_ID,
+        pad_token_id=_PAD_ID,
+    )
+    if arch == "gemma3":
+        params.update(head_dim=16, query_pre_attn_scalar=16, sliding_window=16)
+    params.update(overrides)
+    if arch == "gemma3" and "layer_types" not in overrides:
+        # alternate so that pruning tests see both kinds of layer (real Gemma3 uses 5 sliding : 1 full)
+        params["layer_types"] = [
+            "sliding_attention" if i % 2 == 0 else "full_attention" for i in range(params["num_hidden_layers"])
+        ]
+    return getattr(transformers, TINY_ARCHS[arch])(**params)
+
+
+def tiny_model(seed: int = 0, *, arch: str = "llama", **overrides: Any):
+    """A deterministic tiny causal LM and its tokenizer (the built-in ``tiny``).
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the weight initialization; the same seed gives bit-identical weights on every
+        machine, without touching the global RNG state.
+    arch : {"llama", "qwen2", "gemma3"}
+        Architecture family, see :func:`tiny_config`.
+    **overrides
+        Passed to :func:`tiny_config`.
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        float32, on CPU, in eval mode; logits have shape ``[batch, seq, 260]``.
+    tokenizer : transformers.PreTrainedTokenizerFast
+        See :func:`tiny_tokenizer`.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    config = tiny_config(arch, **overrides)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.generation_config = GenerationConfig(
+        eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, bos_token_id=None
+    )
+    model.name_or_path = "tiny"
+    return model.eval(), tiny_tokenizer()

@@ -1,0 +1,403 @@
+"""The teacher signal: online logits or a top-k cache, with noise sigma and temperature tau.
+
+Two sources give the KD loss the teacher's next-token distribution on the response tokens:
+
+* **online** — the teacher runs under ``no_grad`` on every batch and returns full logits
+  ``[B, T, V]``;
+* **cache** — a first pass stores, per response token, the teacher's top-k *raw* logits, their
+  token ids and the residual log-mass ``rho = log(1 - sum_{v in top-k} p_v)`` (tau = 1, raw
+  logits). Later runs (a sigma or tau sweep) read the cache instead of running the teacher.
+
+Controls act on the teacher's RAW logits, before tau: Gaussian noise ``z + sigma * N(0, 1)`` drawn
+from a generator seeded by ``(seed, step, micro-batch, rank)`` (so a resumed run draws the same
+noise), then ``softmax(z / tau)`` inside the divergence.
+
+Top-k approximation (cache)
+---------------------------
+The loss is computed on a (k+1)-way distribution: the k cached tokens plus one "rest" bucket.
+The teacher's bucket gets the pseudo-logit ``r = rho + logZ`` (``logZ`` = the teacher's full
+log-normalizer, recovered from the top-k logits and ``rho``), so at tau = 1 and sigma = 0 the
+(k+1)-way teacher distribution is exact. The student's bucket is ``logsumexp`` of its logits
+outside the teacher's top-k. The KD divergence then compares these two (k+1)-way distributions,
+which ignores how each model spreads mass *inside* the rest bucket (a lower bound on the full
+divergence for KL, by the data-processing inequality). At tau != 1 the bucket is tempered as one
+token (``r / tau``) rather than as ``sum_v exp(z_v / tau)``, and noise adds one draw to ``r``
+instead of one per token; both are approximations that vanish as the bucket's mass goes to 0. With
+k = V the bucket is empty and the cached loss equals the online loss exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import struct
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdlens._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_json
+
+__all__ = [
+    "TopK",
+    "TeacherCache",
+    "noise_seed",
+    "add_noise",
+    "topk_signal",
+    "topk_pseudo_logits",
+    "kd_token_loss",
+    "response_mask",
+    "cache_key",
+]
+
+#: Pseudo-logit margin for an empty rest bucket: exp(-1e4) == 0 in float32, so the bucket has
+#: exactly zero probability while its log stays finite (0 * log 0 would give NaN in the KL sums).
+_EMPTY_BUCKET_MARGIN = 1.0e4
+_CACHE_FORMAT = 1
+
+
+@dataclass
+class TopK:
+    """Top-k teacher logits per position.
+
+    Attributes
+    ----------
+    values : Tensor, float [..., k]
+        Raw teacher logits of the k most likely tokens (descending).
+    indices : Tensor, long [..., k]
+        Their token ids.
+    residual : Tensor, float [...]
+        ``log(1 - sum of their teacher probabilities)`` at tau = 1 (``-inf`` when k = V).
+    """
+
+    values: torch.Tensor
+    indices: torch.Tensor
+    residual: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[-1])
+
+
+def noise_seed(seed: int, *parts: int) -> int:
+    """A 63-bit seed derived from ``(seed, *parts)`` (e.g. step, micro-batch, rank).
+
+    Deriving instead of carrying one generator makes the noise a pure function of the step, so a
+    resumed run reproduces it without saving generator state.
+    """
+    blob = struct.pack(f">{1 + len(parts)}q", int(seed), *(int(p) for p in parts))
+    return int.from_bytes(hashlib.sha256(b"kdlens-teacher-noise" + blob).digest()[:8], "big") >> 1
+
+
+def add_noise(logits: torch.Tensor, sigma: float, *, seed: int) -> torch.Tensor:
+    """Return ``logits + sigma * N(0, 1)`` (float32), drawn from a generator seeded with ``seed``.
+
+    Parameters
+    ----------
+    logits : Tensor, float [..., V]
+        Raw teacher logits (before temperature).
+    sigma : float
+        Noise standard deviation, >= 0; 0 returns the logits unchanged (as float32).
+    seed : int
+        Generator seed, usually :func:`noise_seed` of the run seed and the step.
+    """
+    if sigma < 0:
+        raise ValueError(f"sigma must be >= 0, got {sigma}")
+    logits = logits.float()
+    if sigma == 0:
+        return logits
+    gen = torch.Generator(device=logits.device).manual_seed(seed)
+    noise = torch.randn(logits.shape, generator=gen, device=logits.device, dtype=torch.float32)
+    return logits + sigma * noise
+
+
+def response_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose NEXT token is a target: ``labels[:, 1:] != -100``.
+
+    Parameters
+    ----------
+    labels : Tensor, long [B, T]
+
+    Returns
+    -------
+    Tensor, bool [B, T - 1]
+        Aligned with ``logits[:, :-1]`` (logits at t predict token t + 1).
+    """
+    return labels[:, 1:] != -100
+
+
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 - exp(x))`` for x <= 0, stable on both sides of -log 2 (Maechler 2012)."""
+    x = x.clamp_max(0.0)
+    return torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+
+
+def topk_signal(logits: torch.Tensor, k: int) -> TopK:
+    """The top-k raw logits, their ids and the residual log-mass of ``logits``.
+
+    Parameters
+    ----------
+    logits : Tensor, float [..., V]
+        Raw teacher logits.
+    k : int
+        Number of tokens to keep (clipped to V).
+    """
+    logits = logits.float()
+    k = min(int(k), logits.shape[-1])
+    values, indices = logits.topk(k, dim=-1)
+    lse_all = logits.logsumexp(-1)
+    if k == logits.shape[-1]:
+        residual = torch.full_like(lse_all, -math.inf)
+    else:
+        rest = logits.scatter(-1, indices, -math.inf)
+        residual = rest.logsumexp(-1) - lse_all
+    return TopK(values=values, indices=indices, residual=residual)
+
+
+def topk_pseudo_logits(student_logits: torch.Tensor, topk: TopK) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k+1)-way logits of student and teacher: the teacher's top-k tokens plus a rest bucket.
+
+    Parameters
+    ----------
+    student_logits : Tensor, float [..., V]
+    topk : TopK
+        With ``values``/``indices`` [..., k] and ``residual`` [...].
+
+    Returns
+    -------
+    student, teacher : Tensor, float32 [..., k + 1]
+        ``softmax(teacher)`` is the teacher's exact (k+1)-way distribution at tau = 1;
+        ``softmax(student)`` is the student's probability of each top-k token and of the rest.
+    """
+    s = student_logits.float()
+    t_vals = topk.values.float()
+    s_top = s.gather(-1, topk.indices)
+    if topk.k == s.shape[-1]:
+        s_rest = torch.full_like(s_top[..., 0], -math.inf)
+    else:
+        s_rest = s.scatter(-1, topk.indices, -math.inf).logsumexp(-1)
+    # teacher log-normalizer from the top-k logits and rho: sum_k exp(z_k - logZ) = 1 - exp(rho)
+    log_z = t_vals.logsumexp(-1) - _log1mexp(topk.residual.float())
+    t_rest = topk.residual.float() + log_z
+    t_rest = torch.maximum(t_rest, t_vals.amax(-1) - _EMPTY_BUCKET_MARGIN)
+    s_rest = torch.maximum(s_rest, s_top.amax(-1) - _EMPTY_BUCKET_MARGIN)
+    return torch.cat([s_top, s_rest.unsqueeze(-1)], -1), torch.cat([t_vals, t_rest.unsqueeze(-1)], -1)
+
+
+def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Tensor,
+                  teacher: torch.Tensor | TopK, *, mask: torch.Tensor, temperature: float = 1.0,
+                  scale_by_temperature_squared: bool = False, sigma: float = 0.0,
+                  seed: int = 0) -> torch.Tensor:
+    """Per-token KD loss from full teacher logits or a top-k signal, noise applied first.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        A divergence with the :mod:`kdlens.losses` call shape (student first).
+    student_logits : Tensor, float [B, T, V]
+    teacher : Tensor [B, T, V] or TopK with [B, T, k] fields
+        Raw teacher logits (online) or their top-k cache entry.
+    mask : Tensor, bool [B, T]
+        Positions that count.
+    temperature, scale_by_temperature_squared
+        Passed to ``loss_fn``.
+    sigma : float
+        Noise std added to the raw teacher (pseudo-)logits before tau.
+    seed : int
+        Noise generator seed.
+
+    Returns
+    -------
+    Tensor, float32 [B, T]
+        Per-token loss, 0 at masked positions.
+    """
+    if isinstance(teacher, TopK):
+        student, teacher_logits = topk_pseudo_logits(student_logits, teacher)
+    else:
+        student, teacher_logits = student_logits, teacher.float()
+    teacher_logits = add_noise(teacher_logits, sigma, seed=seed)
+    return loss_fn(student, teacher_logits, mask=mask, temperature=temperature,
+                   scale_by_temperature_squared=scale_by_temperature_squared, reduction="none")
+
+
+def cache_key(*, teacher_id: str, data_hash: str, max_length: int, top_k: int, dtype: str,
+              vocab_size: int) -> str:
+    """Directory name of a teacher cache: a hash of what determines its content."""
+    return sha256_json({"teacher": teacher_id, "data_hash": data_hash, "max_length": max_length,
+                        "top_k": top_k, "dtype": dtype, "vocab_size": vocab_size,
+                        "format": _CACHE_FORMAT})[:20]
+
+
+class TeacherCache:
+    """Top-k teacher logits of every response token of a dataset, in safetensors shards.
+
+    Layout of ``<root>/<cache_key>/``: ``shard-NNNNN.safetensors`` (each written atomically;
+    tensors ``values`` [N, k], ``indices`` [N, k] int32, ``residual`` [N] float32 and
+    ``lengths`` [n_examples] int64 for the examples it holds, in dataset order), ``index.json``
+    (teacher id, data hash, max_length, k, dtype, shard list) and a ``complete`` marker written
+    last. A cache without the marker is rebuilt (finished shards are kept).
+
+    Use :meth:`build` (runs the teacher) or :meth:`open` (reads an existing cache), then
+    :meth:`batch` to fetch the entries of a collated batch.
+    """
+
+    def __init__(self, path: Path, index: Mapping[str, Any], values: torch.Tensor,
+                 indices: torch.Tensor, residual: torch.Tensor, offsets: torch.Tensor) -> None:
+        self.path = path
+        self.index = dict(index)
+        self._values = values
+        self._indices = indices
+        self._residual = residual
+        self._offsets = offsets  # [n_examples + 1]: example i owns rows offsets[i]:offsets[i+1]
+
+    @property
+    def top_k(self) -> int:
+        return int(self.index["top_k"])
+
+    @property
+    def n_examples(self) -> int:
+        return int(self.index["n_examples"])
+
+    @staticmethod
+    def is_complete(path: str | os.PathLike) -> bool:
+        return (Path(path) / "complete").is_file()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, *, teacher_id: str | None = None,
+             data_hash: str | None = None) -> TeacherCache:
+        """Load a complete cache, checking that it belongs to this teacher and data."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not cls.is_complete(path):
+            raise FileNotFoundError(f"{path} is not a complete teacher cache (no 'complete' marker); "
+                                    "run with teacher_source=cache to build it")
+        index = read_json(path / "index.json")
+        for name, want in (("teacher", teacher_id), ("data_hash", data_hash)):
+            if want is not None and index.get(name) != want:
+                raise ValueError(f"teacher cache {path} was built for {name}={index.get(name)!r}, "
+                                 f"not {want!r}; delete it or point cache_dir elsewhere")
+        parts = [load_file(str(path / shard["file"])) for shard in index["shards"]]
+        values = torch.cat([p["values"] for p in parts]) if parts else torch.zeros(0, index["top_k"])
+        indices = torch.cat([p["indices"] for p in parts]).long() if parts else torch.zeros(0, index["top_k"], dtype=torch.long)
+        residual = torch.cat([p["residual"] for p in parts]) if parts else torch.zeros(0)
+        lengths = torch.cat([p["lengths"] for p in parts]) if parts else torch.zeros(0, dtype=torch.long)
+        if lengths.numel() != index["n_examples"] or int(lengths.sum()) != values.shape[0]:
+            raise ValueError(f"teacher cache {path} is inconsistent with its index.json; delete it")
+        offsets = torch.zeros(lengths.numel() + 1, dtype=torch.long)
+        offsets[1:] = lengths.cumsum(0)
+        return cls(path, index, values, indices, residual, offsets)
+
+    @classmethod
+    def build(cls, path: str | os.PathLike, *, teacher: torch.nn.Module, features: Sequence[Mapping[str, Any]],
+              collate: Callable[[Sequence[Mapping[str, Any]]], Mapping[str, torch.Tensor]], top_k: int,
+              vocab_size: int, teacher_id: str, data_hash: str, max_length: int, dtype: str = "float32",
+              batch_size: int = 8, shard_size: int = 256, device: torch.device | str = "cpu",
+              autocast_dtype: torch.dtype | None = None, progress: bool = False) -> TeacherCache:
+        """Run the teacher over ``features`` (in order) and store its top-k logits per response token.
+
+        Parameters
+        ----------
+        path : path
+            Cache directory (usually ``root / cache_key(...)``).
+        teacher : nn.Module
+            Causal LM returning ``.logits`` [B, T, V_teacher].
+        features : sequence of dict
+            Encoded examples with ``input_ids``, ``attention_mask``, ``labels``.
+        collate : callable
+            Pads a list of features into tensors (``kdlens.data.collate`` with a pad id).
+        top_k : int
+            Logits kept per token (clipped to ``vocab_size``).
+        vocab_size : int
+            Common logit width of teacher and student; logits are truncated to it first.
+        """
+        from safetensors.torch import save
+
+        path = Path(path)
+        if cls.is_complete(path):
+            return cls.open(path, teacher_id=teacher_id, data_hash=data_hash)
+        path.mkdir(parents=True, exist_ok=True)
+        store_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+        k = min(int(top_k), int(vocab_size))
+        shards = []
+        starts = range(0, len(features), shard_size)
+        iterator = starts
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(starts, desc="teacher cache", unit="shard")
+        teacher.eval()
+        for shard_no, start in enumerate(iterator):
+            chunk = features[start:start + shard_size]
+            name = f"shard-{shard_no:05d}.safetensors"
+            shards.append({"file": name, "first_example": start, "n_examples": len(chunk)})
+            if (path / name).is_file():
+                continue  # finished by an earlier, interrupted build of the same key
+            vals, ids, res, lengths = [], [], [], []
+            for b in range(0, len(chunk), batch_size):
+                batch = collate(chunk[b:b + batch_size])
+                batch = {key: value.to(device) for key, value in batch.items()}
+                with torch.no_grad(), torch.autocast(device_type=torch.device(device).type,
+                                                     dtype=autocast_dtype or torch.float32,
+                                                     enabled=autocast_dtype is not None):
+                    logits = teacher(input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"]).logits
+                mask = response_mask(batch["labels"])
+                logits = logits[:, :-1, :vocab_size].float()[mask]  # [N, V] in row-major batch order
+                signal = topk_signal(logits, k)
+                del logits
+                vals.append(signal.values.to(store_dtype).cpu())
+                ids.append(signal.indices.to(torch.int32).cpu())
+                res.append(signal.residual.float().cpu())
+                lengths.append(mask.sum(-1).cpu())
+            tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(ids).contiguous(),
+                       "residual": torch.cat(res).contiguous(), "lengths": torch.cat(lengths).long()}
+            atomic_write_bytes(path / name, save(tensors))
+        index = {"format": _CACHE_FORMAT, "teacher": teacher_id, "data_hash": data_hash,
+                 "max_length": max_length, "top_k": k, "dtype": dtype, "vocab_size": int(vocab_size),
+                 "n_examples": len(features), "shards": shards}
+        atomic_write_json(path / "index.json", index)
+        atomic_write_text(path / "complete", "")
+        return cls.open(path, teacher_id=teacher_id, data_hash=data_hash)
+
+    def batch(self, example_indices: Sequence[int], mask: torch.Tensor) -> TopK:
+        """Cache entries of a batch, laid out on its response mask.
+
+        Parameters
+        ----------
+        example_indices : sequence of int
+            Dataset positions of the batch rows.
+        mask : Tensor, bool [B, T - 1]
+            :func:`response_mask` of the collated batch; row i must have as many True entries as
+            example ``example_indices[i]`` has cached tokens.
+
+        Returns
+        -------
+        TopK
+            Fields [B, T - 1, k] / [B, T - 1], on ``mask.device``. Masked-out positions hold
+            harmless finite filler (distinct ids, zero logits, log-mass log(1/2)).
+        """
+        b, t = mask.shape
+        k = self.top_k
+        rows = []
+        for row, idx in enumerate(example_indices):
+            lo, hi = int(self._offsets[idx]), int(self._offsets[idx + 1])
+            n = int(mask[row].sum())
+            if n != hi - lo:
+                raise ValueError(f"example {idx} has {n} response tokens in this batch but {hi - lo} in the "
+                                 f"teacher cache {self.path}; the cache is stale (different data, "
+                                 "tokenizer or max_length): delete it")
+            rows.append(torch.arange(lo, hi))
+        flat = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+        mask_cpu = mask.cpu()
+        values = torch.zeros(b, t, k, dtype=torch.float32)
+        indices = torch.arange(k).expand(b, t, k).clone()
+        residual = torch.full((b, t), -math.log(2.0))
+        values[mask_cpu] = self._values[flat].float()
+        indices[mask_cpu] = self._indices[flat]
+        residual[mask_cpu] = self._residual[flat].float()
+        device = mask.device
+        return TopK(values=values.to(device), indices=indices.to(device), residual=residual.to(device))
