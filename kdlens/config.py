@@ -28,6 +28,11 @@ __all__ = [
     "DistillConfig",
     "FeatureConfig",
     "LoraConfig",
+    "SeqKDConfig",
+    "GKDConfig",
+    "DistiLLMConfig",
+    "MiniLLMConfig",
+    "BlackboxConfig",
     "load_config",
     "apply_overrides",
     "parse_overrides",
@@ -135,6 +140,187 @@ class FeatureConfig:
             raise ValueError("feature.hidden and feature.attention are both off; turn one on")
 
 
+def _check_generation(section: str, max_new_tokens: int, temperature: float) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"{section}.max_new_tokens must be >= 1, got {max_new_tokens}")
+    if not temperature > 0:
+        raise ValueError(f"{section}.temperature (sampling) must be > 0, got {temperature}")
+
+
+@dataclass
+class SeqKDConfig:
+    """Teacher decoding of ``seq_kd`` (Kim & Rush sequence-level KD).
+
+    Parameters
+    ----------
+    num_beams : int
+        Beam width (1 = greedy) when not sampling.
+    do_sample : bool
+        Sample the teacher's outputs (at ``temperature``) instead of beam search.
+    temperature : float
+    max_new_tokens : int
+    interpolated : bool
+        Train on the beam candidate with the highest sentence BLEU against the gold response
+        (needs ``num_beams >= 2`` and beam search).
+    batch_size : int
+        Prompts decoded together.
+    """
+
+    num_beams: int = 4
+    do_sample: bool = False
+    temperature: float = 1.0
+    max_new_tokens: int = 128
+    interpolated: bool = False
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check_generation("seq_kd", self.max_new_tokens, self.temperature)
+        if self.num_beams < 1 or self.batch_size < 1:
+            raise ValueError(f"seq_kd.num_beams and seq_kd.batch_size must be >= 1, got {self.num_beams}, "
+                             f"{self.batch_size}")
+        if self.interpolated and (self.do_sample or self.num_beams < 2):
+            raise ValueError("seq_kd.interpolated picks among beam candidates: set seq_kd.num_beams >= 2 and "
+                             "seq_kd.do_sample=false")
+
+
+@dataclass
+class GKDConfig:
+    """On-policy sampling of ``gkd`` (Agarwal et al. 2024).
+
+    Parameters
+    ----------
+    lambda_ : float in [0, 1]
+        Probability that a step's batch is replaced by generated continuations (0 = ``word_kd``).
+    temperature : float
+        Sampling temperature of the continuations.
+    max_new_tokens : int
+    teacher_generates : bool
+        The teacher samples the continuations instead of the student.
+    """
+
+    lambda_: float = 0.5
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+    teacher_generates: bool = False
+
+    def __post_init__(self) -> None:
+        _check_generation("gkd", self.max_new_tokens, self.temperature)
+        if not 0.0 <= self.lambda_ <= 1.0:
+            raise ValueError(f"gkd.lambda_ (on-policy probability) must be in [0, 1], got {self.lambda_}")
+
+
+@dataclass
+class DistiLLMConfig:
+    """Adaptive student-generated outputs of ``distillm`` (Ko et al. 2024).
+
+    Parameters
+    ----------
+    phi_increment, threshold, phi_max : float
+        ``phi += phi_increment`` (at most ``phi_max``) when the validation loss rises by
+        ``>= threshold`` over the last recorded value.
+    eval_every : int
+        Steps between validation-loss measurements.
+    val_size : int
+        Training examples held out for the validation loss (0 = none: phi stays 0).
+    replay_capacity : int
+        Sequences kept in the replay buffer (oldest evicted).
+    temperature : float
+        Sampling temperature of the student outputs.
+    max_new_tokens : int
+    """
+
+    phi_increment: float = 0.1
+    threshold: float = 0.1
+    phi_max: float = 1.0
+    eval_every: int = 20
+    val_size: int = 16
+    replay_capacity: int = 1000
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _check_generation("distillm", self.max_new_tokens, self.temperature)
+        if not 0.0 <= self.phi_max <= 1.0 or self.phi_increment < 0 or self.threshold < 0:
+            raise ValueError(f"distillm: need 0 <= phi_max <= 1, phi_increment >= 0 and threshold >= 0, got "
+                             f"{self.phi_max}, {self.phi_increment}, {self.threshold}")
+        if self.eval_every < 1 or self.val_size < 0 or self.replay_capacity < 1:
+            raise ValueError(f"distillm: need eval_every >= 1, val_size >= 0, replay_capacity >= 1, got "
+                             f"{self.eval_every}, {self.val_size}, {self.replay_capacity}")
+
+
+@dataclass
+class MiniLLMConfig:
+    """``minillm`` (Gu et al. 2024).
+
+    Parameters
+    ----------
+    form : {"pg", "token"}
+        Policy gradient on teacher-mixed student samples, or token-level reverse KL on gold data.
+    mix : float in [0, 1)
+        Teacher share of the sampling distribution (``pg``).
+    max_new_tokens : int
+    """
+
+    form: str = "pg"
+    mix: float = 0.2
+    max_new_tokens: int = 64
+
+    def __post_init__(self) -> None:
+        _known("minillm.form", self.form, ("pg", "token"))
+        _check_generation("minillm", self.max_new_tokens, 1.0)
+        if not 0.0 <= self.mix < 1.0:
+            raise ValueError(f"minillm.mix (teacher share of the sampling distribution) must be in [0, 1), "
+                             f"got {self.mix}")
+
+
+@dataclass
+class BlackboxConfig:
+    """The text-only teacher of ``blackbox``: an importable callable or a chat endpoint.
+
+    Parameters
+    ----------
+    teacher : str or None
+        ``"package.module:function"``, a callable ``list[str] prompts -> list[str] answers``.
+    url : str or None
+        Base URL of an OpenAI-compatible API (``POST {url}/chat/completions``).
+    model : str
+        ``model`` field of each request.
+    api_key_env : str or None
+        Environment variable holding the API key (sent as a Bearer token when set).
+    max_tokens, temperature : int, float
+        Generation settings sent with each request.
+    timeout : float
+        Seconds per request.
+    retries : int
+        Extra attempts on connection errors, timeouts and 408/409/429/5xx answers.
+    batch_size : int
+        Prompts per teacher call (and per cache write).
+    """
+
+    teacher: str | None = None
+    url: str | None = None
+    model: str = "teacher"
+    api_key_env: str | None = "OPENAI_API_KEY"
+    max_tokens: int = 256
+    temperature: float = 0.0
+    timeout: float = 60.0
+    retries: int = 2
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        if self.teacher is not None and ":" not in self.teacher:
+            raise ValueError(f"blackbox.teacher={self.teacher!r} must be 'package.module:function'")
+        if self.timeout <= 0 or self.retries < 0 or self.batch_size < 1 or self.max_tokens < 1:
+            raise ValueError("blackbox: need timeout > 0, retries >= 0, batch_size >= 1 and max_tokens >= 1")
+
+
+#: nested method sections: config key -> dataclass
+_METHOD_SECTIONS = {"seq_kd": SeqKDConfig, "gkd": GKDConfig, "distillm": DistiLLMConfig, "minillm": MiniLLMConfig,
+                    "blackbox": BlackboxConfig}
+#: methods that score generated sequences with the teacher online
+_ON_POLICY = ("gkd", "distillm", "minillm")
+
+
 @dataclass
 class DistillConfig:
     """Everything that defines a distillation (or fine-tuning) run.
@@ -207,6 +393,10 @@ class DistillConfig:
     device : {"auto", "cpu", "cuda"}
     system_prompt : str or None
         System message of the chat template.
+    seq_kd, gkd, distillm, minillm, blackbox : dataclass
+        Settings of the generation-based methods (:class:`SeqKDConfig`, :class:`GKDConfig`,
+        :class:`DistiLLMConfig`, :class:`MiniLLMConfig`, :class:`BlackboxConfig`), e.g.
+        ``gkd.lambda_=1.0``.
     """
 
     teacher: str | None = None
@@ -246,12 +436,20 @@ class DistillConfig:
     mixed_precision: str = "auto"
     device: str = "auto"
     system_prompt: str | None = None
+    seq_kd: SeqKDConfig = field(default_factory=SeqKDConfig)
+    gkd: GKDConfig = field(default_factory=GKDConfig)
+    distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
+    blackbox: BlackboxConfig = field(default_factory=BlackboxConfig)
 
     def __post_init__(self) -> None:
         # Accept the shapes YAML and the command line naturally produce.
         if isinstance(self.tasks, str):
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
         self.tasks = list(self.tasks)
+        for key, cls in _METHOD_SECTIONS.items():
+            if isinstance(getattr(self, key), Mapping):
+                setattr(self, key, cls(**_coerce_fields(cls, _checked_keys(getattr(self, key), cls, key + "."))))
         if isinstance(self.feature, Mapping):
             self.feature = FeatureConfig(**_coerce_fields(FeatureConfig, _checked_keys(self.feature, FeatureConfig, "feature.")))
         if isinstance(self.lora, Mapping):
@@ -325,8 +523,25 @@ class DistillConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not self.tasks:
             raise ValueError("no training data: set tasks=SPEC[,SPEC...] (e.g. tasks=chain_sum:200)")
+        self._validate_generation_methods()
         if self.method == "feature_kd" and self.beta == 0:
             raise ValueError("method=feature_kd with beta=0 is word_kd; set beta > 0 (feature weight)")
+
+    def _validate_generation_methods(self) -> None:
+        if self.method in _ON_POLICY and self.teacher_source != "online":
+            raise ValueError(f"method={self.method} scores generated sequences with the teacher, which a logit "
+                             "cache cannot hold; use teacher_source=online")
+        if self.method == "minillm" and self.loss != "reverse_kl":
+            raise ValueError(f"method=minillm minimises reverse KL; set loss=reverse_kl (got loss={self.loss})")
+        if self.method == "distillm" and self.distillm.replay_capacity < self.batch_size:
+            raise ValueError(f"distillm.replay_capacity={self.distillm.replay_capacity} is smaller than one "
+                             f"batch (batch_size={self.batch_size}); raise it")
+        if self.method == "blackbox":
+            if (self.blackbox.teacher is None) == (self.blackbox.url is None):
+                raise ValueError("method=blackbox needs exactly one text-only teacher: blackbox.url=http://HOST/v1 "
+                                 "or blackbox.teacher=package.module:function")
+            if self.student is None or self.student.startswith("prune:") and not self.teacher:
+                raise ValueError("method=blackbox trains a student: set student=NAME_OR_PATH")
 
     @property
     def trained_model(self) -> str:
@@ -433,7 +648,7 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in extra.items():
         current = merged.get(key)
         if isinstance(value, Mapping) and (isinstance(current, Mapping) or current is None) \
-                and key in ("feature", "lora"):
+                and key in ("feature", "lora", *_METHOD_SECTIONS):
             merged[key] = _merge(dict(current or {}), value)
         elif isinstance(value, Mapping) and isinstance(current, Mapping):
             merged[key] = _merge(dict(current), value)

@@ -66,3 +66,7 @@ def __getattr__(name: str) -> Any:
     if name == "TASKS":
         return tasks()
     raise AttributeError(f"module 'kdlens.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), "TASKS"})

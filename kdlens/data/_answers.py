@@ -7,11 +7,11 @@ Three answer kinds cover the tasks kdlens ships:
     ``<answer>...</answer>`` (reasoning-gym's convention), the last GSM8K ``#### N``, the sentence
     after the last "answer is" / "answer:"; the last number inside the first of these that holds
     one is the answer (``"The answer is 62 - 39 = 23."`` -> ``23``). Without markers, the last
-    number in the text (the paradox paper's rule).
-    Thousands separators are stripped (``1,234`` -> ``1234``), ``$``/units/``%`` are ignored, a
-    trailing period is not part of the number, negatives need a sign not glued to a preceding word or
-    digit (``10-3`` yields ``10`` and ``3``), a slash fraction without spaces (``3/4``) is one number
-    worth 0.75, and a date (``1/2/2020``) is no number. A prediction is correct when ``|pred - gold| <= 1e-3``.
+    number in the text (the paradox paper's rule). Thousands separators are stripped (``1,234`` ->
+    ``1234``); ``$``, units and ``%`` are ignored; a trailing period is not part of the number; a
+    minus is a sign only when not glued to a preceding word or digit (``10-3`` yields ``10`` and
+    ``3``); a slash fraction without spaces (``3/4``) is one number worth 0.75; a date
+    (``1/2/2020``) is no number. A prediction is correct when ``|pred - gold| <= 1e-3``.
 ``choice``
     A multiple-choice letter A-E: ``\\boxed{C}``, ``<answer>C</answer>``, "answer is (C)",
     "answer: C", "option C", else the last parenthesized ``(C)``, else a text that is just the letter.
@@ -56,6 +56,7 @@ _CHOICE_MARKERS = (
 )
 _PAREN_LETTER = re.compile(r"\(([A-E])\)")
 _BARE_LETTER = re.compile(r"\W*\(?([A-E])\)?\W*")
+_CHOICE_GOLD = re.compile(r"\(?[A-E]\)?")
 
 
 def _last_boxed(text: str) -> str | None:
@@ -158,7 +159,7 @@ _EXTRACTORS: dict[str, Callable[[str], str | None]] = {
     "exact": _extract_exact,
 }
 
-#: The answer kinds kdlens knows, in the order :func:`infer_kind` tries them.
+#: The answer kinds kdlens knows.
 ANSWER_KINDS: tuple[str, ...] = tuple(_EXTRACTORS)
 
 
@@ -216,7 +217,7 @@ def answers_equal(pred: str | None, gold: str, kind: str = "numeric") -> bool:
 def infer_kind(answer: str) -> str:
     """The answer kind a gold answer implies: ``"choice"`` for one letter A-E, ``"numeric"`` when it
     parses as a number, else ``"exact"``."""
-    if _BARE_LETTER.fullmatch(answer.strip()) and len(answer.strip().strip("()")) == 1:
+    if _CHOICE_GOLD.fullmatch(answer.strip()):
         return "choice"
     return "numeric" if _to_float(answer) is not None else "exact"
 

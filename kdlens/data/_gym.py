@@ -109,6 +109,13 @@ def _dataset(name: str, seed: int, size: int, config_json: str) -> Any:
         ) from err
 
 
+@functools.lru_cache(maxsize=8192)
+def _entry(name: str, seed: int, size: int, config_json: str, index: int) -> dict[str, Any]:
+    # cached so that scoring (often several samples per item) doesn't regenerate items, some of
+    # which take a second (sokoban, knight_swap); callers must not modify the entry
+    return _dataset(name, seed, size, config_json)[index]
+
+
 def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
@@ -141,7 +148,7 @@ def load_gym(
                 f"reasoning-gym task {name!r} produced only {len(records)} items outside `exclude` in "
                 f"{limit} tries; its item space is too small for size={size}"
             )
-        item = dataset[index]
+        item = _entry(name, seed_, dataset.size, config_json, index)
         index += 1
         if item["question"] in exclude_prompts:
             continue
@@ -181,14 +188,14 @@ def gym_score(record: Record, prediction: str) -> float:
     """
     meta = record.meta
     try:
-        dataset = _dataset(record.task, meta["gym_seed"], meta["gym_size"],
-                           json.dumps(dict(meta["gym_config"]), sort_keys=True))
+        key = (record.task, meta["gym_seed"], meta["gym_size"], json.dumps(dict(meta["gym_config"]), sort_keys=True))
+        entry = _entry(*key, meta["gym_index"])
     except KeyError as err:
         raise ValueError(
             f"record {record.id!r} says scorer='reasoning_gym' but its meta lacks {err}; "
             f"load it with kdlens.data.load_task"
         ) from None
-    entry = dataset[meta["gym_index"]]
+    dataset = _dataset(*key)
     if entry["question"] != record.prompt:
         raise ValueError(
             f"record {record.id!r} no longer matches reasoning-gym's item {meta['gym_index']} "

@@ -60,6 +60,10 @@ class Record:
         if not isinstance(self.meta, Mapping):
             raise TypeError(f"Record.meta must be a mapping, got {type(self.meta).__name__}")
 
+    def __hash__(self) -> int:
+        # meta is a dict, so the generated hash would fail; equal records share these fields
+        return hash((self.id, self.task, self.split, self.prompt, self.answer))
+
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON-serializable dict (``meta`` copied)."""
         return {f.name: (dict(self.meta) if f.name == "meta" else getattr(self, f.name)) for f in fields(self)}

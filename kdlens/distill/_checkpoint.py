@@ -115,9 +115,9 @@ def save_checkpoint(path: Path, model: torch.nn.Module, tokenizer: Any, *, merge
     A PEFT model is merged into its base when ``merge_lora`` (so plain transformers loads it);
     otherwise the adapter is saved (load it with ``peft``).
     """
-    from kdlens.distill._lora import is_peft_model, merged_copy
-
     from transformers.utils import logging as hf_logging
+
+    from kdlens.distill._lora import is_peft_model, merged_copy
 
     to_save = merged_copy(model) if is_peft_model(model) and merge_lora else model
     bars = hf_logging.is_progress_bar_enabled()

@@ -35,7 +35,7 @@ from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_jso
 from kdlens.config import DistillConfig, config_to_yaml, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._lora import apply_lora
-from kdlens.distill._methods import METHODS, StepContext, TeacherOutput
+from kdlens.distill._methods import METHODS, RunContext, StepContext, TeacherOutput
 from kdlens.distill._rundir import RunDir
 from kdlens.teacher import TeacherCache, cache_key
 
@@ -111,21 +111,27 @@ def _logit_width(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def _encode(cfg: DistillConfig, tokenizer) -> tuple[list[dict[str, list[int]]], int]:
-    """Encoded training examples that have at least one target token, and how many were dropped."""
+def _encode(cfg: DistillConfig, tokenizer) -> tuple[list[dict[str, list[int]]], list[Any], int]:
+    """Encoded training examples that have at least one target token, their records, and how many were dropped."""
     from kdlens.data import encode_for_training, load_tasks
 
     records = load_tasks(cfg.tasks, split=cfg.split, seed=cfg.seed, n=cfg.n_examples)
-    features, dropped = [], 0
+    features, kept, dropped = [], [], 0
     for record in records:
         feat = encode_for_training(tokenizer, record, max_length=cfg.max_length, system=cfg.system_prompt)
-        if any(label != -100 for label in feat["labels"][1:]):
+        if _target_count(feat):
             features.append({k: list(feat[k]) for k in ("input_ids", "attention_mask", "labels")})
+            kept.append(record)
         else:
             dropped += 1  # the response was truncated away: nothing to learn from it
     if not features:
         raise ValueError(f"tasks {cfg.tasks} gave no example with a response within max_length={cfg.max_length}")
-    return features, dropped
+    return features, kept, dropped
+
+
+def _target_count(feature: Mapping[str, Sequence[int]]) -> int:
+    """Tokens the loss counts in one sequence (labels after the first position)."""
+    return sum(label != -100 for label in feature["labels"][1:])
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -198,9 +204,18 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
 
         vocab = check_compatible(teacher_tok, tokenizer, teacher_vocab_size=_logit_width(teacher),
                                  student_vocab_size=vocab)
-    features, dropped = _encode(cfg, tokenizer)
+    features, records, dropped = _encode(cfg, tokenizer)
     data_hash = sha256_json([[f["input_ids"], f["labels"]] for f in features])
-    target_counts = [sum(label != -100 for label in f["labels"][1:]) for f in features]
+    method_run = None
+    if hasattr(method, "begin"):  # generation-based methods: their own training data and per-step batches
+        begin = RunContext(config=cfg, run=run, features=features, records=records, tokenizer=tokenizer,
+                           teacher=teacher, vocab_size=vocab, device=accelerator.device)
+        if accelerator.is_main_process:  # writes the method's caches in the run directory
+            method_run = method.begin(begin)
+        accelerator.wait_for_everyone()
+        if not accelerator.is_main_process:
+            method_run = method.begin(begin)  # reads the caches the main process wrote
+        features = method_run.features
     n = len(features)
     steps_per_epoch = n // cfg.batch_size
     if steps_per_epoch == 0:
@@ -261,6 +276,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         trainer = load_state(state, modules={k: accelerator.unwrap_model(v) for k, v in wrapped.items()},
                              optimizer=optimizer, scheduler=scheduler)
         start = int(trainer["step"])
+        if method_run is not None:
+            method_run.load_state_dict(trainer["method_state"])
         log_rows = [r for r in run.log() if r.get("step", 0) <= start]
     else:
         log_rows = []
@@ -270,7 +287,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
                                                        total_steps, accelerator, modules, cache, None))
     started = time.perf_counter()
 
-    log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None  # noqa: SIM115
+    log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
     progress = _progress(range(start, total_steps), accelerator, initial=start, total=total_steps)
     last_logs: dict[str, Any] = {}
     try:
@@ -278,19 +295,28 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             epoch, position = divmod(step, steps_per_epoch)
             order = _epoch_order(n, cfg.seed, epoch)
             global_batch = order[position * cfg.batch_size:(position + 1) * cfg.batch_size]
-            n_tokens = sum(target_counts[i] for i in global_batch)
             t0 = time.perf_counter()
+            step_features = [features[i] for i in global_batch]
+            source, step_logs = "gold", {}
+            if method_run is not None:  # e.g. replace the gold batch by the student's samples
+                prepared = method_run.prepare_step(step=step, total_steps=total_steps, example_indices=global_batch,
+                                                   features=step_features,
+                                                   student=accelerator.unwrap_model(wrapped["student"]))
+                step_features, source = prepared.features, prepared.source
+                step_logs = {**prepared.logs, "batch_source": source}
+            n_tokens = sum(_target_count(f) for f in step_features)
             sums: dict[str, torch.Tensor] = {}
             input_tokens = 0
             per_micro = cfg.batch_size // cfg.grad_accum
             for micro in range(cfg.grad_accum):
-                chunk = global_batch[micro * per_micro:(micro + 1) * per_micro]
+                chunk = range(micro * per_micro, (micro + 1) * per_micro)  # positions in the global batch
                 mine = chunk[rank * micro_size:(rank + 1) * micro_size]
-                batch = {k: v.to(accelerator.device) for k, v in collate([features[i] for i in mine]).items()}
-                input_tokens += sum(int(sum(features[i]["attention_mask"])) for i in chunk)
-                ctx = StepContext(student=wrapped["student"], batch=batch, example_indices=mine, n_tokens=n_tokens,
+                batch = {k: v.to(accelerator.device) for k, v in collate([step_features[j] for j in mine]).items()}
+                input_tokens += sum(int(sum(step_features[j]["attention_mask"])) for j in chunk)
+                ctx = StepContext(student=wrapped["student"], batch=batch,
+                                  example_indices=[global_batch[j] for j in mine], n_tokens=n_tokens,
                                   config=cfg, teacher=teacher_fn, loss_fn=loss_fn, vocab_size=vocab,
-                                  step=step, micro=micro, rank=rank,
+                                  step=step, micro=micro, rank=rank, batch_source=source,
                                   modules={k: v for k, v in wrapped.items() if k != "student"})
                 sync = micro == cfg.grad_accum - 1
                 with _maybe_no_sync(accelerator, list(wrapped.values()), sync):
@@ -309,7 +335,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             optimizer.zero_grad(set_to_none=True)
             elapsed = time.perf_counter() - t0
             reduced = {k: float(accelerator.reduce(v.reshape(1), reduction="sum")) for k, v in sums.items()}
-            last_logs = {"step": step + 1, "epoch": epoch, **reduced, "lr": lr, "target_tokens": n_tokens,
+            last_logs = {"step": step + 1, "epoch": epoch, **reduced, **step_logs, "lr": lr, "target_tokens": n_tokens,
                          "tokens_per_s": input_tokens / max(elapsed, 1e-9)}
             if grad_norm is not None:
                 last_logs["grad_norm"] = float(grad_norm)
@@ -325,7 +351,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
                                optimizer=optimizer, scheduler=scheduler,
                                trainer={"step": step + 1, "epoch": (step + 1) // steps_per_epoch,
                                         "batch_in_epoch": (step + 1) % steps_per_epoch,
-                                        "data_order_seed": cfg.seed, "n_examples": n})
+                                        "data_order_seed": cfg.seed, "n_examples": n,
+                                        "method_state": method_run.state_dict() if method_run else None})
                 accelerator.wait_for_everyone()
             if hasattr(progress, "set_postfix"):
                 progress.set_postfix(loss=f"{reduced['loss']:.4f}")

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 
 from kdlens.teacher import TopK, kd_token_loss, noise_seed, response_mask
 
-__all__ = ["Method", "StepContext", "TeacherOutput", "METHODS", "SFT", "WordKD", "FeatureKD"]
+__all__ = ["Method", "MethodRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "METHODS", "SFT",
+           "WordKD", "FeatureKD"]
 
 
 @dataclass
@@ -67,6 +68,9 @@ class StepContext:
         Optimizer step, micro-batch index within it, process rank (seed the teacher noise).
     modules : dict
         Extra trainable modules owned by the run (e.g. ``"projection"`` of feature KD).
+    batch_source : {"gold", "fresh", "replay"}
+        Where the batch came from (see :class:`StepData`); ``"gold"`` unless a method's
+        :meth:`MethodRun.prepare_step` replaced it by generated sequences.
     """
 
     student: torch.nn.Module
@@ -81,14 +85,101 @@ class StepContext:
     micro: int = 0
     rank: int = 0
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)
+    batch_source: str = "gold"
 
     @property
     def noise_seed(self) -> int:
         return noise_seed(self.config.seed, self.step, self.micro, self.rank)
 
 
+@dataclass
+class RunContext:
+    """What a method's optional ``begin`` hook gets, once per run, before training starts.
+
+    Attributes
+    ----------
+    config : DistillConfig
+    run : RunDir
+        The run directory (methods cache their generated data here, resumably).
+    features : list of dict
+        Encoded training examples (``input_ids``, ``attention_mask``, ``labels``: lists of int).
+    records : list of Record
+        The records the features were encoded from, in the same order.
+    tokenizer : tokenizer of the student
+    teacher : nn.Module or None
+        The teacher model (eval mode, no grad), when the method loads one.
+    vocab_size : int
+        Common logit width of teacher and student.
+    device : torch.device
+    """
+
+    config: Any
+    run: Any
+    features: list[dict[str, list[int]]]
+    records: list[Any]
+    tokenizer: Any
+    teacher: torch.nn.Module | None
+    vocab_size: int
+    device: torch.device
+
+
+@dataclass
+class StepData:
+    """The global batch a step trains on, as returned by :meth:`MethodRun.prepare_step`.
+
+    Attributes
+    ----------
+    features : list of dict
+        One encoded sequence per global-batch row (gold, or prompt + generated continuation with
+        labels on the generated tokens only).
+    source : {"gold", "fresh", "replay"}
+        Gold data, sequences generated this step, or sequences drawn from a replay buffer.
+    logs : dict
+        Extra train-log fields (``batch_source`` is added by the loop), e.g. ``gen_tokens_per_s``.
+    """
+
+    features: list[dict[str, list[int]]]
+    source: str = "gold"
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+class MethodRun(Protocol):
+    """Per-run state of a method that generates or replaces training data (see ``Method.begin``)."""
+
+    #: training features after the method's preparation (e.g. teacher outputs for ``seq_kd``)
+    features: list[dict[str, list[int]]]
+
+    def prepare_step(self, *, step: int, total_steps: int, example_indices: Sequence[int],
+                     features: list[dict[str, list[int]]], student: torch.nn.Module) -> StepData:
+        """The sequences step ``step`` (0-based) trains on, given its gold global batch.
+
+        Called on every process with the same arguments before the micro-batches are cut; all
+        randomness must derive from ``(config.seed, step)`` so that a resumed run draws the same.
+        """
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state saved with every resumable training state."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        ...
+
+
 class Method(Protocol):
-    """A training method: a batch loss plus what it needs from the run."""
+    """A training method: a batch loss plus what it needs from the run.
+
+    Hooks
+    -----
+    ``__call__(ctx: StepContext)``
+        Required: the loss parts of one micro-batch.
+    ``begin(ctx: RunContext) -> MethodRun``
+        Optional, once per run, after the data are encoded and before the step count is fixed.
+        The returned object's ``features`` replace the training data (sequence-level KD trains on
+        the teacher's decodings; DistiLLM holds out a validation split), and its ``prepare_step``
+        may replace each step's gold batch by generated sequences (on-policy methods). Its
+        ``state_dict`` (phi, replay buffer, ...) is saved and restored with the training state.
+    """
 
     name: str
     needs_teacher: bool
@@ -109,10 +200,14 @@ def _student_forward(ctx: StepContext, *, hidden: bool = False, attentions: bool
     return out, logits
 
 
-def _ce_tokens(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-token cross-entropy [B, T - 1] of the gold next tokens (0 where masked)."""
+def _ce_tokens(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *, weight: float = 1.0) -> torch.Tensor:
+    """Per-token cross-entropy [B, T - 1] of the gold next tokens (0 where masked).
+
+    With ``weight == 0`` (pure KD) it is only logged, so no graph is kept for it.
+    """
     target = labels[:, 1:].clamp_min(0)
-    ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+    with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
+        ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
     return ce * mask
 
 
@@ -163,7 +258,7 @@ class WordKD:
         teacher = ctx.teacher(ctx.batch, ctx.example_indices)
         _, logits = _student_forward(ctx)
         kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-        ce = _ce_tokens(logits, labels, mask).sum() / ctx.n_tokens
+        ce = _ce_tokens(logits, labels, mask, weight=1.0 - alpha).sum() / ctx.n_tokens
         return {"loss": (1.0 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach()}
 
 
@@ -194,7 +289,7 @@ class FeatureKD:
         teacher = ctx.teacher(ctx.batch, ctx.example_indices, hidden=True, attentions=fcfg.attention)
         out, logits = _student_forward(ctx, hidden=True, attentions=fcfg.attention)
         kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-        ce = _ce_tokens(logits, labels, mask).sum() / ctx.n_tokens
+        ce = _ce_tokens(logits, labels, mask, weight=1.0 - cfg.alpha).sum() / ctx.n_tokens
         # hidden_states[0] is the embedding output, i = block i; layer_map pairs index into them
         pairs = layer_map(len(out.hidden_states) - 1, len(teacher.hidden_states) - 1, fcfg.layer_map)
         # the feature positions are those that predict a target token, as for the logit terms
@@ -224,3 +319,12 @@ class FeatureKD:
 
 #: method name -> method object (see :class:`Method`)
 METHODS: dict[str, Method] = {m.name: m for m in (SFT(), WordKD(), FeatureKD())}
+
+# the generation-based methods live in their own modules, which import the helpers above
+from kdlens.distill.blackbox import BlackBoxKD  # noqa: E402
+from kdlens.distill.distillm import DistiLLM  # noqa: E402
+from kdlens.distill.gkd import GKD  # noqa: E402
+from kdlens.distill.minillm import MiniLLM  # noqa: E402
+from kdlens.distill.seq_kd import SeqKD  # noqa: E402
+
+METHODS.update({m.name: m for m in (SeqKD(), GKD(), DistiLLM(), MiniLLM(), BlackBoxKD())})

@@ -13,7 +13,7 @@ import pandas as pd
 
 from kdlens._schema import EXAMPLES_COLUMNS, EXAMPLES_DTYPES
 from kdlens.eval._generate import Decoding, generate, gold_nll, sample_seed
-from kdlens.eval._loading import ModelSpec, load, load_tasks_checked, model_specs, release
+from kdlens.eval._loading import ModelSpec, load, load_tasks_checked, model_specs, release, weights_stamp
 from kdlens.eval._store import EXAMPLES_NAME, Manifest, conform, load_shard, shard_path, write_parquet
 
 __all__ = ["evaluate"]
@@ -86,10 +86,11 @@ def evaluate(
     seeded per (task, example, sample)).
 
     Resuming: with ``output_dir``, each finished (model_id, task) unit is written as one shard
-    (atomically) carrying a fingerprint of model spec, task, decoding, n, split, data_seed,
-    max_new_tokens and max_length. A rerun loads matching shards instead of recomputing them (a
-    model whose shards are all done is not even loaded) and raises on a shard made under other
-    settings unless ``overwrite``. ``examples.parquet`` is written last, from the shards.
+    (atomically) carrying a fingerprint of model spec, weight files (name, size, mtime of a local
+    model's weights), task, decoding, n, split, data_seed, max_new_tokens and max_length. A rerun
+    loads matching shards instead of recomputing them (a model whose shards are all done is not
+    even loaded) and raises on a shard made under other settings unless ``overwrite``.
+    ``examples.parquet`` is written last, from the shards.
     """
     decoding = Decoding.coerce(decoding)
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("max_length", max_length)):
@@ -107,7 +108,9 @@ def evaluate(
 
     frames = []
     for model_id, spec in models.items():
-        fingerprints = {task: {"model": described[model_id], "task": task, "decoding": decoding.to_dict(), **settings}
+        weights = weights_stamp(spec)
+        fingerprints = {task: {"model": described[model_id], "weights": weights, "task": task,
+                               "decoding": decoding.to_dict(), **settings}
                         for task in task_records}
         done: dict[str, pd.DataFrame] = {}
         if out_dir is not None:
@@ -136,7 +139,8 @@ def evaluate(
                         manifest.add_shard(model_id, task, path, len(frame), fingerprints[task])
                     done[task] = frame
             finally:
-                release(spec, model)
+                del model, tokenizer  # one model in memory at a time
+                release(spec)
         frames.extend(done[task] for task in task_records)
 
     table = conform(pd.concat(frames, ignore_index=True), EXAMPLES_COLUMNS, EXAMPLES_DTYPES)

@@ -8,7 +8,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelSpec", "model_specs", "load", "release", "load_tasks_checked"]
+from kdlens._io import sha256_json
+
+__all__ = ["ModelSpec", "model_specs", "weights_stamp", "load", "release", "load_tasks_checked"]
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
 
 #: a model given by name/path (loaded on demand) or already loaded as (model, tokenizer)
 ModelSpec = str | os.PathLike | tuple[Any, Any]
@@ -53,6 +57,23 @@ def model_specs(models: Mapping[str, ModelSpec]) -> dict[str, str]:
     return described
 
 
+def weights_stamp(spec: ModelSpec) -> str | None:
+    """Name, size and modification time of a local model's weight files, hashed (None for other specs).
+
+    Part of the resume fingerprint: a run directory retrained in place gets new weights files, so
+    its old shards are not mistaken for results of the new model. Reading stat() only keeps it cheap.
+    """
+    if isinstance(spec, tuple):
+        return None
+    path = Path(os.fspath(spec)).expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix in _WEIGHT_SUFFIXES)
+    stats = [(str(p.relative_to(path) if p != path else p.name), p.stat().st_size, p.stat().st_mtime_ns)
+             for p in files]
+    return sha256_json(stats)[:16]
+
+
 def load(spec: ModelSpec, *, device: Any = None, dtype: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for a spec: loaded pairs pass through, names go to :func:`kdlens.models.load_model`."""
     if isinstance(spec, tuple):
@@ -66,11 +87,13 @@ def load(spec: ModelSpec, *, device: Any = None, dtype: Any = None) -> tuple[Any
     return model.eval(), tokenizer
 
 
-def release(spec: ModelSpec, model: Any) -> None:
-    """Free a model this package loaded (never one the caller passed in)."""
+def release(spec: ModelSpec) -> None:
+    """Return the memory of a model this package loaded (the caller drops its references first).
+
+    A model the caller passed in as ``(model, tokenizer)`` is left alone.
+    """
     if isinstance(spec, tuple):
         return
-    del model
     gc.collect()
     import torch
 

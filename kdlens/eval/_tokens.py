@@ -181,8 +181,9 @@ def collect_tokens(
             parts.append(_batch_rows(student_model, teacher_model, [encoded[i] for i in chunk], pad_id, width,
                                      temperature, forward_kl, reverse_kl, [items[i] for i in chunk]))
     finally:
-        release(student, student_model)
-        release(teacher, teacher_model)
+        del student_model, teacher_model
+        release(student)
+        release(teacher)
     if parts:
         frame = pd.concat(parts, ignore_index=True)
         # input order, then position: the batching order must not show in the table
@@ -286,7 +287,8 @@ def compare_to_teacher(
                                  dtype=dtype)
                   for m in students]
     finally:
-        release(models[teacher_id], teacher[0])
+        del teacher
+        release(models[teacher_id])
     table = conform(pd.concat(frames, ignore_index=True), TOKENS_COLUMNS, TOKENS_DTYPES)
     if output_dir is not None:
         path = write_parquet(table, Path(output_dir) / TOKENS_NAME,

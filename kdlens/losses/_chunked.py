@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from ._common import as_mask, check_logits, check_reduction, reduce
+from ._common import as_mask, check_logits, check_reduction, compute_dtype, reduce
 from ._registry import resolve
 
 __all__ = ["chunked_divergence"]
@@ -66,18 +66,20 @@ def chunked_divergence(
     bool_mask = as_mask(mask, lead, student_logits.device)
     vocab = student_logits.shape[-1]
     s_rows, t_rows = student_logits.reshape(-1, vocab), teacher_logits.reshape(-1, vocab)
+    m_rows = None if bool_mask is None else bool_mask.reshape(-1)
 
-    def per_token(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return fn(s, t, reduction="none")
+    def per_token(s: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> torch.Tensor:
+        # the chunk's mask goes in too: the divergence keeps masked rows' backward finite
+        return fn(s, t, mask=m, reduction="none")
 
     needs_grad = torch.is_grad_enabled() and (student_logits.requires_grad or teacher_logits.requires_grad)
     pieces = []
     for start in range(0, s_rows.shape[0], chunk_size):
-        s, t = s_rows[start : start + chunk_size], t_rows[start : start + chunk_size]
-        pieces.append(checkpoint(per_token, s, t, use_reentrant=False) if needs_grad else per_token(s, t))
+        rows = slice(start, start + chunk_size)
+        args = (s_rows[rows], t_rows[rows], None if m_rows is None else m_rows[rows])
+        pieces.append(checkpoint(per_token, *args, use_reentrant=False) if needs_grad else per_token(*args))
     if pieces:
         values = torch.cat(pieces).reshape(lead)
-    else:  # zero token rows
-        values = (s_rows.sum(dim=-1) * 0).to(torch.float64 if s_rows.dtype == torch.float64 else torch.float32)
-        values = values.reshape(lead)
+    else:  # no token rows at all: an empty, graph-connected result
+        values = s_rows.sum(dim=-1).to(compute_dtype(student_logits.dtype)).reshape(lead)
     return reduce(values, bool_mask, reduction)

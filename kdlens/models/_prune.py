@@ -76,9 +76,9 @@ def prune_layers(model, keep: int | Sequence[int]):
     -------
     transformers.PreTrainedModel
         Same class as ``model``, ``config.num_hidden_layers == k``, per-layer config lists (e.g.
-        Gemma3's ``layer_types``) subset accordingly, in the teacher's train/eval mode; it saves and
-        reloads with plain ``save_pretrained``/``from_pretrained``. ``config.kdlens_kept_layers`` records
-        the teacher layer indices.
+        Gemma3's ``layer_types``) subset accordingly, every parameter trainable (``requires_grad``),
+        in the teacher's train/eval mode. It saves and reloads with plain ``save_pretrained`` /
+        ``from_pretrained``; ``config.kdlens_kept_layers`` records the teacher layer indices.
     """
     layers = _decoder_layers(model)
     n_layers = len(layers)
@@ -106,4 +106,5 @@ def prune_layers(model, keep: int | Sequence[int]):
                 setattr(config, attribute, [values[i] for i in indices])
         config.num_hidden_layers = len(indices)
         config.kdlens_kept_layers = list(indices)
-    return student
+    # a student exists to be trained: a frozen teacher must not hand over frozen parameters
+    return student.requires_grad_(True)

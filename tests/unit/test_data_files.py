@@ -17,6 +17,7 @@ def _write_jsonl(path, rows):
 def test_record_round_trip_and_validation():
     record = Record(id="x-1", task="x", split="test", prompt="p", answer="4", rationale="r", meta={"k": [1]})
     assert Record.from_dict(record.to_dict()) == record
+    assert len({record, Record.from_dict(record.to_dict())}) == 1  # hashable despite the dict meta
     assert record.to_dict() == {"id": "x-1", "task": "x", "split": "test", "prompt": "p", "answer": "4",
                                 "rationale": "r", "meta": {"k": [1]}}
     with pytest.raises(ValueError, match=r"missing keys \['answer'\], unknown keys \['extra'\]"):

@@ -233,9 +233,10 @@ def test_encoded_batch_trains_the_tiny_model_on_response_tokens_only(tiny):
 
 
 @pytest.mark.integration
+@pytest.mark.xdist_group("smollm2")  # one SmolLM2 load per worker, shared with the other SmolLM2 tests
 def test_smollm2_chat_template_encoding_and_left_padded_generation(smollm2):
     """SmolLM2-Instruct's real template (it adds a default system turn): exact label boundary, and a
-    left-padded batch generates what each prompt generates alone."""
+    left-padded prompt generates in a batch exactly what it generates alone."""
     model, tok = smollm2
     record = _record(prompt="What is 2+3?", rationale="2 + 3 = 5. The answer is 5.", answer="5")
     enc = encode_for_training(tok, record)
@@ -246,8 +247,12 @@ def test_smollm2_chat_template_encoding_and_left_padded_generation(smollm2):
     assert tok.decode(targets) == "2 + 3 = 5. The answer is 5.<|im_end|>"
     prompts = [encode_for_generation(tok, q) for q in ("What is 2+3?", "Name the capital of France in one word.")]
     batch = collate([{"input_ids": p} for p in prompts], pad_token_id=tok.pad_token_id, padding_side="left")
+    assert len(prompts[0]) < len(prompts[1])  # so row 0 is the left-padded one
     with torch.no_grad():
-        together = model.generate(**batch, do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
-        for row, p in enumerate(prompts):
-            alone = model.generate(torch.tensor([p]), do_sample=False, max_new_tokens=8, pad_token_id=tok.pad_token_id)
-            assert together[row, batch["input_ids"].shape[1]:].tolist() == alone[0, len(p):].tolist()
+        together = model.generate(**batch, do_sample=False, max_new_tokens=6, pad_token_id=tok.pad_token_id)
+        alone = model.generate(torch.tensor([prompts[0]]), do_sample=False, max_new_tokens=6,
+                               pad_token_id=tok.pad_token_id)
+    new = alone[0, len(prompts[0]):].tolist()
+    batched = together[0, batch["input_ids"].shape[1]:].tolist()
+    # a row that stopped at EOS is filled with pad tokens while the other row goes on
+    assert batched[: len(new)] == new and set(batched[len(new):]) <= {tok.pad_token_id}

@@ -9,11 +9,11 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from kdlens.distill import RunDir, distill
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+# ~25-50 s on 2 shared cores (two interpreters import torch+transformers): opt-in with -m slow
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
@@ -42,4 +42,3 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     a = load_file(str(ddp.checkpoint_path / "model.safetensors"))
     b = load_file(str(single.checkpoint_path / "model.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in b) < 1e-5
-    assert any(not torch.equal(a[k], b[k]) or True for k in b)

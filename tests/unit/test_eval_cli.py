@@ -15,7 +15,7 @@ from kdlens.eval import read_examples, read_tokens
 def saved(tmp_path_factory):
     """A teacher checkpoint directory, a student run directory and a JSON task of two records."""
     root = tmp_path_factory.mktemp("eval_cli")
-    for name, seed, where in (("teacher", 0, root / "teacher"), ("student", 1, root / "run" / "checkpoint")):
+    for seed, where in ((0, root / "teacher"), (1, root / "run" / "checkpoint")):
         model, tokenizer = varied_tiny(seed)
         model.save_pretrained(where)
         tokenizer.save_pretrained(where)

@@ -194,3 +194,17 @@ def test_other_bad_arguments_are_named():
     with pytest.raises(ValueError, match="unknown decoding strategy"):
         evaluate({"teacher": "tiny"}, {"a": _records(n=1)}, decoding="beam")
     assert Decoding.coerce("sample").strategy == "sample"
+
+
+def test_a_model_retrained_in_place_is_not_mistaken_for_the_old_one(tmp_path):
+    where = tmp_path / "run" / "checkpoint"
+    for seed in (0, 1):
+        model, tokenizer = varied_tiny(seed)
+        model.save_pretrained(where)
+        tokenizer.save_pretrained(where)
+        if seed == 0:
+            evaluate({"student": str(tmp_path / "run")}, {"arith": _records(n=1)}, max_new_tokens=2,
+                     output_dir=tmp_path / "out")
+    with pytest.raises(ValueError, match=r"differs in \['weights'\]"):
+        evaluate({"student": str(tmp_path / "run")}, {"arith": _records(n=1)}, max_new_tokens=2,
+                 output_dir=tmp_path / "out")

@@ -319,3 +319,43 @@ def test_student_mass_missing_where_teacher_has_mass_is_infinite_not_nan():
     assert L.reverse_kl(s, t).item() == pytest.approx(math.log(2))
     assert L.skew_forward_kl(s, t, alpha=0.1).item() == pytest.approx(per_token("skew_forward_kl", [0.0, -math.inf], [0.0, 0.0]))
     assert math.isfinite(L.jsd(s, t).item())
+
+
+# ------------------------------------------------------------------ registry
+
+
+def test_catalogue_holds_every_divergence_with_the_shared_call_shape():
+    assert set(L.LOSSES) == {
+        "forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl",
+        "ab_divergence", "soft_cross_entropy", "mse_soft", "l1_soft", "l2_soft",
+    }
+    import inspect
+
+    for name, entry in L.LOSSES.items():
+        sig = inspect.signature(entry.fn).parameters
+        assert list(sig)[:2] == ["student_logits", "teacher_logits"]
+        assert sig["temperature"].default == 1.0 and sig["scale_by_temperature_squared"].default is False
+        assert sig["reduction"].default == "token_mean" and sig["mask"].default is None
+        assert {p: sig[p].default for p in entry.params} == dict(entry.params)
+        assert entry.fn is getattr(L, name) and entry.higher_is_better is False
+
+
+def test_get_loss_configures_and_validates_eagerly():
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    loss = L.get_loss("jsd", beta=0.9, temperature=2.0)
+    torch.testing.assert_close(loss(s, t), L.jsd(s, t, beta=0.9, temperature=2.0))
+    torch.testing.assert_close(loss(s, t, beta=0.1), L.jsd(s, t, beta=0.1, temperature=2.0))
+    with pytest.raises(ValueError, match="unknown loss 'kl'; known losses: ab_divergence, forward_kl"):
+        L.get_loss("kl")
+    with pytest.raises(ValueError, match="forward_kl does not take beta; it accepts mask, temperature"):
+        L.get_loss("forward_kl", beta=0.5)
+    with pytest.raises(ValueError, match="temperature"):
+        L.get_loss("tvd", temperature=0)
+    with pytest.raises(ValueError, match="reduction"):
+        L.get_loss("tvd", reduction="avg")
+
+
+def test_public_names_are_lazy_from_kdlens():
+    import kdlens
+
+    assert kdlens.get_loss is L.get_loss and kdlens.LOSSES is L.LOSSES

@@ -1,0 +1,210 @@
+"""``blackbox``: distillation from a teacher that is only a text generator (an API, a callable).
+
+No logits are needed: the teacher answers every training prompt once, its answers are cached in
+the run directory (``blackbox_teacher.jsonl``, rewritten atomically after each batch, so a killed
+run resumes where it stopped), and the student is trained with cross-entropy on them (sequence-level
+KD on the teacher's text, encoded exactly like a gold rationale).
+
+The teacher is either
+
+* ``blackbox.teacher="package.module:function"``: an importable callable ``prompts -> texts``
+  (a list of user-turn strings in, one string per prompt out), or
+* ``blackbox.url="http://host:port/v1"``: an OpenAI-compatible chat endpoint
+  (``POST {url}/chat/completions``), see :class:`OpenAIChatTeacher`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from kdlens._io import atomic_write_text, sha256_json
+from kdlens.distill._methods import SFT, RunContext, StepContext, StepData
+
+__all__ = ["BlackBoxKD", "OpenAIChatTeacher", "resolve_teacher", "CACHE_NAME"]
+
+CACHE_NAME = "blackbox_teacher.jsonl"
+_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+class OpenAIChatTeacher:
+    """A text-generating teacher behind an OpenAI-compatible ``/chat/completions`` endpoint.
+
+    Parameters
+    ----------
+    url : str
+        Base URL, e.g. ``"http://127.0.0.1:8000/v1"``; requests go to ``{url}/chat/completions``.
+    model : str
+        The ``model`` field of each request.
+    system : str or None
+        System message sent before each prompt.
+    max_tokens : int
+    temperature : float
+    timeout : float
+        Seconds per HTTP request.
+    retries : int
+        Extra attempts after a connection error, a timeout or a 408/409/429/5xx answer, with
+        exponential backoff (0.5 s, 1 s, 2 s, ...).
+    api_key : str or None
+        Sent as ``Authorization: Bearer ...`` when given.
+
+    Notes
+    -----
+    Uses only ``urllib`` from the standard library. One request per prompt, in order.
+    """
+
+    def __init__(self, url: str, *, model: str = "teacher", system: str | None = None, max_tokens: int = 256,
+                 temperature: float = 0.0, timeout: float = 60.0, retries: int = 2,
+                 api_key: str | None = None) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"black-box teacher url {url!r} must start with http:// or https://")
+        self.endpoint = url.rstrip("/") + "/chat/completions"
+        self.model, self.system, self.max_tokens, self.temperature = model, system, max_tokens, temperature
+        self.timeout, self.retries, self.api_key = timeout, retries, api_key
+
+    def _request(self, prompt: str) -> str:
+        messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
+            [{"role": "user", "content": prompt}]
+        body = json.dumps({"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
+                           "temperature": self.temperature}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(0.5 * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    raw = response.read()
+            except urllib.error.HTTPError as err:
+                detail = err.read()[:300].decode(errors="replace")
+                if err.code not in _RETRY_STATUS:
+                    raise RuntimeError(f"black-box teacher at {self.endpoint} answered HTTP {err.code}: "
+                                       f"{detail}") from err
+                last = RuntimeError(f"HTTP {err.code}: {detail}")
+                continue
+            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+                last = err
+                continue
+            return _content(raw, self.endpoint)
+        raise RuntimeError(f"black-box teacher at {self.endpoint} failed after {self.retries + 1} attempts "
+                           f"(last error: {last}); is the server running? check blackbox.url") from last
+
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        return [self._request(p) for p in prompts]
+
+
+def _content(raw: bytes, endpoint: str) -> str:
+    try:
+        data = json.loads(raw)
+        content = data["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as err:
+        raise ValueError(f"black-box teacher at {endpoint} sent no choices[0].message.content: "
+                         f"{raw[:300]!r}") from err
+    if not isinstance(content, str):
+        raise ValueError(f"black-box teacher at {endpoint} sent non-text content: {content!r}")
+    return content
+
+
+def resolve_teacher(config: Any) -> Callable[[Sequence[str]], list[str]]:
+    """The teacher callable of a :class:`kdlens.config.BlackboxConfig` (and the run's system prompt)."""
+    bcfg = config.blackbox
+    if bcfg.teacher:
+        module, _, attr = bcfg.teacher.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"blackbox.teacher={bcfg.teacher!r} is not an importable 'module:callable' "
+                             f"({err})") from err
+        if not callable(fn):
+            raise ValueError(f"blackbox.teacher={bcfg.teacher!r} is not callable")
+        return fn
+    key = os.environ.get(bcfg.api_key_env) if bcfg.api_key_env else None
+    return OpenAIChatTeacher(bcfg.url, model=bcfg.model, system=config.system_prompt, max_tokens=bcfg.max_tokens,
+                             temperature=bcfg.temperature, timeout=bcfg.timeout, retries=bcfg.retries, api_key=key)
+
+
+def _read_cache(path, records) -> dict[int, str]:
+    if not path.is_file():
+        return {}
+    done = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            row = json.loads(line)
+            index, text = int(row["index"]), row["text"]
+        except (ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}:{number} is not a blackbox cache line ({err}); delete the file to query "
+                             "the teacher again") from err
+        if index >= len(records) or row["prompt_sha"] != sha256_json(records[index].prompt):
+            raise ValueError(f"{path}:{number} answers another prompt than training example {index}; delete "
+                             "the file to query the teacher again")
+        done[index] = text
+    return done
+
+
+def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[str]]) -> list[dict[str, list[int]]]:
+    """Query the teacher for every record (cached, resumable); encode its answers as training data."""
+    from kdlens.data import encode_for_training
+
+    cfg = ctx.config
+    path = ctx.run.path / CACHE_NAME
+    done = _read_cache(path, ctx.records)
+    todo = [i for i in range(len(ctx.records)) if i not in done]
+    for start in range(0, len(todo), cfg.blackbox.batch_size):
+        chunk = todo[start:start + cfg.blackbox.batch_size]
+        texts = teacher([ctx.records[i].prompt for i in chunk])
+        if not isinstance(texts, (list, tuple)) or len(texts) != len(chunk) \
+                or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"the black-box teacher must return one string per prompt: sent {len(chunk)} prompts, "
+                             f"got {type(texts).__name__} {str(texts)[:200]}")
+        for i, text in zip(chunk, texts, strict=True):
+            if not text.strip():
+                raise ValueError(f"the black-box teacher returned an empty answer for example "
+                                 f"{ctx.records[i].id!r}")
+            done[i] = text
+        atomic_write_text(path, "".join(json.dumps({"index": i, "prompt_sha": sha256_json(ctx.records[i].prompt),
+                                                    "text": done[i]}) + "\n" for i in sorted(done)))
+    return [encode_for_training(ctx.tokenizer, replace(record, rationale=done[i]), max_length=cfg.max_length,
+                                system=cfg.system_prompt) for i, record in enumerate(ctx.records)]
+
+
+@dataclass
+class _BlackBoxRun:
+    features: list[dict[str, list[int]]]
+
+    def prepare_step(self, *, step: int, total_steps: int, example_indices: Sequence[int],
+                     features: list[dict[str, list[int]]], student: torch.nn.Module) -> StepData:
+        return StepData(features, "gold")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class BlackBoxKD:
+    """Black-box KD: cross-entropy on a text-only teacher's answers (callable or chat endpoint)."""
+
+    name: str = "blackbox"
+    needs_teacher: bool = False
+    needs_hidden_states: bool = False
+    description: str = "black-box KD: CE on a text-only teacher's answers (Python callable or OpenAI-compatible URL)"
+
+    def begin(self, ctx: RunContext) -> _BlackBoxRun:
+        return _BlackBoxRun(teacher_features(ctx, resolve_teacher(ctx.config)))
+
+    def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
+        return SFT()(ctx)

@@ -1,0 +1,311 @@
+"""Run a sweep: expand the spec, train the missing runs, evaluate them, join everything.
+
+``run_sweep(spec, output_dir=...)`` is resumable at every level: a finished run (its ``done``
+marker) is not trained again, a killed one resumes from its last saved state, evaluation shards
+already written are reused, and the teacher runs once per (teacher, data) for every KD run
+because they all read the same logit cache. A sweep directory::
+
+    <output_dir>/
+      spec.yaml             the resolved spec of the last call
+      runs.parquet          one row per run (kdlens.analysis.ablations.expand_sweep) with its status
+      runs/<run_id>/        run directories (kdlens.distill.RunDir), each with
+        eval/examples.parquet   the run's and its teacher's (model_id "teacher") greedy outputs
+        eval/tokens.parquet     per-token statistics of the run against its teacher (eval.tokens)
+      teachers/base/eval/   the base (task-unaware) teacher's outputs
+      teachers/sft/         the task-aware teacher: the base teacher after method=sft (when needed)
+      teacher_cache/        logit caches shared by the KD runs
+      examples.parquet      every model's examples (model_id = run_id, "teacher" or "teacher_sft")
+      tokens.parquet        every run's tokens table (when collected)
+      results.parquet       one row per (run, task): axes, accuracy, agreement, fidelity, gains
+      manifest.json         spec hash, versions, git sha, per-run status and timings
+
+:func:`kdlens.report.build_report` reads this directory; it never loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_json, versions
+from kdlens.analysis.ablations import (
+    SweepSpec,
+    add_gain,
+    expand_sweep,
+    join_results,
+    load_sweep_spec,
+    run_config,
+    run_metrics,
+    teacher_sft_config,
+)
+
+__all__ = ["run_sweep", "read_results", "sweep_status", "TEACHER_IDS"]
+
+logger = logging.getLogger("kdlens.sweep")
+
+#: model_id of each teacher in the sweep-level examples table
+TEACHER_IDS: dict[bool, str] = {False: "teacher", True: "teacher_sft"}
+
+_EVAL_DEFAULTS: dict[str, Any] = {"n": None, "max_new_tokens": 256, "batch_size": 8, "split": "test",
+                                  "tokens": True, "fidelity": True, "n_boot": 1000, "seed": 0}
+
+
+def _eval_settings(spec: SweepSpec) -> dict[str, Any]:
+    settings = {**_EVAL_DEFAULTS, **dict(spec.eval)}
+    tasks = settings.get("tasks", spec.base.get("tasks"))
+    if isinstance(tasks, str):
+        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not tasks:
+        raise ValueError("the sweep has no evaluation tasks: set eval.tasks (or base.tasks)")
+    settings["tasks"] = list(tasks)
+    return settings
+
+
+def sweep_status(runs: pd.DataFrame, output_dir: str | os.PathLike) -> pd.Series:
+    """Status of each run on disk: ``"evaluated"``, ``"trained"``, ``"partial"`` or ``"pending"``.
+
+    ``"partial"`` is a run directory without its ``done`` marker (killed: it resumes).
+    """
+    root = Path(output_dir)
+    out = []
+    for rel in runs["run_dir"]:
+        path = root / rel
+        if (path / "eval" / "examples.parquet").is_file() and (path / "done").is_file():
+            out.append("evaluated")
+        elif (path / "done").is_file():
+            out.append("trained")
+        elif path.exists():
+            out.append("partial")
+        else:
+            out.append("pending")
+    return pd.Series(out, index=runs.index, name="status", dtype="string")
+
+
+def _write_runs(runs: pd.DataFrame, root: Path) -> None:
+    from kdlens.eval._store import write_parquet
+
+    runs = runs.copy()
+    runs["status"] = sweep_status(runs, root)
+    # axis columns mix types across rows (e.g. NaN for SFT rows): store them as JSON text
+    for col in runs.columns[4:]:
+        runs[col] = [None if _missing(v) else json.dumps(v) for v in runs[col]]
+    write_parquet(runs, root / "runs.parquet", metadata={"axes_as_json": list(runs.columns[4:])})
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _teacher_spec(spec: SweepSpec, aware: bool, root: Path) -> str:
+    return str((root / "teachers" / "sft").resolve()) if aware else str(spec.base["teacher"])
+
+
+def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
+    from kdlens.eval import evaluate
+
+    out = (root / "teachers" / ("sft" if aware else "base") / "eval")
+    evaluate({"teacher": _teacher_spec(spec, aware, root)}, settings["tasks"], n=settings["n"],
+             batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
+             split=settings["split"], output_dir=out)
+    return out
+
+
+def _seed_teacher_shards(teacher_eval: Path, run_eval: Path) -> None:
+    """Give a run's eval directory its teacher's finished shards, so the teacher is not rerun.
+
+    ``kdlens.eval.evaluate`` reuses a shard whose fingerprint (model spec, task, decoding, sizes)
+    matches, and recomputes any other one, so a copy can only save time, never change a result.
+    """
+    for shard in sorted((teacher_eval / "shards").glob("teacher__*.parquet")):
+        target = run_eval / "shards" / shard.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(shard, tmp)
+            os.replace(tmp, target)
+
+
+def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any]) -> None:
+    from kdlens.eval import collect_tokens, evaluate
+    from kdlens.eval._store import TOKENS_NAME, write_parquet
+
+    eval_dir = run_dir / "eval"
+    _seed_teacher_shards(teacher_eval, eval_dir)
+    examples = evaluate({"teacher": teacher, rid: str(run_dir)}, settings["tasks"], n=settings["n"],
+                        batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
+                        split=settings["split"], output_dir=eval_dir)
+    if settings["tokens"] and not (eval_dir / TOKENS_NAME).is_file():
+        teacher_rows = examples.loc[(examples["model_id"] == "teacher") & (examples["sample"] == 0)]
+        tokens = collect_tokens(str(run_dir), teacher, teacher_rows, batch_size=settings["batch_size"],
+                                student_id=rid, teacher_id="teacher")
+        write_parquet(tokens, eval_dir / TOKENS_NAME, metadata={"student": str(run_dir), "teacher": teacher})
+
+
+def run_sweep(
+    spec: str | os.PathLike | Mapping[str, Any] | SweepSpec,
+    *,
+    output_dir: str | os.PathLike,
+    evaluate: bool = True,
+    max_runs: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> pd.DataFrame:
+    """Train, evaluate and summarise every run of a sweep that is not finished yet.
+
+    Parameters
+    ----------
+    spec : path to a YAML sweep spec, mapping or :class:`kdlens.analysis.ablations.SweepSpec`
+    output_dir : path
+        The sweep directory (layout in the module docstring); created when missing.
+    evaluate : bool
+        Evaluate the runs and write the results; False only trains.
+    max_runs : int, optional
+        Train at most this many missing runs in this call (e.g. to fit a time budget); the next
+        call continues where this one stopped.
+    progress : callable, optional
+        Called with one line of text per step (the CLI prints it); logging gets it too.
+
+    Returns
+    -------
+    DataFrame
+        The results table (also written to ``results.parquet``): one row per evaluated run and
+        task (``"all"`` pools the tasks) with the run's axes, the metrics of
+        :func:`kdlens.analysis.ablations.run_metrics`, and, when the sweep has SFT runs,
+        ``<metric>_gain`` over the SFT baseline of the same student and seed. Empty when nothing
+        is evaluated yet.
+
+    Raises
+    ------
+    ValueError
+        An invalid spec, or a run directory holding a different config (the engine refuses to
+        mix settings): the message names the run.
+    """
+    from kdlens.config import config_to_yaml
+    from kdlens.distill import RunDir, distill
+    from kdlens.eval._store import read_examples, read_tokens, write_parquet
+
+    if max_runs is not None and max_runs < 0:
+        raise ValueError(f"max_runs must be >= 0, got {max_runs}")
+    spec = load_sweep_spec(spec)
+    root = Path(output_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    say = _reporter(progress)
+    runs = expand_sweep(spec)
+    import yaml
+
+    atomic_write_text(root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    _write_runs(runs, root)
+    settings = _eval_settings(spec) if evaluate else None
+    manifest_path = root / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"runs": {}}
+    manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
+                     "git_sha": git_sha(), "eval": settings})
+    cache_dir = str((root / "teacher_cache").resolve())
+    aware_needed = any(bool(v) for v in runs.get("teacher_aware", pd.Series(dtype=object)).dropna())
+
+    if aware_needed:
+        teacher_run = RunDir(root / "teachers" / "sft")
+        if not teacher_run.done:
+            say(f"task-aware teacher: fine-tuning {spec.base.get('teacher')} with method=sft")
+            distill(teacher_sft_config(spec, output_dir=str(teacher_run.path)))
+    trained = 0
+    for i, row in enumerate(runs.itertuples(index=False), start=1):
+        run = RunDir(root / row.run_dir)
+        overrides = json.loads(row.overrides)
+        if run.done:
+            continue
+        if max_runs is not None and trained >= max_runs:
+            say(f"stopping after {trained} run(s) (max_runs); run the sweep again to continue")
+            break
+        cfg = run_config(spec, overrides, output_dir=str(run.path), teacher_dir=_teacher_spec(spec, True, root),
+                         cache_dir=cache_dir)
+        say(f"[{i}/{len(runs)}] training {row.run_id}" + (" (resuming)" if run.path.exists() else ""))
+        started = time.perf_counter()
+        distill(cfg)
+        trained += 1
+        manifest["runs"][row.run_id] = {"config": config_to_yaml(cfg), "train_s": time.perf_counter() - started}
+        atomic_write_json(manifest_path, manifest)
+    _write_runs(runs, root)
+
+    if not evaluate:
+        return pd.DataFrame()
+    teacher_evals: dict[bool, Path] = {}
+    metrics: dict[str, pd.DataFrame] = {}
+    example_frames, token_frames = [], []
+    for i, row in enumerate(runs.itertuples(index=False), start=1):
+        run = RunDir(root / row.run_dir)
+        if not run.done:
+            continue
+        aware = bool(json.loads(row.overrides).get("teacher_aware", False))
+        if aware not in teacher_evals:
+            say(f"evaluating the {'task-aware' if aware else 'base'} teacher")
+            teacher_evals[aware] = _evaluate_teacher(spec, aware, root, settings)
+            teacher_rows = read_examples(teacher_evals[aware])
+            example_frames.append(teacher_rows.assign(model_id=TEACHER_IDS[aware]))
+        if not (run.path / "eval" / "examples.parquet").is_file() or \
+                (settings["tokens"] and not (run.path / "eval" / "tokens.parquet").is_file()):
+            say(f"[{i}/{len(runs)}] evaluating {row.run_id}")
+        _evaluate_run(row.run_id, run.path, _teacher_spec(spec, aware, root), teacher_evals[aware], settings)
+        examples = read_examples(run.path / "eval")
+        tokens = read_tokens(run.path / "eval") if settings["tokens"] else None
+        metrics[row.run_id] = run_metrics(examples, model_id=row.run_id, teacher="teacher", tokens=tokens,
+                                          fidelity=settings["fidelity"], n_boot=settings["n_boot"],
+                                          seed=settings["seed"])
+        example_frames.append(examples.loc[examples["model_id"] == row.run_id])
+        if tokens is not None:
+            token_frames.append(tokens.assign(teacher_id=TEACHER_IDS[aware]))
+    _write_runs(runs, root)
+    if not metrics:
+        say("no finished run to evaluate yet")
+        return pd.DataFrame()
+
+    runs = runs.assign(status=sweep_status(runs, root))
+    results = join_results(runs, metrics)
+    if "method" in results.columns and (results["method"] == (spec.baseline or "sft")).any():
+        results = add_gain(results, baseline=spec.baseline or "sft")
+    results["teacher_id"] = [TEACHER_IDS[bool(json.loads(o).get("teacher_aware", False))] for o in results["overrides"]]
+    stored = results.copy()
+    for col in runs.columns[4:]:
+        stored[col] = [None if _missing(v) else json.dumps(v) for v in stored[col]]
+    meta = {"axes_as_json": list(runs.columns[4:]), "spec": spec.to_dict()}
+    write_parquet(stored, root / "results.parquet", metadata=meta)
+    write_parquet(pd.concat(example_frames, ignore_index=True), root / "examples.parquet")
+    if token_frames:
+        write_parquet(pd.concat(token_frames, ignore_index=True), root / "tokens.parquet")
+    manifest["n_evaluated"] = len(metrics)
+    atomic_write_json(manifest_path, manifest)
+    say(f"results of {len(metrics)} run(s) written to {root / 'results.parquet'}")
+    return results
+
+
+def read_results(path: str | os.PathLike) -> pd.DataFrame:
+    """Load a sweep's ``results.parquet`` (or ``runs.parquet``) with its axis columns decoded."""
+    from kdlens.eval._store import read_parquet_metadata
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; run `kdlens sweep SPEC -o DIR` first")
+    frame = pd.read_parquet(path)
+    for col in read_parquet_metadata(path).get("axes_as_json", []):
+        frame[col] = [None if v is None or v != v else json.loads(v) for v in frame[col]]
+        if frame[col].map(lambda v: isinstance(v, int | float) and not isinstance(v, bool) or v is None).all():
+            frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
+
+
+def _reporter(progress: Callable[[str], None] | None) -> Callable[[str], None]:
+    def say(text: str) -> None:
+        logger.info(text)
+        if progress is not None:
+            progress(text)
+
+    return say
