@@ -25,7 +25,8 @@ demo: setup
 	$(BIN)/kdlens demo
 
 test: setup
-	$(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
+	# two xdist workers on two cores: one torch thread each avoids oversubscription
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check kdlens tests benchmarks

@@ -138,19 +138,21 @@ def topk_error(args) -> list[dict]:
         for loss in ("forward_kl", "reverse_kl"):
             fn = get_loss(loss)
             for tau in (1.0, 2.0):
-                def value_and_grad(signal, zs=zs, fn=fn, tau=tau, mask=mask):
+                def value_and_grad(signal, tail="uniform", zs=zs, fn=fn, tau=tau, mask=mask):
                     s = zs.clone().requires_grad_(True)
-                    total = kd_token_loss(fn, s, signal, mask=mask, temperature=tau).sum() / mask.sum()
+                    total = kd_token_loss(fn, s, signal, mask=mask, temperature=tau, tail=tail).sum() / mask.sum()
                     (grad,) = torch.autograd.grad(total, s)
                     return float(total.detach()), grad[mask].flatten()
 
                 online, g_online = value_and_grad(zt)
                 for k in (8, 32, 128):
-                    cached, g_cached = value_and_grad(topk_signal(zt, k))
-                    cos = float(torch.nn.functional.cosine_similarity(g_online, g_cached, dim=0))
-                    rows.append({"batch": b, "loss": loss, "tau": tau, "k": k, "online": online, "cached": cached,
-                                 "rel_error": (cached - online) / online, "grad_cosine": cos,
-                                 "tokens": int(mask.sum())})
+                    signal = topk_signal(zt, k)
+                    for tail in ("uniform", "bucket"):
+                        cached, g_cached = value_and_grad(signal, tail=tail)
+                        cos = float(torch.nn.functional.cosine_similarity(g_online, g_cached, dim=0))
+                        rows.append({"batch": b, "loss": loss, "tau": tau, "k": k, "tail": tail, "online": online,
+                                     "cached": cached, "rel_error": (cached - online) / online,
+                                     "grad_cosine": cos, "tokens": int(mask.sum())})
     return rows
 
 
@@ -174,13 +176,18 @@ def main(argv=None) -> int:
         return 0
     if args.topk_error:
         rows = topk_error(args)
-        print(f"{'loss':<11} {'tau':>4} {'k':>4} {'mean rel err':>13} {'max |rel err|':>14} {'min grad cos':>13}")
-        for loss in ("forward_kl", "reverse_kl"):
-            for tau in (1.0, 2.0):
-                for k in (8, 32, 128):
-                    sel = [r for r in rows if r["loss"] == loss and r["tau"] == tau and r["k"] == k]
-                    print(f"{loss:<11} {tau:>4} {k:>4} {statistics.mean(r['rel_error'] for r in sel):>13.2e} "
-                          f"{max(abs(r['rel_error']) for r in sel):>14.2e} {min(r['grad_cosine'] for r in sel):>13.6f}")
+        print(f"{'tail':<8} {'loss':<11} {'tau':>4} {'k':>4} {'mean rel err':>13} {'max |rel err|':>14} "
+              f"{'min grad cos':>13}")
+        for tail in ("uniform", "bucket"):
+            for loss in ("forward_kl", "reverse_kl"):
+                for tau in (1.0, 2.0):
+                    for k in (8, 32, 128):
+                        sel = [r for r in rows if r["loss"] == loss and r["tau"] == tau and r["k"] == k
+                               and r["tail"] == tail]
+                        print(f"{tail:<8} {loss:<11} {tau:>4} {k:>4} "
+                              f"{statistics.mean(r['rel_error'] for r in sel):>13.2e} "
+                              f"{max(abs(r['rel_error']) for r in sel):>14.2e} "
+                              f"{min(r['grad_cosine'] for r in sel):>13.6f}")
         result = {"topk_error": rows}
     else:
         result = {"phases": []}

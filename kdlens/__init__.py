@@ -34,6 +34,10 @@ _LAZY: dict[str, str] = {
     "agreement": "kdlens.analysis",
     "fidelity": "kdlens.analysis",
     "paradox_test": "kdlens.analysis",
+    "expand_sweep": "kdlens.analysis",
+    "run_sweep": "kdlens.sweep",
+    "build_report": "kdlens.report",
+    "write_report": "kdlens.report",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -45,6 +45,7 @@ _MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "bfloat16", "float16")
 _CACHE_DTYPES = ("float32", "float16")
+_CACHE_TAILS = ("uniform", "bucket")
 _FEATURE_KINDS = ("l2", "l1", "cosine", "ce", "mmd")
 _LAYER_MAP_STRATEGIES = ("uniform", "skip", "last")
 
@@ -365,6 +366,9 @@ class DistillConfig:
         Number of teacher logits stored per response token in a cache.
     cache_dtype : {"float32", "float16"}
         Storage dtype of cached logits.
+    cache_tail : {"uniform", "bucket"}
+        How the loss treats the teacher mass outside the cached top-k (see :mod:`kdlens.teacher`):
+        spread evenly over the other tokens (default; exact student side), or one "rest" bucket.
     steps, epochs : int or None, float or None
         Training length; give exactly one (``steps`` defaults to 100 when neither is set).
     batch_size : int
@@ -417,6 +421,7 @@ class DistillConfig:
     cache_dir: str | None = None
     top_k: int = 64
     cache_dtype: str = "float32"
+    cache_tail: str = "uniform"
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 8
@@ -500,6 +505,7 @@ class DistillConfig:
         _known("device", self.device, _DEVICES)
         _known("dtype", self.dtype, _DTYPES)
         _known("cache_dtype", self.cache_dtype, _CACHE_DTYPES)
+        _known("cache_tail", self.cache_tail, _CACHE_TAILS)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.steps is not None and self.epochs is not None:

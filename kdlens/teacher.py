@@ -48,6 +48,7 @@ __all__ = [
     "add_noise",
     "topk_signal",
     "topk_pseudo_logits",
+    "dense_teacher_logits",
     "kd_token_loss",
     "response_mask",
     "cache_key",
@@ -187,10 +188,42 @@ def topk_pseudo_logits(student_logits: torch.Tensor, topk: TopK) -> tuple[torch.
     return torch.cat([s_top, s_rest.unsqueeze(-1)], -1), torch.cat([t_vals, t_rest.unsqueeze(-1)], -1)
 
 
+def dense_teacher_logits(topk: TopK, vocab_size: int) -> torch.Tensor:
+    """Full-vocabulary teacher logits rebuilt from a top-k entry, the tail spread uniformly.
+
+    The k cached tokens keep their raw logits; each of the ``m = V - k`` other tokens gets
+    ``log(sum of the tail's exp-logits / m)``, so the tail keeps exactly its cached mass at tau = 1
+    and the distribution equals the teacher's when k = V.
+
+    Parameters
+    ----------
+    topk : TopK
+        Fields [..., k] / [...].
+    vocab_size : int
+        V, the width of the student logits it will be compared with.
+
+    Returns
+    -------
+    Tensor, float32 [..., V]
+    """
+    values = topk.values.float()
+    m = vocab_size - topk.k
+    if m < 0:
+        raise ValueError(f"top-k entry has k={topk.k} > vocab_size={vocab_size}")
+    if m == 0:
+        fill = torch.zeros_like(values[..., 0])
+    else:
+        log_z = values.logsumexp(-1) - _log1mexp(topk.residual.float())
+        fill = topk.residual.float() + log_z - math.log(m)
+        fill = torch.maximum(fill, values.amax(-1) - _EMPTY_BUCKET_MARGIN)
+    dense = fill.unsqueeze(-1).expand(*values.shape[:-1], vocab_size).clone()
+    return dense.scatter_(-1, topk.indices, values)
+
+
 def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Tensor,
                   teacher: torch.Tensor | TopK, *, mask: torch.Tensor, temperature: float = 1.0,
                   scale_by_temperature_squared: bool = False, sigma: float = 0.0,
-                  seed: int = 0) -> torch.Tensor:
+                  seed: int = 0, tail: str = "uniform") -> torch.Tensor:
     """Per-token KD loss from full teacher logits or a top-k signal, noise applied first.
 
     Parameters
@@ -208,14 +241,22 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
         Noise std added to the raw teacher (pseudo-)logits before tau.
     seed : int
         Noise generator seed.
+    tail : {"uniform", "bucket"}
+        How a top-k entry stands in for the full teacher: ``"uniform"`` rebuilds full logits with
+        the tail spread evenly (:func:`dense_teacher_logits`; the student side is exact), ``"bucket"``
+        compares (k+1)-way distributions (:func:`topk_pseudo_logits`). Ignored for full logits.
 
     Returns
     -------
     Tensor, float32 [B, T]
         Per-token loss, 0 at masked positions.
     """
-    if isinstance(teacher, TopK):
+    if isinstance(teacher, TopK) and tail == "uniform":
+        student, teacher_logits = student_logits, dense_teacher_logits(teacher, student_logits.shape[-1])
+    elif isinstance(teacher, TopK) and tail == "bucket":
         student, teacher_logits = topk_pseudo_logits(student_logits, teacher)
+    elif isinstance(teacher, TopK):
+        raise ValueError(f"tail={tail!r} is not one of ['uniform', 'bucket']")
     else:
         student, teacher_logits = student_logits, teacher.float()
     teacher_logits = add_noise(teacher_logits, sigma, seed=seed)

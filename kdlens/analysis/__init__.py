@@ -7,6 +7,17 @@ lazily, only when that metric is asked for.
 
 from __future__ import annotations
 
+from kdlens.analysis.ablations import (
+    SweepSpec,
+    add_gain,
+    axis_curve,
+    expand_sweep,
+    join_results,
+    load_sweep_spec,
+    run_metrics,
+    teacher_gap,
+)
+from kdlens.analysis.mode_fit import fit_to_bimodal
 from kdlens.analysis.paper import improvements, reproduce
 from kdlens.analysis.paradox import paradox_test
 from kdlens.analysis.rationale_fidelity import (
@@ -38,20 +49,27 @@ __all__ = [
     "BLEU_SETTINGS",
     "MODEL_COLUMNS",
     "PADJUST_METHODS",
+    "SweepSpec",
     "TOKEN_METRICS",
     "adjust_pvalues",
+    "add_gain",
     "agreement",
     "anova",
     "answer_pairs",
+    "axis_curve",
     "bleu_signature",
     "correlation",
     "embedding_cosine",
+    "expand_sweep",
     "fidelity",
     "fit_gee",
     "fit_logistic",
+    "fit_to_bimodal",
     "gee",
     "improvements",
+    "join_results",
     "load_encoder",
+    "load_sweep_spec",
     "logistic",
     "mcnemar",
     "pair_models",
@@ -59,8 +77,10 @@ __all__ = [
     "paradox_test",
     "reproduce",
     "rouge_l",
+    "run_metrics",
     "sentence_bleu",
     "summarize_fidelity",
+    "teacher_gap",
     "ttest",
     "wilcoxon",
 ]

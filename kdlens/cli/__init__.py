@@ -22,6 +22,8 @@ SUBCOMMANDS: dict[str, str] = {
     "models": "kdlens.cli.models",
     "demo": "kdlens.cli.demo",
     "analyze": "kdlens.cli.analyze",
+    "sweep": "kdlens.cli.sweep",
+    "report": "kdlens.cli.report",
     "paper-stats": "kdlens.cli.paper_stats",
 }
 

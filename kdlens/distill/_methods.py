@@ -217,7 +217,7 @@ def _kd_tokens(ctx: StepContext, student_logits: torch.Tensor, teacher: TeacherO
     return kd_token_loss(ctx.loss_fn, student_logits, teacher.logits, mask=mask,
                          temperature=cfg.temperature,
                          scale_by_temperature_squared=cfg.scale_by_temperature_squared,
-                         sigma=cfg.sigma, seed=ctx.noise_seed)
+                         sigma=cfg.sigma, seed=ctx.noise_seed, tail=cfg.cache_tail)
 
 
 @dataclass(frozen=True)

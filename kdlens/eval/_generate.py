@@ -136,10 +136,13 @@ def stop_token_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
-    """Name of the KV-cache argument: ``cache`` in recent transformers 5.x, ``past_key_values`` before."""
+def _step_keywords(model: torch.nn.Module) -> tuple[str, dict[str, Any]]:
+    """The KV-cache argument's name (``cache`` in recent transformers 5.x, ``past_key_values`` before)
+    and ``logits_to_keep=1`` where supported: decoding needs only the last position's logits, and
+    computing ``[B, T, V]`` for the whole prompt would dominate the prefill's memory."""
     params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    extra = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+    return ("cache" if "cache" in params else "past_key_values"), extra
 
 
 def _output_cache(output: Any) -> Any:
@@ -203,7 +206,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stops = torch.tensor(stop_token_ids(model, tokenizer))
     device = model_device(model)
-    cache_kw = _cache_keyword(model)
+    cache_kw, extra = _step_keywords(model)
     generators = [torch.Generator().manual_seed(int(s)) for s in seeds] if sampling else []
 
     ids, attention = _left_pad(prompts, pad_id, device)
@@ -219,7 +222,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[
     step_ids, step_positions = ids, positions
     for step in range(max_new_tokens):
         output = model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
-                       use_cache=True, **{cache_kw: cache})
+                       use_cache=True, **{cache_kw: cache}, **extra)
         cache = _output_cache(output)
         logits = output.logits[:, -1, :].float()
         if sampling:

@@ -11,6 +11,7 @@ from kdlens.teacher import (
     TeacherCache,
     TopK,
     add_noise,
+    dense_teacher_logits,
     kd_token_loss,
     noise_seed,
     response_mask,
@@ -86,13 +87,14 @@ def test_pseudo_logits_give_exact_k_plus_1_way_distributions():
     assert torch.allclose(torch.softmax(ps.double(), -1), want_s, atol=1e-6)
 
 
+@pytest.mark.parametrize("tail", ["uniform", "bucket"])
 @pytest.mark.parametrize("tau", [1.0, 2.0, 0.5])
-def test_cache_loss_with_k_equal_v_equals_online_loss(tau):
+def test_cache_loss_with_k_equal_v_equals_online_loss(tau, tail):
     torch.manual_seed(2)
     s, t = torch.randn(2, 5, 30), torch.randn(2, 5, 30) * 2
     mask = torch.tensor([[True, True, False, True, True], [False, True, True, True, False]])
     online = kd_token_loss(naive_forward_kl, s, t, mask=mask, temperature=tau)
-    cached = kd_token_loss(naive_forward_kl, s, topk_signal(t, 30), mask=mask, temperature=tau)
+    cached = kd_token_loss(naive_forward_kl, s, topk_signal(t, 30), mask=mask, temperature=tau, tail=tail)
     assert torch.allclose(cached, online, atol=1e-6)
     assert float(online[0, 2]) == 0.0
 
@@ -104,7 +106,7 @@ def test_cache_loss_with_small_k_lower_bounds_the_kl_at_tau_1():
     mask = torch.ones(3, 4, dtype=torch.bool)
     online = kd_token_loss(naive_forward_kl, s, t, mask=mask)
     for k in (1, 4, 16):
-        cached = kd_token_loss(naive_forward_kl, s, topk_signal(t, k), mask=mask)
+        cached = kd_token_loss(naive_forward_kl, s, topk_signal(t, k), mask=mask, tail="bucket")
         assert (cached <= online + 1e-6).all()
         assert (cached > 0).all()
 
@@ -116,8 +118,29 @@ def test_noise_on_topk_is_applied_to_the_k_plus_1_pseudo_logits():
     mask = torch.ones(1, 3, dtype=torch.bool)
     ps, pt = topk_pseudo_logits(s, sig)
     want = naive_forward_kl(ps, add_noise(pt, 1.5, seed=9), mask=mask)
+    got = kd_token_loss(naive_forward_kl, s, sig, mask=mask, sigma=1.5, seed=9, tail="bucket")
+    assert torch.allclose(got.double(), want, atol=1e-6)
+    # uniform tail: one draw per vocabulary entry of the rebuilt logits, as online
+    dense = dense_teacher_logits(sig, 20)
+    want = naive_forward_kl(s, add_noise(dense, 1.5, seed=9), mask=mask)
     got = kd_token_loss(naive_forward_kl, s, sig, mask=mask, sigma=1.5, seed=9)
     assert torch.allclose(got.double(), want, atol=1e-6)
+    with pytest.raises(ValueError, match="tail"):
+        kd_token_loss(naive_forward_kl, s, sig, mask=mask, tail="spread")
+
+
+def test_dense_teacher_keeps_topk_probabilities_and_spreads_the_tail_evenly():
+    torch.manual_seed(5)
+    t = torch.randn(3, 4, 50) * 3
+    sig = topk_signal(t, 6)
+    dense = dense_teacher_logits(sig, 50)
+    p_true = torch.softmax(t.double(), -1)
+    p_dense = torch.softmax(dense.double(), -1)
+    assert torch.allclose(p_dense.gather(-1, sig.indices), p_true.gather(-1, sig.indices), atol=1e-6)
+    tail = torch.ones_like(p_dense, dtype=torch.bool).scatter(-1, sig.indices, False)
+    tail_probs = p_dense[tail].view(3, 4, 44)
+    assert torch.allclose(tail_probs, sig.residual.double().exp().unsqueeze(-1) / 44, atol=1e-7)
+    assert torch.allclose(dense_teacher_logits(topk_signal(t, 50), 50).sort(-1).values, t.sort(-1).values)
 
 
 class _LinearLM(torch.nn.Module):

@@ -1,0 +1,342 @@
+"""Generation-based distillation on the tiny model: generated batches, gkd, distillm, minillm, seq_kd."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from kdlens.config import load_config
+from kdlens.distill import distill
+from kdlens.distill._generation import generate_continuations, prompt_ids
+from kdlens.distill._replay import ReplayBuffer
+from kdlens.distill.distillm import AdaptiveSchedule
+from kdlens.distill.minillm import policy_gradient_loss
+from kdlens.distill.seq_kd import best_by_bleu
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [20]]
+
+
+@pytest.fixture(scope="module")
+def tasks_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("gen_data") / "arith.jsonl"
+    rows = [{"instruction": f"What is {3 + i} + {7 + 2 * i}?", "input": "",
+             "output": f"{3 + i} plus {7 + 2 * i} is {10 + 3 * i}. The answer is {10 + 3 * i}",
+             "answer": str(10 + 3 * i)} for i in range(16)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def config(tmp_path, tasks_file, name, **kw):
+    base = dict(teacher="tiny", student="prune:1", tasks=[tasks_file], steps=3, batch_size=4, lr=1e-2, seed=0,
+                device="cpu", output_dir=str(tmp_path / name))
+    base.update(kw)
+    return load_config(None, base)
+
+
+def weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(run.checkpoint_path / "model.safetensors"))
+
+
+def naive_greedy(model, prompt, max_new_tokens, stops):
+    """Reference decoder: one full forward pass per token, no cache, no batching, no padding."""
+    ids = list(prompt)
+    out = []
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            tok = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            out.append(tok)
+            ids.append(tok)
+            if tok in stops:
+                break
+    return out
+
+
+# ---------------------------------------------------------------- generated batches
+
+
+def test_greedy_batched_generation_matches_naive_decoding_and_masks_are_right(tiny):
+    model, _ = tiny
+    free = [naive_greedy(model, p, 6, stops=[]) for p in PROMPTS]
+    stop = free[1][2]  # row 1 must stop after 3 tokens (or earlier if it appears before)
+    expected = [naive_greedy(model, p, 6, stops=[stop]) for p in PROMPTS]
+    assert len({len(e) for e in expected}) > 1, "setup: rows should end at different lengths"
+    gen = generate_continuations(model, PROMPTS, max_new_tokens=6, pad_token_id=3, stop_token_ids=[stop], seed=0,
+                                 do_sample=False)
+    assert gen.continuations() == expected
+    assert gen.lengths.tolist() == [len(e) for e in expected]
+    assert gen.finished.tolist() == [e[-1] == stop for e in expected]
+    width = gen.prompt_width
+    assert width == 6 and gen.input_ids.shape == (3, 6 + max(len(e) for e in expected))
+    for row, (prompt, cont) in enumerate(zip(PROMPTS, expected, strict=True)):
+        pad_left = width - len(prompt)
+        n = len(cont)
+        mask = gen.attention_mask[row].tolist()
+        assert mask == [0] * pad_left + [1] * (len(prompt) + n) + [0] * (gen.input_ids.shape[1] - width - n)
+        labels = gen.labels[row].tolist()
+        assert labels[:width] == [-100] * width  # the prompt is never a target
+        assert labels[width:width + n] == cont  # every generated token, the stop token included
+        assert labels[width + n:] == [-100] * (len(labels) - width - n)  # padding after EOS is not a target
+        feature = gen.rows()[row]
+        assert feature["input_ids"] == prompt + cont
+        assert feature["labels"] == [-100] * len(prompt) + cont
+        assert prompt_ids(feature) == prompt
+    assert gen.n_generated == sum(len(e) for e in expected) and gen.tokens_per_s > 0
+
+
+def test_sampling_is_seeded_and_mixing_a_model_with_itself_changes_nothing(tiny):
+    model, _ = tiny
+    kw = dict(max_new_tokens=8, pad_token_id=3, stop_token_ids=[2], temperature=1.5)
+    a = generate_continuations(model, PROMPTS, seed=7, **kw).continuations()
+    assert generate_continuations(model, PROMPTS, seed=7, **kw).continuations() == a
+    assert generate_continuations(model, PROMPTS, seed=8, **kw).continuations() != a
+    # 0.5 * q + 0.5 * q == q: the same draws from the same generator
+    assert generate_continuations(model, PROMPTS, seed=7, mix_model=model, mix=0.5, **kw).continuations() == a
+    with pytest.raises(ValueError, match="mix_model"):
+        generate_continuations(model, PROMPTS, seed=7, mix=0.2, **kw)
+    with pytest.raises(ValueError, match="at least one token"):
+        generate_continuations(model, [[1], []], seed=7, **kw)
+
+
+def test_teacher_mixed_sampling_draws_from_the_mixture():
+    """With mix = 1 every token comes from the mix model: here a model that only ever says token 9."""
+
+    class Constant(torch.nn.Module):
+        def __init__(self, token, vocab=12):
+            super().__init__()
+            self.token, self.vocab = token, vocab
+            self.w = torch.nn.Linear(1, 1)
+
+        def forward(self, input_ids, cache=None, **kw):
+            logits = torch.full((*input_ids.shape, self.vocab), -1e4)
+            logits[..., self.token] = 0.0
+            return type("Out", (), {"logits": logits, "cache": None, "past_key_values": None})()
+
+    student, teacher = Constant(4), Constant(9)
+    kw = dict(max_new_tokens=5, pad_token_id=0, stop_token_ids=[11], seed=0, vocab_size=12)
+    assert generate_continuations(student, [[1, 2]], **kw).continuations() == [[4] * 5]
+    assert generate_continuations(student, [[1, 2]], mix_model=teacher, mix=0.9999, **kw).continuations() == [[9] * 5]
+    both = generate_continuations(student, [[1]] * 64, mix_model=teacher, mix=0.5, **kw).continuations()
+    share = sum(t == 9 for row in both for t in row) / (64 * 5)
+    assert 0.4 < share < 0.6
+
+
+# ---------------------------------------------------------------- gkd
+
+
+def test_gkd_with_lambda_zero_is_word_kd(tmp_path, tasks_file):
+    kw = dict(loss="jsd", loss_params={"beta": 0.5})
+    word = distill(config(tmp_path, tasks_file, "word", method="word_kd", **kw))
+    gkd = distill(config(tmp_path, tasks_file, "gkd0", method="gkd", gkd={"lambda_": 0.0}, **kw))
+    a, b = weights(word), weights(gkd)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["batch_source"] for r in gkd.log()] == ["gold"] * 3
+    assert [r["loss"] for r in gkd.log()] == [r["loss"] for r in word.log()]
+
+
+def test_gkd_with_lambda_one_trains_only_on_student_samples(tmp_path, tasks_file):
+    run = distill(config(tmp_path, tasks_file, "gkd1", method="gkd", loss="jsd", loss_params={"beta": 0.5},
+                         gkd={"lambda_": 1.0, "max_new_tokens": 5}))
+    rows = run.log()
+    assert [r["batch_source"] for r in rows] == ["fresh"] * 3
+    for r in rows:
+        # the loss counted exactly the generated tokens (at most 5 per row), none of the gold ones
+        assert r["target_tokens"] == r["gen_tokens"] <= 4 * 5
+        assert r["gen_tokens_per_s"] > 0 and "ce" not in r and math.isfinite(r["loss"])
+        assert 0.0 <= r["gkd_draw"] < 1.0
+
+
+# ---------------------------------------------------------------- distillm
+
+
+def test_phi_follows_a_scripted_validation_loss_sequence():
+    s = AdaptiveSchedule()
+    losses = [2.0, 2.05, 2.2, 2.3, 2.1, 2.6, 2.69, 3.5]
+    # rises >= 0.1 over the LAST value: 2.05->2.2 (+0.15), 2.2->2.3 (+0.1 exactly), 2.1->2.6, 2.69->3.5
+    expected = [0.0, 0.0, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4]
+    assert [(s.update(v), s.phi)[1] for v in losses] == pytest.approx(expected)
+    capped = AdaptiveSchedule(increment=0.6)
+    for v in (0.0, 1.0, 2.0, 3.0):
+        capped.update(v)
+    assert capped.phi == 1.0  # never above phi_max
+
+
+@pytest.mark.parametrize(("phi", "r", "step", "full", "source"), [
+    (0.0, 0.0, 0, False, "gold"),      # phi = 0: always gold
+    (0.5, 0.2, 0, True, "fresh"),      # r < phi * (1 - 0/10)
+    (0.5, 0.3, 5, True, "replay"),     # phi * (1 - 5/10) = 0.25 <= r < phi
+    (0.5, 0.3, 5, False, "fresh"),     # buffer not full: fresh whenever r < phi
+    (0.5, 0.6, 5, True, "gold"),       # r >= phi
+    (1.0, 0.05, 9, True, "replay"),    # late in training almost everything is replayed
+])
+def test_distillm_batch_choice(phi, r, step, full, source):
+    s = AdaptiveSchedule(phi=phi)
+    assert s.choose(r, step, 10, full) == source
+
+
+def test_replay_buffer_capacity_and_fifo_eviction():
+    buf = ReplayBuffer(capacity=3)
+    buf.push([{"input_ids": [i], "labels": [i]} for i in range(5)])
+    assert len(buf) == 3 and buf.full and buf.pushed == 5
+    assert sorted(x["input_ids"][0] for x in buf.sample(3, torch.Generator().manual_seed(0))) == [2, 3, 4]
+    twice = [buf.sample(2, torch.Generator().manual_seed(1)) for _ in range(2)]
+    assert twice[0] == twice[1] and twice[0][0] != twice[0][1]  # seeded, without replacement
+    copy = ReplayBuffer(capacity=3)
+    copy.load_state_dict(json.loads(json.dumps(buf.state_dict())))
+    assert copy.state_dict() == buf.state_dict()
+    with pytest.raises(ValueError, match="cannot sample 4"):
+        buf.sample(4, torch.Generator())
+    with pytest.raises(ValueError, match="capacity"):
+        ReplayBuffer(capacity=0)
+
+
+def test_distillm_run_follows_the_schedule_and_logs_phi_and_sources(tmp_path, tasks_file, monkeypatch):
+    from kdlens.distill import distillm
+
+    scripted = iter([1.0, 1.2, 1.4, 1.4, 1.4, 1.4])  # phi: 0, .5, 1, 1, 1, 1
+    monkeypatch.setattr(distillm._DistiLLMRun, "validation_loss", lambda self, student: next(scripted))
+    run = distill(config(tmp_path, tasks_file, "distillm", method="distillm", loss="skew_forward_kl", steps=6,
+                         distillm={"val_size": 4, "eval_every": 1, "phi_increment": 0.5, "replay_capacity": 4,
+                                   "max_new_tokens": 5}))
+    rows = run.log()
+    assert [r["phi"] for r in rows] == [0.0, 0.5, 1.0, 1.0, 1.0, 1.0]
+    assert [r["val_loss"] for r in rows] == [1.0, 1.2, 1.4, 1.4, 1.4, 1.4]
+    check, full = AdaptiveSchedule(), False
+    for step, r in enumerate(rows):
+        check.phi = r["phi"]
+        assert r["batch_source"] == check.choose(r["distillm_draw"], step, 6, full)
+        full = full or r["batch_source"] == "fresh"  # one fresh batch of 4 fills a buffer of 4
+        assert r["replay_size"] == (4 if full else 0)
+        assert ("gen_tokens_per_s" in r) == (r["batch_source"] == "fresh")
+    assert {r["batch_source"] for r in rows} == {"gold", "fresh", "replay"}
+    assert run.manifest()["n_examples"] == 12  # 4 of the 16 examples were held out for validation
+
+
+def test_distillm_killed_run_resumes_to_the_same_weights(tmp_path, tasks_file):
+    kw = dict(method="distillm", loss="skew_reverse_kl", steps=4, save_every=2,
+              distillm={"val_size": 4, "eval_every": 1, "threshold": 0.0, "phi_increment": 0.5,
+                        "replay_capacity": 4, "max_new_tokens": 4})
+    full = distill(config(tmp_path, tasks_file, "full", **kw))
+
+    def kill(step, logs):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    cfg = config(tmp_path, tasks_file, "killed", **kw)
+    with pytest.raises(KeyboardInterrupt):
+        distill(cfg, callbacks=[kill])
+    resumed = distill(cfg)
+    a, b = weights(full), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    keys = ("phi", "batch_source", "loss", "replay_size")
+    assert [[r[k] for k in keys] for r in resumed.log()] == [[r[k] for k in keys] for r in full.log()]
+
+
+# ---------------------------------------------------------------- minillm
+
+
+def test_policy_gradient_loss_on_a_hand_built_case():
+    ln = math.log
+    # one row, two sampled tokens y = (0, 1), vocabulary of 2
+    student = torch.tensor([[[0.0, 0.0], [ln(3.0), 0.0]]], requires_grad=True)  # q = (.5, .5), (.75, .25)
+    teacher = torch.tensor([[[ln(3.0), 0.0], [0.0, 0.0]]])  # p = (.75, .25), (.5, .5)
+    tokens, mask = torch.tensor([[0, 1]]), torch.tensor([[True, True]])
+    parts = policy_gradient_loss(student, teacher, tokens, mask, mix=0.0)
+    # rewards r_t = log p(y_t) - log q(y_t)
+    assert parts["reward"][0].tolist() == pytest.approx([ln(0.75 / 0.5), ln(0.5 / 0.25)])
+    # long-term term: -R_{t+1} log q(y_t), R_1 = mean of later rewards = log 2, R_2 = 0
+    assert parts["pg"][0].tolist() == pytest.approx([-ln(2.0) * ln(0.5), 0.0])
+    # single-step term: full-vocabulary KL(q_t || p_t)
+    kl0 = 0.5 * ln(0.5 / 0.75) + 0.5 * ln(0.5 / 0.25)
+    kl1 = 0.75 * ln(0.75 / 0.5) + 0.25 * ln(0.25 / 0.5)
+    assert parts["single"][0].tolist() == pytest.approx([kl0, kl1])
+    assert float(parts["loss"].sum()) == pytest.approx(ln(2.0) ** 2 + kl0 + kl1)
+    # sign: later tokens are rewarded (R_1 > 0), so descending the pg term raises q(y_0)
+    parts["pg"].sum().backward()
+    assert student.grad[0, 0].tolist() == pytest.approx([-ln(2.0) * 0.5, ln(2.0) * 0.5])
+    assert student.grad[0, 1].tolist() == [0.0, 0.0]  # the last token has no later reward
+    # importance weights of teacher-mixed sampling: q / (0.2 p + 0.8 q)
+    mixed = policy_gradient_loss(student, teacher, tokens, mask, mix=0.2)
+    assert mixed["weight"][0].tolist() == pytest.approx([0.5 / (0.2 * 0.75 + 0.8 * 0.5),
+                                                         0.25 / (0.2 * 0.5 + 0.8 * 0.25)])
+    # masked positions contribute nothing, and are not "later tokens" either
+    masked = policy_gradient_loss(student, teacher, tokens, torch.tensor([[True, False]]), mix=0.0)
+    assert masked["loss"][0].tolist() == pytest.approx([kl0, 0.0])
+
+
+def test_policy_gradient_sign_flips_when_later_tokens_are_penalised():
+    student = torch.tensor([[[0.0, 0.0], [0.0, 0.0]]], requires_grad=True)
+    teacher = torch.tensor([[[0.0, 0.0], [-5.0, 5.0]]])  # the teacher hates y_1 = 0
+    parts = policy_gradient_loss(student, teacher, torch.tensor([[0, 0]]), torch.ones(1, 2, dtype=torch.bool))
+    assert float(parts["reward"][0, 1]) < 0
+    parts["pg"].sum().backward()
+    assert float(student.grad[0, 0, 0]) > 0  # descending lowers q(y_0) that led to the bad continuation
+
+
+def test_minillm_pg_and_token_forms_run_and_need_reverse_kl(tmp_path, tasks_file):
+    pg = distill(config(tmp_path, tasks_file, "pg", method="minillm", loss="reverse_kl", steps=2,
+                        minillm={"max_new_tokens": 4}))
+    for r in pg.log():
+        assert r["batch_source"] == "fresh" and r["target_tokens"] == r["gen_tokens"]
+        assert r["loss"] == pytest.approx(r["pg"] + r["single"], abs=1e-6) and r["single"] >= 0
+    token = distill(config(tmp_path, tasks_file, "tok", method="minillm", loss="reverse_kl", steps=2,
+                           minillm={"form": "token"}))
+    word = distill(config(tmp_path, tasks_file, "wrkl", method="word_kd", loss="reverse_kl", steps=2))
+    assert [r["loss"] for r in token.log()] == [r["loss"] for r in word.log()]
+    with pytest.raises(ValueError, match="loss=reverse_kl"):
+        config(tmp_path, tasks_file, "bad", method="minillm")
+    with pytest.raises(ValueError, match="teacher_source=online"):
+        config(tmp_path, tasks_file, "bad", method="gkd", teacher_source="cache")
+
+
+# ---------------------------------------------------------------- seq_kd
+
+
+def test_best_by_bleu_picks_the_candidate_closest_to_the_gold_answer():
+    best, scores = best_by_bleu(["the cat sat", "3 plus 4 is 7 . The answer is 7", "7"], "3 plus 4 is 7. The answer is 7")
+    assert best == 1 and scores[1] == max(scores) and scores[1] > 50
+    assert best_by_bleu(["a b c", "a b c"], "x y z")[0] == 0  # ties go to the higher-ranked beam
+
+
+def test_seq_kd_trains_on_cached_greedy_teacher_outputs_and_resumes_from_the_cache(tmp_path, tasks_file, tiny,
+                                                                                   monkeypatch):
+    from kdlens.distill import seq_kd
+
+    run = distill(config(tmp_path, tasks_file, "seq", method="seq_kd", steps=2,
+                         seq_kd={"num_beams": 1, "max_new_tokens": 6}))
+    lines = [json.loads(x) for x in (run.path / seq_kd.CACHE_NAME).read_text().splitlines()]
+    assert [x["index"] for x in lines] == list(range(16))
+    teacher, tok = tiny  # the run's teacher is the tiny model with seed 0
+    from kdlens.data import encode_for_training, load_task
+
+    records = load_task(tasks_file, split="train")
+    for line, record in zip(lines[:4], records, strict=False):
+        prompt = prompt_ids(encode_for_training(tok, record))
+        assert line["tokens"] == naive_greedy(teacher, prompt, 6, stops=[tok.eos_token_id])
+    # a second start reads the cache instead of decoding again
+    monkeypatch.setattr(seq_kd, "_decode_batch", lambda *a, **k: pytest.fail("decoded again"))
+    cfg = config(tmp_path, tasks_file, "seq", method="seq_kd", steps=2, seq_kd={"num_beams": 1, "max_new_tokens": 6})
+    from kdlens.distill._methods import RunContext
+
+    ctx = RunContext(config=cfg, run=run, features=[encode_for_training(tok, r) for r in records], records=records,
+                     tokenizer=tok, teacher=teacher, vocab_size=260, device=torch.device("cpu"))
+    features = seq_kd.decode_training_set(ctx)
+    assert [f["labels"][-len(x["tokens"]):] for f, x in zip(features, lines, strict=True)] == \
+        [x["tokens"] for x in lines]
+
+
+def test_seq_kd_interpolated_trains_on_the_best_bleu_beam(tmp_path, tasks_file):
+    from kdlens.distill import seq_kd
+
+    run = distill(config(tmp_path, tasks_file, "inter", method="seq_kd", steps=1,
+                         seq_kd={"num_beams": 3, "interpolated": True, "max_new_tokens": 6}))
+    for line in map(json.loads, (run.path / seq_kd.CACHE_NAME).read_text().splitlines()):
+        assert len(line["bleu"]) == 3 and line["bleu"][line["chosen"]] == max(line["bleu"])
+    with pytest.raises(ValueError, match="num_beams >= 2"):
+        config(tmp_path, tasks_file, "bad", method="seq_kd", seq_kd={"interpolated": True, "num_beams": 1})
