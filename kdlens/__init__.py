@@ -31,6 +31,8 @@ _LAZY: dict[str, str] = {
     "collect_tokens": "kdlens.eval",
     "LOSSES": "kdlens.losses",
     "get_loss": "kdlens.losses",
+    "fused_divergence": "kdlens.losses",
+    "feature_loss": "kdlens.losses",
     "agreement": "kdlens.analysis",
     "fidelity": "kdlens.analysis",
     "paradox_test": "kdlens.analysis",

@@ -530,6 +530,9 @@ class DistillConfig:
         if not self.tasks:
             raise ValueError("no training data: set tasks=SPEC[,SPEC...] (e.g. tasks=chain_sum:200)")
         self._validate_generation_methods()
+        if spec.needs_hidden_states and self.teacher_source == "cache":
+            raise ValueError(f"method={self.method} needs the teacher's hidden states, which a logit cache "
+                             "does not hold; use teacher_source=online")
         if self.method == "feature_kd" and self.beta == 0:
             raise ValueError("method=feature_kd with beta=0 is word_kd; set beta > 0 (feature weight)")
 

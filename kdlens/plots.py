@@ -60,6 +60,11 @@ AXIS_LABELS: dict[str, str] = {
 }
 
 
+#: short names for titles (the axis labels carry the full ones)
+_SHORT: dict[str, str] = {"bleu": "fidelity", "agreement": "agreement", "accuracy_gain": "accuracy gain",
+                          "agreement_gain": "agreement gain", "bleu_gain": "fidelity gain"}
+
+
 def _label(column: str) -> str:
     return AXIS_LABELS.get(column, column.replace("_", " "))
 
@@ -68,7 +73,9 @@ def _pyplot():
     import matplotlib
 
     interactive = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("MPLBACKEND")
-    if not interactive and "ipykernel" not in sys.modules and sys.platform.startswith("linux"):
+    # choose Agg only before pyplot exists: never switch a backend the user (or a notebook) already set up
+    if not interactive and "matplotlib.pyplot" not in sys.modules and "ipykernel" not in sys.modules \
+            and sys.platform.startswith("linux"):
         matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -289,7 +296,8 @@ def plot_fidelity_gain(runs: pd.DataFrame, *, x: str = "bleu", y: str = "accurac
     ax.scatter(data[x].to_numpy(float), data[y].to_numpy(float), **{"zorder": 3, **kwargs})
     stat = correlation(data, x=x, y=y, method="spearman").iloc[0]
     if math.isfinite(stat["statistic"]):
-        text = f"Spearman ρ = {stat['statistic']:.2f}, p = {stat['p_val']:.3g}, n = {int(stat['n'])}"
+        p_text = "p < 0.001" if stat["p_val"] < 0.001 else f"p = {stat['p_val']:.3g}"
+        text = f"Spearman ρ = {stat['statistic']:.2f}, {p_text}, n = {int(stat['n'])}"
     else:
         text = f"Spearman ρ undefined (n = {int(stat['n'])})"
     ax.text(0.02, 0.98, text, transform=ax.transAxes, va="top", ha="left",
@@ -297,7 +305,7 @@ def plot_fidelity_gain(runs: pd.DataFrame, *, x: str = "bleu", y: str = "accurac
     ax.axhline(0.0, color="0.6", lw=0.8, zorder=1)
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
-    ax.set_title(f"{_label(x)} against {_label(y)}")
+    ax.set_title(f"{_SHORT.get(x, x)} against {_SHORT.get(y, y)}")
     return ax
 
 
@@ -387,8 +395,10 @@ def plot_task_heatmap(data: pd.DataFrame, *, teacher: str | None = None, value: 
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
                 if np.isfinite(matrix[i, j]):
-                    ax.text(j, i, f"{100 * matrix[i, j]:+.1f}", ha="center", va="center", fontsize=8)
-    ax.figure.colorbar(image, ax=ax, label=f"student − teacher {value} (fraction)")
+                    # white on the dark ends of the colormap, black in the pale middle
+                    color = "white" if abs(matrix[i, j]) > 0.6 * limit else "black"
+                    ax.text(j, i, f"{100 * matrix[i, j]:+.1f}", ha="center", va="center", fontsize=8, color=color)
+    ax.figure.colorbar(image, ax=ax, label="student − teacher")
     ax.set_title("student minus teacher accuracy by task")
     return ax
 

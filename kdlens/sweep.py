@@ -14,6 +14,7 @@ because they all read the same logit cache. A sweep directory::
       teachers/base/eval/   the base (task-unaware) teacher's outputs
       teachers/sft/         the task-aware teacher: the base teacher after method=sft (when needed)
       teacher_cache/        logit caches shared by the KD runs
+      students/prune-N/     prunes of the base teacher, the start of every run (task-aware sweeps)
       examples.parquet      every model's examples (model_id = run_id, "teacher" or "teacher_sft")
       tokens.parquet        every run's tokens table (when collected)
       results.parquet       one row per (run, task): axes, accuracy, agreement, fidelity, gains
@@ -47,7 +48,7 @@ from kdlens.analysis.ablations import (
     teacher_sft_config,
 )
 
-__all__ = ["run_sweep", "read_results", "sweep_status", "TEACHER_IDS"]
+__all__ = ["run_sweep", "read_results", "write_results", "sweep_status", "TEACHER_IDS"]
 
 logger = logging.getLogger("kdlens.sweep")
 
@@ -90,14 +91,8 @@ def sweep_status(runs: pd.DataFrame, output_dir: str | os.PathLike) -> pd.Series
 
 
 def _write_runs(runs: pd.DataFrame, root: Path) -> None:
-    from kdlens.eval._store import write_parquet
-
-    runs = runs.copy()
-    runs["status"] = sweep_status(runs, root)
-    # axis columns mix types across rows (e.g. NaN for SFT rows): store them as JSON text
-    for col in runs.columns[4:]:
-        runs[col] = [None if _missing(v) else json.dumps(v) for v in runs[col]]
-    write_parquet(runs, root / "runs.parquet", metadata={"axes_as_json": list(runs.columns[4:])})
+    runs = runs.assign(status=sweep_status(runs, root))
+    write_results(runs, root / "runs.parquet", axes=list(runs.columns[4:]), spec=runs.attrs.get("spec"))
 
 
 def _missing(value: Any) -> bool:
@@ -106,6 +101,33 @@ def _missing(value: Any) -> bool:
 
 def _teacher_spec(spec: SweepSpec, aware: bool, root: Path) -> str:
     return str((root / "teachers" / "sft").resolve()) if aware else str(spec.base["teacher"])
+
+
+def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Callable[[str], None]) -> dict[str, str]:
+    """Save every ``prune:N`` student of the sweep, pruned from the *base* teacher, under ``students/``.
+
+    Used when the sweep has task-aware runs: ``prune:N`` prunes whatever teacher a run uses, so
+    without this a student of the fine-tuned teacher would start from fine-tuned weights.
+    """
+    from kdlens._io import atomic_directory
+    from kdlens.models import load_model, prune_layers
+
+    wanted = set(runs["student"].dropna()) if "student" in runs.columns else set()
+    wanted.add(spec.base.get("student"))
+    wanted = sorted(s for s in wanted if isinstance(s, str) and s.startswith("prune:"))
+    out, teacher = {}, None
+    for name in wanted:
+        path = root / "students" / name.replace(":", "-")
+        if not (path / "config.json").is_file():
+            say(f"saving {name} of the base teacher {spec.base['teacher']} (the same start for every teacher)")
+            if teacher is None:
+                teacher, tokenizer = load_model(str(spec.base["teacher"]))
+            student = prune_layers(teacher, int(name.split(":", 1)[1]))
+            with atomic_directory(path, overwrite=True) as tmp:
+                student.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        out[name] = str(path.resolve())
+    return out
 
 
 def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
@@ -210,6 +232,7 @@ def run_sweep(
     cache_dir = str((root / "teacher_cache").resolve())
     aware_needed = any(bool(v) for v in runs.get("teacher_aware", pd.Series(dtype=object)).dropna())
 
+    student_dirs = _pruned_students(spec, runs, root, say) if aware_needed else None
     if aware_needed:
         teacher_run = RunDir(root / "teachers" / "sft")
         if not teacher_run.done:
@@ -225,7 +248,7 @@ def run_sweep(
             say(f"stopping after {trained} run(s) (max_runs); run the sweep again to continue")
             break
         cfg = run_config(spec, overrides, output_dir=str(run.path), teacher_dir=_teacher_spec(spec, True, root),
-                         cache_dir=cache_dir)
+                         cache_dir=cache_dir, student_dirs=student_dirs)
         say(f"[{i}/{len(runs)}] training {row.run_id}" + (" (resuming)" if run.path.exists() else ""))
         started = time.perf_counter()
         distill(cfg)
@@ -271,11 +294,7 @@ def run_sweep(
     if "method" in results.columns and (results["method"] == (spec.baseline or "sft")).any():
         results = add_gain(results, baseline=spec.baseline or "sft")
     results["teacher_id"] = [TEACHER_IDS[bool(json.loads(o).get("teacher_aware", False))] for o in results["overrides"]]
-    stored = results.copy()
-    for col in runs.columns[4:]:
-        stored[col] = [None if _missing(v) else json.dumps(v) for v in stored[col]]
-    meta = {"axes_as_json": list(runs.columns[4:]), "spec": spec.to_dict()}
-    write_parquet(stored, root / "results.parquet", metadata=meta)
+    write_results(results, root / "results.parquet", axes=list(runs.columns[4:]), spec=spec.to_dict())
     write_parquet(pd.concat(example_frames, ignore_index=True), root / "examples.parquet")
     if token_frames:
         write_parquet(pd.concat(token_frames, ignore_index=True), root / "tokens.parquet")
@@ -283,6 +302,21 @@ def run_sweep(
     atomic_write_json(manifest_path, manifest)
     say(f"results of {len(metrics)} run(s) written to {root / 'results.parquet'}")
     return results
+
+
+def write_results(results: pd.DataFrame, path: str | os.PathLike, *, axes: list[str],
+                  spec: Mapping[str, Any] | None = None) -> Path:
+    """Write a results table atomically as parquet; :func:`read_results` reads it back.
+
+    Axis columns can mix types across rows (a number for KD runs, missing for SFT runs, a string
+    for ``student``), which parquet cannot store in one column, so they are stored as JSON text.
+    """
+    from kdlens.eval._store import write_parquet
+
+    stored = results.copy()
+    for col in axes:
+        stored[col] = [None if _missing(v) else json.dumps(v) for v in stored[col]]
+    return write_parquet(stored, path, metadata={"axes_as_json": list(axes), "spec": dict(spec or {})})
 
 
 def read_results(path: str | os.PathLike) -> pd.DataFrame:

@@ -290,7 +290,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     -------
     DataFrame
         Columns :data:`kdlens._schema.RUNS_COLUMNS` (``run_id, overrides, run_dir, status``) and then
-        one column per axis (plus ``method`` when a baseline adds it). ``overrides`` is the JSON text of
+        one column per axis (plus ``method`` when a baseline adds it, filled with the base method for the
+        other runs). ``overrides`` is the JSON text of
         the run's overrides (sorted keys); ``run_dir`` is relative to the sweep directory
         (``runs/<run_id>``); ``status`` is ``"pending"``. SFT rows (the baseline, or ``method: sft``
         on an axis) ignore :data:`KD_ONLY_KEYS`: those axes are NaN there and duplicates are
@@ -319,6 +320,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
                      "run_dir": f"runs/{rid}", "status": "pending", **combo})
     axis_cols = list(spec.axes) + (["method"] if spec.baseline is not None and "method" not in spec.axes else [])
     frame = pd.DataFrame(rows, columns=[*RUNS_COLUMNS, *axis_cols])
+    if "method" in frame.columns:  # runs that keep the base method show it too
+        frame["method"] = frame["method"].fillna(str(spec.base.get("method", "word_kd")))
     if frame["run_id"].duplicated().any():  # a hash collision would silently merge two runs
         raise RuntimeError("two runs of the sweep share a run_id; rename an axis value")
     if validate:
@@ -336,12 +339,16 @@ def _is_sft(method: str) -> bool:
 
 
 def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str, teacher_dir: str | None,
-               cache_dir: str | None = None):
+               cache_dir: str | None = None, student_dirs: Mapping[str, str] | None = None):
     """The :class:`kdlens.config.DistillConfig` of one run of ``spec``.
 
     ``teacher_aware: true`` swaps the teacher for ``teacher_dir`` (the SFT run of the base teacher).
     KD runs read the teacher from a shared logit cache under ``cache_dir`` when one is given, so the
-    teacher runs once per (teacher, data) along the sigma and tau axes.
+    teacher runs once per (teacher, data) along the sigma and tau axes. ``student_dirs`` maps a
+    student spec (e.g. ``"prune:22"``) to a saved model used instead: the runner saves the prunes of
+    the *base* teacher there, so that a student distilled from the task-aware teacher starts from the
+    same weights as one distilled from the base teacher (``prune:N`` would otherwise prune the
+    fine-tuned teacher and mix the teacher's task tuning into the student's initialisation).
     """
     from kdlens.config import DistillConfig, apply_overrides
 
@@ -354,6 +361,8 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
         if teacher_dir is None:
             raise ValueError("teacher_aware runs need the task-aware teacher's run directory")
         data["teacher"] = teacher_dir
+    if student_dirs and str(data.get("student")) in student_dirs:
+        data["student"] = student_dirs[str(data["student"])]
     data["output_dir"] = output_dir
     if cache_dir is not None and not _is_sft(str(data.get("method", "word_kd"))) \
             and "teacher_source" not in spec.base and "teacher_source" not in overrides:

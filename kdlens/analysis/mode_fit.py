@@ -37,8 +37,8 @@ def fit_to_bimodal(
     means, stds, weights : sequences of float, length K
         The teacher's mixture components (``stds > 0``, ``weights > 0``; weights are normalised).
     grid : sequence of float, shape [V], optional
-        Points the distributions live on (default 401 points over ``[min(means) - 4 max(stds),
-        max(means) + 4 max(stds)]``).
+        Points the distributions live on (default 401 points over ``[min(means) - pad,
+        max(means) + pad]`` with ``pad = max(4 max(stds), max(means) - min(means))``).
     init_mean, init_std : float
         Student initialisation, shared by both fits. The default mean is slightly off the centre:
         exactly between two equal modes the reverse-KL gradient is zero by symmetry. The reverse
@@ -77,7 +77,8 @@ def fit_to_bimodal(
     if steps < 1 or not lr > 0:
         raise ValueError(f"steps must be >= 1 and lr > 0, got steps={steps}, lr={lr}")
     if grid is None:
-        pad = 4 * stds_a.max()
+        # wide enough that a mode-covering student (std ~ half the spread of the modes) is not cut off
+        pad = max(4 * stds_a.max(), float(means_a.max() - means_a.min()))
         grid_a = np.linspace(means_a.min() - pad, means_a.max() + pad, 401)
     else:
         grid_a = np.asarray(grid, dtype=float)

@@ -109,9 +109,15 @@ def stop_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
     return sorted(ids)
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
-    # transformers 5.x renamed ``past_key_values`` to ``cache`` in recent releases
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def _forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
+    """(name of the KV-cache argument, whether ``logits_to_keep`` is accepted).
+
+    transformers 5.x renamed ``past_key_values`` to ``cache`` in recent releases; a PEFT wrapper
+    forwards ``**kwargs``, so the signature is read from the model it wraps.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    params = inspect.signature(base.forward).parameters
+    return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
 class _Decoder:
@@ -120,7 +126,9 @@ class _Decoder:
     def __init__(self, model: torch.nn.Module, ids: torch.Tensor, attention: torch.Tensor, vocab: int) -> None:
         self.model, self.vocab = model, vocab
         self.device = next(model.parameters()).device
-        self.keyword = _cache_keyword(model)
+        self.keyword, keep = _forward_keywords(model)
+        # only the last position's logits are needed: skips a [B, P, V] tensor on the prompt pass
+        self.extra = {"logits_to_keep": 1} if keep else {}
         self.cache = None
         self.attention = attention.to(self.device)
         # positions count real tokens only, so a left-padded row sees the positions it would alone
@@ -130,7 +138,7 @@ class _Decoder:
     def logits(self) -> torch.Tensor:
         """Next-token logits [B, vocab] (float32) after the tokens fed so far."""
         out = self.model(input_ids=self.ids, attention_mask=self.attention, position_ids=self.positions,
-                         use_cache=True, **{self.keyword: self.cache})
+                         use_cache=True, **{self.keyword: self.cache}, **self.extra)
         cache = getattr(out, "cache", None)
         self.cache = cache if cache is not None else out.past_key_values
         return out.logits[:, -1, : self.vocab].float()

@@ -232,9 +232,6 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     teacher_id = _teacher_id(cfg.teacher) if cfg.teacher else None
     cache = None
     if teacher is not None and cfg.teacher_source == "cache":
-        if method.needs_hidden_states:
-            raise ValueError(f"method={cfg.method} needs teacher hidden states, which a logit cache does not "
-                             "hold; use teacher_source=online")
         root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root()
         path = root / cache_key(teacher_id=teacher_id, data_hash=data_hash, max_length=cfg.max_length,
                                 top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab)

@@ -30,7 +30,7 @@ import torch
 from kdlens._io import atomic_write_text, sha256_json
 from kdlens.distill._methods import SFT, RunContext, StepContext, StepData
 
-__all__ = ["BlackBoxKD", "OpenAIChatTeacher", "resolve_teacher", "CACHE_NAME"]
+__all__ = ["BlackBoxKD", "OpenAIChatTeacher", "resolve_teacher", "teacher_features", "CACHE_NAME"]
 
 CACHE_NAME = "blackbox_teacher.jsonl"
 _RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}

@@ -31,7 +31,7 @@ from kdlens.distill._generation import generate_continuations, prompt_ids, stop_
 from kdlens.distill._methods import SFT, RunContext, StepContext, StepData
 from kdlens.distill._onpolicy import step_seed
 
-__all__ = ["SeqKD", "CACHE_NAME", "best_by_bleu"]
+__all__ = ["SeqKD", "CACHE_NAME", "best_by_bleu", "decode_training_set"]
 
 CACHE_NAME = "seq_kd_teacher.jsonl"
 

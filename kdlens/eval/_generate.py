@@ -29,7 +29,8 @@ import torch
 
 from kdlens._io import sha256_json
 
-__all__ = ["Decoding", "Generation", "generate", "sample_seed", "stop_token_ids", "gold_nll", "model_device"]
+__all__ = ["Decoding", "Generation", "generate", "sample_seed", "stop_token_ids", "gold_nll", "model_device",
+           "logits_from"]
 
 _STRATEGIES = ("greedy", "sample")
 
@@ -268,6 +269,24 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[
     return results
 
 
+def logits_from(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                first: int) -> torch.Tensor:
+    """Logits of positions ``first .. T-1`` only: ``[B, T - first, V]``.
+
+    Teacher-forced scoring needs logits only where the response is predicted; skipping the prompt
+    positions (``logits_to_keep`` where the model supports it) keeps ``[B, T, V]`` out of memory.
+    """
+    device = model_device(model)
+    keep = input_ids.shape[1] - first
+    extra = {"logits_to_keep": keep} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), **extra).logits
+    return logits[:, -keep:]
+
+
+def _first_label(labels: Sequence[int]) -> int:
+    return next((i for i, label in enumerate(labels) if label != -100), len(labels))
+
+
 @torch.no_grad()
 def gold_nll(model: torch.nn.Module, tokenizer: Any, records: Sequence[Any], *, batch_size: int = 8,
              max_length: int = 2048) -> list[float]:
@@ -285,20 +304,25 @@ def gold_nll(model: torch.nn.Module, tokenizer: Any, records: Sequence[Any], *, 
     from kdlens.data import collate, encode_for_training
 
     out = [float("nan")] * len(records)
-    todo = [i for i, r in enumerate(records) if getattr(r, "rationale", None)]
-    device = model_device(model)
+    # a blank rationale counts as none (kdlens.data.response_text would fall back to the answer)
+    todo = [i for i, r in enumerate(records) if r.rationale is not None and r.rationale.strip()]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = {i: encode_for_training(tokenizer, records[i], max_length=max_length, truncation="left") for i in todo}
     todo.sort(key=lambda i: -len(encoded[i]["input_ids"]))  # similar lengths share a batch
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
         batch = collate([encoded[i] for i in chunk], pad_token_id=pad_id, padding_side="right")
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits[:, :-1].float()
-        labels = batch["labels"][:, 1:].to(device)
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp(min=0), reduction="none")
+        # logits at t predict token t + 1: start one before the earliest response token
+        first = max(0, min(_first_label(encoded[i]["labels"]) for i in chunk) - 1)
+        logits = logits_from(model, batch["input_ids"], batch["attention_mask"], first)[:, :-1]
+        labels = batch["labels"][:, first + 1:].to(logits.device)
         counted = labels != -100
-        per_row = (nll * counted).sum(-1) / counted.sum(-1).clamp(min=1)
+        # cross-entropy on the [N, V] response rows only (float32), then summed back per sequence
+        nll = torch.nn.functional.cross_entropy(logits[counted].float(), labels[counted], reduction="none")
+        row_of_token = torch.arange(len(chunk), device=logits.device)[:, None].expand_as(labels)[counted]
+        totals = torch.zeros(len(chunk), dtype=torch.float64, device=logits.device).index_add_(
+            0, row_of_token, nll.double())
+        counts = counted.sum(-1)
         for row, i in enumerate(chunk):
-            out[i] = float(per_row[row]) if bool(counted[row].any()) else float("nan")
+            out[i] = float(totals[row] / counts[row]) if int(counts[row]) else float("nan")
     return out

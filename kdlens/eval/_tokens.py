@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from kdlens._schema import TOKENS_COLUMNS, TOKENS_DTYPES
-from kdlens.eval._generate import model_device
+from kdlens.eval._generate import logits_from
 from kdlens.eval._loading import ModelSpec, load, model_specs, release
 from kdlens.eval._store import TOKENS_NAME, Manifest, conform, write_parquet
 
@@ -208,16 +208,18 @@ def _batch_rows(student: Any, teacher: Any, encoded: list[tuple[list[int], int]]
         ids[row, :len(seq)] = torch.as_tensor(seq)
         attention[row, :len(seq)] = 1
         response[row, prompt_len:len(seq)] = True
-    # logits at t predict token t + 1: keep the positions whose *next* token is a response token
-    predicts = response[:, 1:]
-    targets = ids[:, 1:][predicts]
-    s_logits = _response_logits(student, ids, attention, predicts, width)
-    t_logits = _response_logits(teacher, ids, attention, predicts, width)
+    # logits at t predict token t + 1: keep the positions whose *next* token is a response token,
+    # computing logits only from one before the earliest response token on
+    first = max(0, min(prompt_len for _, prompt_len in encoded) - 1)
+    predicts = response[:, first + 1:]
+    targets = ids[:, first + 1:][predicts]
+    s_logits = _response_logits(student, ids, attention, first, predicts, width)
+    t_logits = _response_logits(teacher, ids, attention, first, predicts, width)
     log_q = torch.log_softmax(s_logits / temperature, dim=-1)
     log_p = torch.log_softmax(t_logits / temperature, dim=-1)
     t_top1 = t_logits.argmax(-1).cpu()
     s_top1 = s_logits.argmax(-1).cpu()
-    position = (response.long().cumsum(-1) - 1)[:, 1:][predicts]
+    position = (response.long().cumsum(-1) - 1)[:, first + 1:][predicts]
     row_of_token = torch.arange(len(encoded))[:, None].expand_as(predicts)[predicts]
     return pd.DataFrame({
         "task": [items[r].task for r in row_of_token.tolist()],
@@ -236,12 +238,11 @@ def _batch_rows(student: Any, teacher: Any, encoded: list[tuple[list[int], int]]
     })
 
 
-def _response_logits(model: Any, ids: torch.Tensor, attention: torch.Tensor, predicts: torch.Tensor,
+def _response_logits(model: Any, ids: torch.Tensor, attention: torch.Tensor, first: int, predicts: torch.Tensor,
                      width: int) -> torch.Tensor:
-    """float32 logits [N, width] at the N positions that predict a response token."""
-    device = model_device(model)
-    logits = model(input_ids=ids.to(device), attention_mask=attention.to(device)).logits
-    return logits[:, :-1][predicts.to(device)][:, :width].float()
+    """float32 logits [N, width] at the N positions (from ``first`` on) that predict a response token."""
+    logits = logits_from(model, ids, attention, first)[:, :-1]
+    return logits[predicts.to(logits.device)][:, :width].float()
 
 
 def compare_to_teacher(

@@ -433,7 +433,9 @@ def _ab_terms(lq: torch.Tensor, lp: torch.Tensor, alpha: float, beta: float) -> 
         # x_v = 0 < y_v: y^a / a^2 for a > 0 (x^a log x^a -> 0), else +inf; y_v = 0 < x_v: +inf
         if_x_absent = ya / a**2 if a > 0 else inf
         if_p_absent, if_q_absent = (if_x_absent, inf) if beta == 0.0 else (inf, if_x_absent)
-    return torch.where(p_absent, if_p_absent, torch.where(q_absent, if_q_absent, regular))
+    terms = torch.where(p_absent, if_p_absent, torch.where(q_absent, if_q_absent, regular))
+    # with negative exponents a term can exceed the float range (inf - inf -> NaN); report +inf
+    return torch.where(torch.isnan(terms), inf, terms)
 
 
 def ab_divergence(
@@ -479,7 +481,9 @@ def ab_divergence(
     \frac{\mathrm{expm1}(\beta r)}{\alpha\beta}\big]`, :math:`r = \log q_v - \log p_v`, which is exact
     at ``p == q``. Near the limit lines the general formula still loses float32 precision, about
     :math:`10^{-7}/\min(|\alpha|, |\beta|, |\alpha+\beta|)` absolute; pass the exact limit values
-    (e.g. ``beta=0``) rather than tiny non-zero parameters.
+    (e.g. ``beta=0``) rather than tiny non-zero parameters. Negative exponents weigh an entry by
+    :math:`p_v^{\alpha}` (or :math:`q_v^{\beta}`), enormous for tiny probabilities: the divergence is
+    then ill-conditioned and may overflow float32 for far-apart distributions.
     """
     alpha = check_finite_param("alpha", alpha)
     beta = check_finite_param("beta", beta)

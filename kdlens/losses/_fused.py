@@ -33,7 +33,7 @@ def fused_divergence(
     *,
     loss: str = "forward_kl",
     mask: torch.Tensor | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     student_head_bias: torch.Tensor | None = None,
     teacher_head_bias: torch.Tensor | None = None,
     reduction: str = "token_mean",
@@ -79,8 +79,9 @@ def fused_divergence(
     -----
     Each chunk runs under :func:`torch.utils.checkpoint.checkpoint`: the forward keeps only the
     chunk's per-token values, and the backward recomputes that chunk's logits (student and teacher)
-    to get its gradients, trading one extra pair of matmuls for memory (the approach of Liger
-    Kernel's fused linear losses, written generically for every divergence in the catalogue).
+    to get its gradients, trading one extra pair of matmuls for memory. (Liger Kernel's fused
+    linear losses chunk the same way but compute the gradients during the forward pass, which needs
+    a hand-written gradient per loss; recomputation works for every divergence in the catalogue.)
     The logits are computed in the hidden states' dtype, as the model's own lm head would, and the
     divergence upcasts them to float32.
     """

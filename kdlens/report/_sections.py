@@ -88,10 +88,11 @@ def _fmt(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
-def _fmt_p(p: float) -> str:
+def _fmt_p(p: float, name: str = "p") -> str:
+    """``"p = 0.12"``, ``"p = 0.034"`` or ``"p < 0.001"``."""
     if p is None or not math.isfinite(float(p)):
-        return "n/a"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+        return f"{name} = n/a"
+    return f"{name} < 0.001" if p < 0.001 else f"{name} = {p:.3f}" if p < 0.1 else f"{name} = {p:.2f}"
 
 
 def _pct(x: float) -> str:
@@ -242,7 +243,7 @@ def _mcnemar_sentences(table: pd.DataFrame, a: str, b: str) -> list[str]:
             continue
         verdict = "differ" if r["p_adj"] < 0.05 else "do not differ detectably"
         out.append(f"{r['task']}: {a} and {b} {verdict} in accuracy ({r['test'].replace('_', ' ')}, "
-                   f"p = {_fmt_p(r['p_val'])}, Holm-adjusted p = {_fmt_p(r['p_adj'])}, n = {int(r['n'])}; "
+                   f"{_fmt_p(r['p_val'])}, {_fmt_p(r['p_adj'], 'Holm-adjusted p')}, n = {int(r['n'])}; "
                    f"{a} right where {b} is wrong on {int(r['n_a_only'])} examples, the reverse on {int(r['n_b_only'])}).")
     return out
 
@@ -504,7 +505,7 @@ def _sweep_tests(src: ReportSource) -> Section:
                 direction = "falls" if r["statistic"] < 0 else "rises"
                 sig = "significantly" if r["p_val"] < 0.05 else "not significantly"
                 sec.text(f"Accuracy {direction} with {axis}, {sig} (Spearman ρ = {_fmt(r['statistic'])}, "
-                         f"p = {_fmt_p(r['p_val'])}, n = {int(r['n'])} runs).")
+                         f"{_fmt_p(r['p_val'])}, n = {int(r['n'])} runs).")
             else:
                 sec.text(f"Accuracy against {axis}: not testable ({r.get('note', '')}).")
     if "accuracy_gain" in kd and kd["accuracy_gain"].notna().sum() >= 3:
@@ -541,8 +542,8 @@ def _sweep_tests(src: ReportSource) -> Section:
                 if math.isfinite(r["p_val"]):
                     better = "more" if r["n_a_only"] > r["n_b_only"] else "fewer" if r["n_a_only"] < r["n_b_only"] else "as many"
                     sec.text(f"{r['run_id']} is right on {better} examples than its baseline "
-                             f"({int(r['n_a_only'])} vs {int(r['n_b_only'])} discordant; Holm-adjusted "
-                             f"p = {_fmt_p(r['p_adj'])}, n = {int(r['n'])}).")
+                             f"({int(r['n_a_only'])} vs {int(r['n_b_only'])} discordant; "
+                             f"{_fmt_p(r['p_adj'], 'Holm-adjusted p')}, n = {int(r['n'])}).")
     if not tested:
         sec.text("No test applies: the sweep needs at least 3 KD runs along σ or τ, or SFT baselines "
                  "('baseline: sft') for gains and paired tests.")

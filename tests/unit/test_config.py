@@ -64,6 +64,7 @@ def test_lora_switch_on_and_off():
     ("feature.kind=l3", "feature.kind='l3' is not one of"),
     ("lr=fast", "lr='fast' is not a number"),
     ("student=prune:x", "prune:N"),
+    ("cache_tail=spread", "cache_tail='spread' is not one of"),
 ])
 def test_invalid_values_are_errors_naming_the_problem(override, match):
     with pytest.raises(ValueError, match=match):
@@ -75,6 +76,8 @@ def test_kd_without_teacher_and_runs_without_data_are_errors():
         load_config(None, ["student=tiny", "tasks=chain_sum:8", "method=word_kd"])
     with pytest.raises(ValueError, match="no training data"):
         load_config(None, ["teacher=tiny", "student=tiny"])
+    with pytest.raises(ValueError, match="logit cache"):
+        load_config(None, [*BASE, "method=feature_kd", "beta=1", "teacher_source=cache"])
     with pytest.raises(ValueError, match="steps or epochs, not both"):
         load_config(None, [*BASE, "steps=3", "epochs=1"])
     # sft needs no teacher; without a student it trains the teacher itself

@@ -169,9 +169,10 @@ def test_teacher_cache_with_k_equal_v_equals_online(tmp_path, tasks_file, baseli
 
 def test_small_topk_cache_runs_and_approximates_online(tmp_path, tasks_file, baseline):
     cached = distill(run_config(tmp_path, tasks_file, teacher_source="cache", top_k=8, steps=1,
-                                cache_dir=str(tmp_path / "cache")))
+                                cache_tail="bucket", cache_dir=str(tmp_path / "cache")))
     first_online, first_cached = losses(baseline)[0], losses(cached)[0]
     assert 0 < first_cached <= first_online + 1e-7  # merging the tail cannot raise KL(p || q)
+    assert cached.manifest()["top_k"] == 8
 
 
 @pytest.mark.parametrize("scale", [False, True])

@@ -90,6 +90,20 @@ def test_greedy_batched_generation_matches_naive_decoding_and_masks_are_right(ti
     assert gen.n_generated == sum(len(e) for e in expected) and gen.tokens_per_s > 0
 
 
+def test_generation_through_a_lora_wrapper_uses_the_kv_cache_correctly():
+    """PEFT forwards **kwargs: the cache argument must be named as the wrapped model names it."""
+    from kdlens.config import LoraConfig
+    from kdlens.distill._lora import apply_lora
+    from kdlens.models import tiny_model
+
+    model, _ = tiny_model(seed=0)
+    expected = [naive_greedy(model, p, 5, stops=[2]) for p in PROMPTS]
+    wrapped = apply_lora(model, LoraConfig())  # fresh adapters are zero: the same function
+    gen = generate_continuations(wrapped, PROMPTS, max_new_tokens=5, pad_token_id=3, stop_token_ids=[2], seed=0,
+                                 do_sample=False, vocab_size=260)
+    assert gen.continuations() == expected
+
+
 def test_sampling_is_seeded_and_mixing_a_model_with_itself_changes_nothing(tiny):
     model, _ = tiny
     kw = dict(max_new_tokens=8, pad_token_id=3, stop_token_ids=[2], temperature=1.5)
@@ -152,6 +166,36 @@ def test_gkd_with_lambda_one_trains_only_on_student_samples(tmp_path, tasks_file
         assert 0.0 <= r["gkd_draw"] < 1.0
 
 
+@pytest.mark.parametrize("teacher_generates", [False, True])
+def test_gkd_step_samples_from_the_right_model_with_the_step_seed(tmp_path, tasks_file, tiny, teacher_generates):
+    from kdlens.data import encode_for_training, load_task
+    from kdlens.distill._methods import RunContext
+    from kdlens.distill._onpolicy import step_seed
+    from kdlens.distill.gkd import GKD
+    from kdlens.models import prune_layers
+
+    teacher, tok = tiny
+    student = prune_layers(teacher, 1).train()
+    cfg = config(tmp_path, tasks_file, "unused", method="gkd",
+                 gkd={"lambda_": 1.0, "max_new_tokens": 4, "teacher_generates": teacher_generates})
+    features = [encode_for_training(tok, r) for r in load_task(tasks_file, split="train")[:3]]
+    ctx = RunContext(config=cfg, run=None, features=features, records=[], tokenizer=tok, teacher=teacher,
+                     vocab_size=260, device=torch.device("cpu"))
+    data = GKD().begin(ctx).prepare_step(step=5, total_steps=10, example_indices=[0, 1, 2], features=features,
+                                         student=student)
+    source_model = teacher if teacher_generates else student
+    expected = generate_continuations(source_model, [prompt_ids(f) for f in features], max_new_tokens=4,
+                                      pad_token_id=tok.pad_token_id, stop_token_ids=[tok.eos_token_id],
+                                      seed=step_seed(0, 5, "sample"))
+    assert data.source == "fresh" and data.features == expected.rows()
+    other = generate_continuations(student if teacher_generates else teacher, [prompt_ids(f) for f in features],
+                                   max_new_tokens=4, pad_token_id=tok.pad_token_id,
+                                   stop_token_ids=[tok.eos_token_id], seed=step_seed(0, 5, "sample"))
+    assert other.rows() != data.features  # the two models do sample differently
+    assert [prompt_ids(f) for f in data.features] == [prompt_ids(f) for f in features]
+    assert student.training and not teacher.training  # decoding restores each model's train/eval mode
+
+
 # ---------------------------------------------------------------- distillm
 
 
@@ -173,7 +217,7 @@ def test_phi_follows_a_scripted_validation_loss_sequence():
     (0.5, 0.3, 5, True, "replay"),     # phi * (1 - 5/10) = 0.25 <= r < phi
     (0.5, 0.3, 5, False, "fresh"),     # buffer not full: fresh whenever r < phi
     (0.5, 0.6, 5, True, "gold"),       # r >= phi
-    (1.0, 0.05, 9, True, "replay"),    # late in training almost everything is replayed
+    (1.0, 0.15, 9, True, "replay"),    # late in training (fresh share 0.1) most batches are replayed
 ])
 def test_distillm_batch_choice(phi, r, step, full, source):
     s = AdaptiveSchedule(phi=phi)

@@ -1,0 +1,273 @@
+"""Sweep specs, their expansion into runs, results joins, and the runner's skipping and resuming."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import _report_data as data
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from kdlens.analysis.ablations import (
+    add_gain,
+    axis_curve,
+    expand_sweep,
+    join_results,
+    load_sweep_spec,
+    run_config,
+    run_id,
+    run_metrics,
+    teacher_gap,
+)
+
+BASE = {"teacher": "tiny", "student": "prune:1", "tasks": ["chain_sum:8"], "method": "word_kd", "steps": 2}
+
+
+def spec(**changes):
+    return {"name": "s", "base": dict(BASE), "axes": {"sigma": [0.0, 1.0, 2.0], "temperature": [1.0, 2.0]}, **changes}
+
+
+# --------------------------------------------------------------------------- expansion
+
+
+def test_product_grid_has_one_row_per_combination_with_its_overrides():
+    runs = expand_sweep(spec())
+    assert len(runs) == 6
+    assert list(runs.columns[:4]) == ["run_id", "overrides", "run_dir", "status"]
+    pairs = {(r.sigma, r.temperature) for r in runs.itertuples()}
+    assert pairs == {(s, t) for s in (0.0, 1.0, 2.0) for t in (1.0, 2.0)}
+    for row in runs.itertuples():
+        assert json.loads(row.overrides) == {"sigma": row.sigma, "temperature": row.temperature}
+        assert row.run_dir == f"runs/{row.run_id}"
+    assert runs["run_id"].is_unique and set(runs["status"]) == {"pending"}
+
+
+def test_run_ids_are_stable_readable_and_independent_of_axis_order():
+    a = expand_sweep(spec())
+    b = expand_sweep(spec(axes={"temperature": [2.0, 1.0], "sigma": [2, 1, 0]}))  # ints, other order
+    assert set(a["run_id"]) == set(b["run_id"])
+    rid = run_id({"sigma": 1.0, "temperature": 2.0})
+    assert rid.startswith("sigma1-tau2-") and len(rid.rsplit("-", 1)[1]) == 8
+    assert rid != run_id({"sigma": 2.0, "temperature": 1.0})
+
+
+def test_growing_an_axis_keeps_the_existing_run_ids():
+    small = expand_sweep(spec(axes={"sigma": [0.0, 1.0]}))
+    grown = expand_sweep(spec(axes={"sigma": [0.0, 1.0, 5.0]}))
+    assert set(small["run_id"]) < set(grown["run_id"])
+
+
+def test_one_at_a_time_varies_each_axis_from_the_reference_point():
+    runs = expand_sweep(spec(axes={"sigma": [0.0, 1.0, 2.0], "temperature": [1.0, 2.0, 5.0]}, grid="one_at_a_time"))
+    pairs = sorted((r.sigma, r.temperature) for r in runs.itertuples())
+    assert pairs == [(0.0, 1.0), (0.0, 2.0), (0.0, 5.0), (1.0, 1.0), (2.0, 1.0)]
+
+
+def test_sft_baseline_runs_once_per_student_and_ignores_kd_axes():
+    runs = expand_sweep(spec(axes={"sigma": [0.0, 1.0], "student": ["prune:1", "prune:2"]}, baseline="sft"))
+    sft = runs.loc[runs["method"] == "sft"]
+    assert len(runs) == 6 and len(sft) == 2
+    assert sft["sigma"].isna().all() and set(sft["student"]) == {"prune:1", "prune:2"}
+    assert set(runs.loc[runs["method"] != "sft", "method"]) == {"word_kd"}  # the base method is shown
+    assert all("sigma" not in json.loads(o) for o in sft["overrides"])
+
+
+def test_teacher_aware_swaps_the_teacher_for_the_sft_run_and_uses_the_shared_cache():
+    s = load_sweep_spec(spec(axes={"teacher_aware": [False, True]}))
+    aware = run_config(s, {"teacher_aware": True}, output_dir="o", teacher_dir="/sweep/teachers/sft", cache_dir="/c")
+    unaware = run_config(s, {"teacher_aware": False}, output_dir="o", teacher_dir="/sweep/teachers/sft", cache_dir="/c")
+    assert aware.teacher == "/sweep/teachers/sft" and unaware.teacher == "tiny"
+    assert aware.teacher_source == unaware.teacher_source == "cache" and aware.cache_dir == "/c"
+    sft = run_config(s, {"method": "sft"}, output_dir="o", teacher_dir=None, cache_dir="/c")
+    assert sft.teacher_source == "online"  # an SFT run has no teacher signal to cache
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"axes": {"sigam": [1.0]}}, "did you mean sigma"),
+    ({"axes": {"sigma": []}}, "non-empty list"),
+    ({"axes": {"sigma": [1.0, 1]}}, "repeats a value"),
+    ({"axes": {"sigma": [-1.0]}}, "sigma must be >= 0"),
+    ({"axes": {"teacher_aware": ["yes"]}}, "true/false"),
+    ({"grid": "diagonal"}, "grid='diagonal'"),
+    ({"eval": {"beams": 4}}, "unknown key"),
+    ({"base": {**BASE, "output_dir": "x"}}, "remove it"),
+])
+def test_bad_specs_fail_with_a_message_naming_the_fix(bad, message):
+    with pytest.raises(ValueError, match=message):
+        expand_sweep(spec(**bad))
+
+
+def test_spec_file_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_sweep_spec(tmp_path / "missing.yaml")
+    path = tmp_path / "s.yaml"
+    path.write_text("name: s\nbase: {teacher: tiny}\naxes: {sigma: [0, 1]}\nextra: 1\n")
+    with pytest.raises(ValueError, match=r"s.yaml: sweep spec: unknown key\(s\) \['extra'\]"):
+        load_sweep_spec(path)
+
+
+def test_shipped_example_specs_expand(request):
+    from pathlib import Path
+
+    files = sorted((Path(request.config.rootpath) / "analyses").glob("*.yaml"))
+    assert files, "analyses/ has no example sweep spec"
+    for path in files:
+        runs = expand_sweep(path)
+        assert len(runs) >= 2, path
+
+
+# --------------------------------------------------------------------------- results
+
+
+def test_run_metrics_match_a_naive_count_of_the_fixture():
+    ex = data.examples(("teacher", "kd"))
+    m = run_metrics(ex, model_id="kd", n_boot=200).set_index("task")
+    assert m.loc["alpha", "accuracy"] == pytest.approx(0.6) and m.loc["beta", "accuracy"] == pytest.approx(0.7)
+    assert m.loc["all", "accuracy"] == pytest.approx(13 / 20) and m.loc["all", "n"] == 20
+    assert m.loc["alpha", "teacher_accuracy"] == pytest.approx(0.8)
+    # naive agreement: same answer string, example by example
+    for task in ("alpha", "beta"):
+        same = [data.pred("kd", task, i) == data.pred("teacher", task, i) for i in range(data.N)]
+        assert m.loc[task, "agreement"] == pytest.approx(np.mean(same))
+    assert m.loc["alpha", "accuracy_ci_low"] <= 0.6 <= m.loc["alpha", "accuracy_ci_high"]
+    assert 0 < m.loc["all", "bleu"] < 1
+    assert np.isnan(m.loc["all", "token_forward_kl"])  # no tokens given
+    with_tokens = run_metrics(ex, model_id="kd", tokens=data.tokens(("kd",)), n_boot=0, fidelity=False)
+    # every example has tokens with KL 0.1, 0.2, 0.3: the token mean is 0.2
+    assert with_tokens.set_index("task").loc["all", "token_forward_kl"] == pytest.approx(0.2)
+
+
+def test_run_metrics_without_a_teacher_gives_accuracy_only_and_unknown_teacher_fails():
+    ex = data.examples(("kd",))
+    m = run_metrics(ex, model_id="kd", teacher=None, n_boot=0).set_index("task")
+    assert m.loc["all", "accuracy"] == pytest.approx(0.65) and np.isnan(m.loc["all", "agreement"])
+    with pytest.raises(ValueError, match="teacher 'teacher' is not a model_id"):
+        run_metrics(ex, model_id="kd")
+    with pytest.raises(ValueError, match="model_id 'nope' has no greedy rows"):
+        run_metrics(ex, model_id="nope", teacher=None)
+
+
+def test_join_and_gain_over_the_sft_baseline():
+    runs = expand_sweep(data.SWEEP_SPEC)
+    ex = data.sweep_examples(runs)
+    metrics = {rid: run_metrics(ex, model_id=rid, n_boot=0, fidelity=False) for rid in runs["run_id"]}
+    results = add_gain(join_results(runs, metrics))
+    assert len(results) == 2 * len(runs)  # alpha + all per run
+    kd = results.loc[(results["task"] == "all") & (results["method"] == "word_kd")].set_index("sigma")
+    sft_id = runs.loc[runs["method"] == "sft", "run_id"].item()
+    for sigma, correct in data.SIGMA_CORRECT.items():
+        assert kd.loc[sigma, "accuracy_gain"] == pytest.approx((correct - 3) / data.N)
+        assert kd.loc[sigma, "baseline_run_id"] == sft_id
+    assert results.loc[results["method"] == "sft", "accuracy_gain"].isna().all()
+    with pytest.raises(ValueError, match="no run has method='sft'"):
+        add_gain(results.loc[results["method"] != "sft"])
+    with pytest.raises(ValueError, match="not in the runs table"):
+        join_results(runs.iloc[:1], metrics)
+
+
+def test_axis_curve_uses_run_cis_for_one_run_and_a_t_interval_across_seeds():
+    one = pd.DataFrame({"task": "all", "sigma": [0.0, 1.0], "accuracy": [0.8, 0.6],
+                        "accuracy_ci_low": [0.7, 0.5], "accuracy_ci_high": [0.9, 0.7]})
+    curve = axis_curve(one, "sigma")
+    assert curve["value"].tolist() == [0.8, 0.6] and curve["ci_low"].tolist() == [0.7, 0.5]
+    seeds = pd.DataFrame({"task": "all", "sigma": [0.0, 0.0, 0.0], "accuracy": [0.5, 0.6, 0.7],
+                          "accuracy_ci_low": 0.0, "accuracy_ci_high": 1.0})
+    row = axis_curve(seeds, "sigma").iloc[0]
+    half = sps.t.ppf(0.975, 2) * 0.1 / math.sqrt(3)  # sd of (0.5, 0.6, 0.7) is 0.1
+    assert row["value"] == pytest.approx(0.6) and row["n_runs"] == 3
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((0.6 - half, 0.6 + half))
+    with pytest.raises(ValueError, match="no rows with task='x'"):
+        axis_curve(one, "sigma", task="x")
+
+
+def test_teacher_gap_is_student_minus_teacher_accuracy():
+    gap = teacher_gap(data.examples(), teacher="teacher").set_index(["model_id", "task"])
+    assert gap.loc[("kd", "alpha"), "delta"] == pytest.approx(-0.2)
+    assert gap.loc[("kd", "beta"), "delta"] == pytest.approx(0.2)  # the student beats its teacher
+    assert gap.loc[("sft", "all"), "delta"] == pytest.approx((7 - 13) / 20)
+    assert gap.loc[("kd", "all"), "n"] == 20
+
+
+def test_fit_to_bimodal_covers_with_forward_kl_and_seeks_a_mode_with_reverse_kl():
+    from kdlens.analysis import fit_to_bimodal
+
+    fit = fit_to_bimodal(grid=np.linspace(-10, 10, 801))
+    fkl, rkl = fit.attrs["fits"]["forward_kl"], fit.attrs["fits"]["reverse_kl"]
+    # forward KL matches moments: mean 0, variance 0.5^2 + 2^2 (the spread of the two modes)
+    assert fkl["mean"] == pytest.approx(0.0, abs=0.05) and fkl["std"] == pytest.approx(math.sqrt(4.25), rel=0.03)
+    # reverse KL sits on the +2 mode with the mode's width; its loss is about log 2 (half the mass missed)
+    assert rkl["mean"] == pytest.approx(2.0, abs=0.05) and rkl["std"] == pytest.approx(0.5, rel=0.05)
+    assert rkl["loss"] == pytest.approx(math.log(2), abs=0.01)
+    assert fit[["teacher", "forward_kl", "reverse_kl"]].sum().to_numpy() == pytest.approx([1, 1, 1])
+    with pytest.raises(ValueError, match="stds and weights must be > 0"):
+        fit_to_bimodal(stds=(0.5, 0.0))
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+def test_status_reports_partial_runs(tmp_path):
+    from kdlens.sweep import sweep_status
+
+    runs = expand_sweep(spec(axes={"sigma": [0.0, 1.0, 2.0]}))
+    (tmp_path / runs["run_dir"][0]).mkdir(parents=True)
+    (tmp_path / runs["run_dir"][1]).mkdir(parents=True)
+    (tmp_path / runs["run_dir"][1] / "done").write_text("")
+    assert sweep_status(runs, tmp_path).tolist() == ["partial", "trained", "pending"]
+
+
+def test_run_sweep_trains_missing_runs_once_skips_finished_ones_and_resumes(tmp_path, monkeypatch):
+    import kdlens.distill
+    from kdlens.sweep import read_results, run_sweep
+
+    calls = []
+    real = kdlens.distill.distill
+
+    def counting(config, **kw):
+        calls.append(config.output_dir)
+        return real(config, **kw)
+
+    monkeypatch.setattr(kdlens.distill, "distill", counting)
+    sweep = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
+             "axes": {"sigma": [0.0, 3.0]},
+             "eval": {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False, "n_boot": 0}}
+    out = tmp_path / "sweep"
+    first = run_sweep(sweep, output_dir=out, max_runs=1)  # as if the session ended after one run
+    assert len(calls) == 1 and first["run_id"].nunique() == 1
+    done_run = out / "runs" / first["run_id"].iloc[0]
+    stamp = (done_run / "checkpoint" / "model.safetensors").stat().st_mtime_ns
+
+    second = run_sweep(sweep, output_dir=out)
+    assert len(calls) == 2 and calls[1] != calls[0]  # only the missing run was trained
+    assert (done_run / "checkpoint" / "model.safetensors").stat().st_mtime_ns == stamp
+    assert sorted(second.loc[second["task"] == "all", "sigma"]) == [0.0, 3.0]
+    # both sigma runs read one teacher cache: the teacher ran once for the data
+    assert len([p for p in (out / "teacher_cache").iterdir() if p.is_dir()]) == 1
+
+    run_sweep(sweep, output_dir=out)
+    assert len(calls) == 2  # nothing left to train
+    stored = read_results(out)
+    assert stored["sigma"].dtype == np.float64 and set(stored["status"]) == {"evaluated"}
+    examples = pd.read_parquet(out / "examples.parquet")
+    assert set(examples["model_id"]) == {"teacher", *second["run_id"]}
+    for rid in second["run_id"].unique():  # each run's eval dir holds its teacher, for its own report
+        assert set(pd.read_parquet(out / "runs" / rid / "eval" / "examples.parquet")["model_id"]) == {"teacher", rid}
+
+
+def test_cli_sweep_dry_run_lists_the_runs(tmp_path, capsys):
+    import yaml
+
+    from kdlens.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec()))
+    assert main(["sweep", str(path), "-o", str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr()
+    assert "6 run(s); 6 not started" in out.err
+    assert run_id({"sigma": 2.0, "temperature": 1.0}) in out.out
+    assert not (tmp_path / "out").exists()
+    assert main(["sweep", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "out")]) == 1
+    assert "does not exist" in capsys.readouterr().err
