@@ -549,8 +549,8 @@ class DistillConfig:
             if (self.blackbox.teacher is None) == (self.blackbox.url is None):
                 raise ValueError("method=blackbox needs exactly one text-only teacher: blackbox.url=http://HOST/v1 "
                                  "or blackbox.teacher=package.module:function")
-            if self.student is None or self.student.startswith("prune:") and not self.teacher:
-                raise ValueError("method=blackbox trains a student: set student=NAME_OR_PATH")
+            if self.student is None:
+                raise ValueError("method=blackbox trains a student: set student=NAME_OR_PATH (or prune:N of teacher=)")
 
     @property
     def trained_model(self) -> str:

@@ -65,6 +65,10 @@ _SHORT: dict[str, str] = {"bleu": "fidelity", "agreement": "agreement", "accurac
                           "agreement_gain": "agreement gain", "bleu_gain": "fidelity gain"}
 
 
+def _short(column: str) -> str:
+    return _SHORT.get(column, column.replace("_", " "))
+
+
 def _label(column: str) -> str:
     return AXIS_LABELS.get(column, column.replace("_", " "))
 
@@ -145,7 +149,7 @@ def plot_axis(results: pd.DataFrame, axis: str, *, metric: str = "accuracy", hue
         ax.errorbar(part[axis].to_numpy(float), part["value"].to_numpy(float), yerr=_yerr(part), label=label, **style)
     ax.set_xlabel(_label(axis))
     ax.set_ylabel(_label(metric))
-    ax.set_title(f"{_label(metric)} against {_label(axis)}" + ("" if task == "all" else f" ({task})"))
+    ax.set_title(f"{_short(metric)} against {_label(axis)}" + ("" if task == "all" else f" ({task})"))
     if hue:
         ax.legend()
     return ax
@@ -215,7 +219,7 @@ def plot_teacher_awareness(results: pd.DataFrame, *, metric: str = "accuracy", a
     _grouped_bars(ax, frames, "task", tasks, {False: "task-unaware teacher", True: "task-aware teacher"}, **kwargs)
     ax.set_ylabel(_label(metric))
     ax.set_xlabel("task")
-    ax.set_title(f"{_label(metric)}: task-aware against task-unaware teacher")
+    ax.set_title(f"{_short(metric)}: task-aware against task-unaware teacher")
     ax.legend()
     return ax
 
@@ -258,7 +262,7 @@ def plot_before_after(results: pd.DataFrame, *, metric: str = "agreement", size:
     _grouped_bars(ax, curves, size, order, labels, **kwargs)
     ax.set_xlabel(_label(size))
     ax.set_ylabel(_label(metric))
-    ax.set_title(f"{_label(metric)} before and after KD")
+    ax.set_title(f"{_short(metric)} before and after KD")
     ax.legend()
     return ax
 
@@ -305,7 +309,7 @@ def plot_fidelity_gain(runs: pd.DataFrame, *, x: str = "bleu", y: str = "accurac
     ax.axhline(0.0, color="0.6", lw=0.8, zorder=1)
     ax.set_xlabel(_label(x))
     ax.set_ylabel(_label(y))
-    ax.set_title(f"{_SHORT.get(x, x)} against {_SHORT.get(y, y)}")
+    ax.set_title(f"{_short(x)} against {_short(y)}")
     return ax
 
 

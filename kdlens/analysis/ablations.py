@@ -343,8 +343,9 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
     """The :class:`kdlens.config.DistillConfig` of one run of ``spec``.
 
     ``teacher_aware: true`` swaps the teacher for ``teacher_dir`` (the SFT run of the base teacher).
-    KD runs read the teacher from a shared logit cache under ``cache_dir`` when one is given, so the
-    teacher runs once per (teacher, data) along the sigma and tau axes. ``student_dirs`` maps a
+    KD runs read the teacher from a shared logit cache under ``cache_dir`` when one is given and
+    their method can use one (word-level methods; on-policy and feature methods run the teacher
+    online), so the teacher runs once per (teacher, data) along the sigma and tau axes. ``student_dirs`` maps a
     student spec (e.g. ``"prune:22"``) to a saved model used instead: the runner saves the prunes of
     the *base* teacher there, so that a student distilled from the task-aware teacher starts from the
     same weights as one distilled from the base teacher (``prune:N`` would otherwise prune the
@@ -364,11 +365,16 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
     if student_dirs and str(data.get("student")) in student_dirs:
         data["student"] = student_dirs[str(data["student"])]
     data["output_dir"] = output_dir
-    if cache_dir is not None and not _is_sft(str(data.get("method", "word_kd"))) \
-            and "teacher_source" not in spec.base and "teacher_source" not in overrides:
-        data["teacher_source"] = "cache"
-        data.setdefault("cache_dir", cache_dir)
     try:
+        if cache_dir is not None and not _is_sft(str(data.get("method", "word_kd"))) \
+                and "teacher_source" not in spec.base and "teacher_source" not in overrides:
+            cached = {**data, "teacher_source": "cache", "cache_dir": data.get("cache_dir") or cache_dir}
+            try:
+                return DistillConfig.from_dict(cached)
+            except ValueError:
+                # methods that need more than cached logits (on-policy scoring, hidden states) run
+                # the teacher online; any other problem shows up again just below
+                pass
         return DistillConfig.from_dict(data)
     except (TypeError, ValueError) as err:
         raise ValueError(f"sweep run {run_id(overrides)} ({json.dumps(dict(overrides), default=str)}): {err}") from err

@@ -18,7 +18,11 @@ __all__ = ["paradox_test"]
 
 
 def _fmt(x: float) -> str:
-    return "nan" if not math.isfinite(x) else f"{x:.2g}" if abs(x) < 0.01 and x != 0 else f"{x:.2f}"
+    if not math.isfinite(x):
+        return "nan"
+    if x == 0:
+        return "< 1e-300"  # a p-value that underflowed: "0.00" would read as an exact zero
+    return f"{x:.2g}" if abs(x) < 0.01 else f"{x:.2f}"
 
 
 def _correlation_verdict(row: pd.Series, gain: str, alpha: float, several: bool) -> str:

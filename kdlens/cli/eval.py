@@ -9,6 +9,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 __all__ = ["add_parser", "run", "parse_model_args"]
 
@@ -43,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: load_model's choice)")
     parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: load_model's choice)")
     parser.add_argument("--overwrite", action="store_true", help="recompute shards made under other settings")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
     return parser
 
@@ -60,9 +63,25 @@ def parse_model_args(values: list[str]) -> dict[str, str]:
     return models
 
 
+class _StderrHandler(logging.Handler):
+    """Progress lines to the *current* sys.stderr (a handler bound to one stream would outlive it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"kdlens eval: {self.format(record)}", file=sys.stderr)
+
+
+def _show_progress() -> None:
+    logger = logging.getLogger("kdlens.eval")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)
+
+
 def run(args: argparse.Namespace) -> int:
     from kdlens.eval import Decoding, compare_to_teacher, evaluate
 
+    if not args.quiet:
+        _show_progress()
     models = parse_model_args(args.model)
     if args.tokens and args.teacher_id not in models:
         raise ValueError(f"--tokens compares models with the teacher, but no --model is named {args.teacher_id!r} "

@@ -19,9 +19,11 @@ process's loss is multiplied by the process count).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -145,8 +147,6 @@ def _teacher_id(name: str) -> str:
 
 
 def _write_log(run: RunDir, rows: Iterable[Mapping[str, Any]]) -> None:
-    import json
-
     atomic_write_text(run.log_path, "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows))
 
 
@@ -337,8 +337,6 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             if grad_norm is not None:
                 last_logs["grad_norm"] = float(grad_norm)
             if log_file is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
-                import json
-
                 log_file.write(json.dumps(last_logs, sort_keys=True) + "\n")
                 log_file.flush()
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
@@ -374,8 +372,6 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
                              modules, cache, {"wall_s": time.perf_counter() - started, **last_logs})
         atomic_write_json(run.manifest_path, manifest)
-        import shutil
-
         shutil.rmtree(run.state_root, ignore_errors=True)
         atomic_write_text(run.done_path, "")
     accelerator.wait_for_everyone()

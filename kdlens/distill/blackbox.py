@@ -175,8 +175,13 @@ def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[st
             done[i] = text
         atomic_write_text(path, "".join(json.dumps({"index": i, "prompt_sha": sha256_json(ctx.records[i].prompt),
                                                     "text": done[i]}) + "\n" for i in sorted(done)))
-    return [encode_for_training(ctx.tokenizer, replace(record, rationale=done[i]), max_length=cfg.max_length,
-                                system=cfg.system_prompt) for i, record in enumerate(ctx.records)]
+    features = [encode_for_training(ctx.tokenizer, replace(record, rationale=done[i]), max_length=cfg.max_length,
+                                    system=cfg.system_prompt) for i, record in enumerate(ctx.records)]
+    # an answer truncated away entirely leaves nothing to learn from (as in the loop's own encoding)
+    features = [f for f in features if any(label != -100 for label in f["labels"][1:])]
+    if not features:
+        raise ValueError(f"no teacher answer fits within max_length={cfg.max_length} after its prompt; raise it")
+    return features
 
 
 @dataclass

@@ -407,12 +407,13 @@ def _sweep_accuracy(src: ReportSource) -> Section:
         sec.blocks.append(Table("Teacher accuracy on the same examples", tt, {t: "pct" for t in tasks}))
     res = src.results
     kd = _kd_rows(src)
-    hue = next((h for h in ("student", "seed") if _varies(kd, h)), None)
     for axis in ("sigma", "temperature"):
         if _varies(res, axis):
-            others = [a for a in ("temperature", "sigma") if a != axis and _varies(kd, a)]
-            # one curve per value of the other axis when both vary, otherwise per student
-            _figure(lambda ax, axis=axis, h=(others[0] if others else hue): plot_axis(
+            # one curve per value of the other varying setting; runs that differ only in seed are
+            # averaged into one point (t interval across seeds)
+            others = [a for a in ("temperature", "sigma", "teacher_aware", "student", "loss", "method")
+                      if a != axis and _varies(kd, a)]
+            _figure(lambda ax, axis=axis, h=(others[0] if others else None): plot_axis(
                         _kd_only(src), axis, hue=h, ax=ax),
                     f"Accuracy against {'σ (teacher-logit noise)' if axis == 'sigma' else 'τ (temperature)'} "
                     "(95% CI)", sec.blocks)

@@ -83,6 +83,8 @@ def test_teacher_aware_swaps_the_teacher_for_the_sft_run_and_uses_the_shared_cac
     assert aware.teacher_source == unaware.teacher_source == "cache" and aware.cache_dir == "/c"
     sft = run_config(s, {"method": "sft"}, output_dir="o", teacher_dir=None, cache_dir="/c")
     assert sft.teacher_source == "online"  # an SFT run has no teacher signal to cache
+    gkd = run_config(s, {"method": "gkd"}, output_dir="o", teacher_dir=None, cache_dir="/c")
+    assert gkd.teacher_source == "online"  # on-policy: the teacher scores fresh samples, no cache can hold them
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -1,0 +1,48 @@
+import os
+import stat
+
+import pytest
+
+from kdlens._io import atomic_directory, atomic_write_json, atomic_write_text, read_json, sha256_json
+
+
+def test_atomic_write_replaces_whole_file_with_umask_mode(tmp_path):
+    path = tmp_path / "sub" / "a.txt"
+    atomic_write_text(path, "one")
+    atomic_write_text(path, "two")
+    assert path.read_text() == "two"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert [p.name for p in path.parent.iterdir()] == ["a.txt"]  # no temp files left
+
+
+def test_atomic_write_json_roundtrip_and_bad_json_names_line(tmp_path):
+    path = atomic_write_json(tmp_path / "x.json", {"b": 1, "a": [1, 2]})
+    assert read_json(path) == {"a": [1, 2], "b": 1}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n  "a": 1,\n  oops\n}')
+    with pytest.raises(ValueError, match="line 3"):
+        read_json(bad)
+    with pytest.raises(FileNotFoundError, match="missing.json"):
+        read_json(tmp_path / "missing.json")
+
+
+def test_atomic_directory_leaves_nothing_when_killed(tmp_path):
+    target = tmp_path / "model"
+    with pytest.raises(RuntimeError), atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("half")
+        raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with atomic_directory(target) as tmp:
+        (tmp / "weights").write_text("whole")
+    assert (target / "weights").read_text() == "whole"
+    with pytest.raises(FileExistsError):
+        with atomic_directory(target):
+            pass
+
+
+def test_sha256_json_is_key_order_independent():
+    assert sha256_json({"a": 1, "b": 2}) == sha256_json({"b": 2, "a": 1})
+    assert sha256_json({"a": 1}) != sha256_json({"a": 2})
