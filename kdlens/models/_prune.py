@@ -90,9 +90,12 @@ def prune_layers(model, keep: int | Sequence[int]):
 
     # copy everything but the layers: seeding deepcopy's memo maps the teacher's layer list to an
     # empty one without touching the teacher; the memo also keeps tied weights and the shared config tied
-    student = copy.deepcopy(model, {id(layers): nn.ModuleList()})
+    memo = {id(layers): nn.ModuleList()}
+    student = copy.deepcopy(model, memo)
     student_base = student.model
-    student_base.layers = nn.ModuleList(copy.deepcopy(layers[i]) for i in indices)
+    # the same memo makes the kept layers point at the student's config, not a private copy of the
+    # teacher's (otherwise e.g. set_attn_implementation on the student would not reach them)
+    student_base.layers = nn.ModuleList(copy.deepcopy(layers[i], memo) for i in indices)
     for new_index, layer in enumerate(student_base.layers):
         for module in layer.modules():
             if hasattr(module, "layer_idx"):

@@ -294,6 +294,17 @@ def test_prune_renumbers_layers_and_subsets_per_layer_config(teacher4):
     assert torch.equal(cached, uncached)
 
 
+def test_pruned_layers_share_the_student_config(teacher4):
+    student = prune_layers(teacher4, 2)
+    for layer in student.model.layers:
+        assert layer.self_attn.config is student.config
+    # so switching the student's attention reaches every kept layer and leaves the teacher alone
+    before = teacher4.config._attn_implementation
+    student.set_attn_implementation("eager")
+    assert all(layer.self_attn.config._attn_implementation == "eager" for layer in student.model.layers)
+    assert teacher4.config._attn_implementation == before
+
+
 def test_pruned_saves_and_reloads_with_plain_transformers(teacher4, tmp_path):
     student = prune_layers(teacher4, [1, 2])
     student.save_pretrained(tmp_path)
