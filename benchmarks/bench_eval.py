@@ -1,8 +1,9 @@
 """Throughput of ``kdlens.eval`` with the embedded SmolLM2-135M-Instruct: examples/s and generated tokens/s.
 
-Three phases, each timed on its own after one untimed warm-up batch:
+Four phases, each timed on its own after one untimed warm-up batch:
 
 * ``generate``  batched greedy decoding with the KV cache (``kdlens.eval.generate``, left padding);
+* ``hf_generate`` the same batches through ``transformers``' ``model.generate`` (a reference point);
 * ``evaluate``  the whole ``evaluate`` call: generation + scoring + the teacher-forced gold NLL pass;
 * ``tokens``    ``collect_tokens`` of a 10-layer pruned student against the teacher on the teacher's outputs.
 
@@ -11,7 +12,10 @@ first as ``evaluate`` orders them. Prints one JSON object per phase and a Markdo
 
 Usage::
 
-    python benchmarks/bench_eval.py --n 16 --batch-size 8 --max-new-tokens 64
+    python benchmarks/bench_eval.py --n 16 --batch-size 8 --max-new-tokens 64 --threads 1
+
+On a CPU shared with other jobs use ``--threads 1``: with more threads than free cores, OpenMP
+spin-waiting made a SmolLM2 decode step 15x slower here (3.5 s instead of 0.23 s at batch 8).
     python benchmarks/bench_eval.py --device cuda --n 64 --batch-size 32 --max-new-tokens 128
 """
 
@@ -36,7 +40,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--data", type=Path, default=DATA, help="folder with gsm8k.json and SVAMP.json")
-    parser.add_argument("--skip-tokens", action="store_true", help="time generate/evaluate only")
+    parser.add_argument("--skip-tokens", action="store_true", help="do not time collect_tokens")
+    parser.add_argument("--skip-hf", action="store_true", help="do not time transformers' generate (the reference)")
     args = parser.parse_args()
 
     import torch
@@ -67,6 +72,27 @@ def main() -> None:
     seconds = time.perf_counter() - start
     results = [{"phase": "generate", "seconds": round(seconds, 2), "examples_per_s": round(len(prompts) / seconds, 3),
                 "generated_tokens_per_s": round(generated / seconds, 1), "generated_tokens": generated, **meta}]
+
+    if not args.skip_hf:
+        # reference point: transformers' own generate on the same left-padded batches
+        pad = tokenizer.pad_token_id
+        eos = tokenizer.eos_token_id
+        start = time.perf_counter()
+        hf_generated = 0
+        for i in range(0, len(prompts), args.batch_size):
+            chunk = prompts[i:i + args.batch_size]
+            width = max(map(len, chunk))
+            ids = torch.tensor([[pad] * (width - len(p)) + list(p) for p in chunk], device=args.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=args.device)
+            with torch.no_grad():
+                new = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                                     max_new_tokens=args.max_new_tokens, pad_token_id=pad)[:, width:].tolist()
+            hf_generated += sum(row.index(eos) + 1 if eos in row else len(row) for row in new)
+        seconds = time.perf_counter() - start
+        results.append({"phase": "hf_generate", "seconds": round(seconds, 2),
+                        "examples_per_s": round(len(prompts) / seconds, 3),
+                        "generated_tokens_per_s": round(hf_generated / seconds, 1),
+                        "generated_tokens": hf_generated, **meta})
 
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()

@@ -40,6 +40,7 @@ _LAZY: dict[str, str] = {
     "run_sweep": "kdlens.sweep",
     "build_report": "kdlens.report",
     "write_report": "kdlens.report",
+    "run_demo": "kdlens.demo",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

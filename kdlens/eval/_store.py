@@ -140,7 +140,8 @@ def read_tokens(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def _slug(text: str, limit: int = 40) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[:limit] or "x"
+    # the end of a path names the task ("...math-test-SVAMP.json"), so long names keep their tail
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")[-limit:].strip("-.") or "x"
 
 
 def shard_path(output_dir: str | os.PathLike, model_id: str, task: str) -> Path:

@@ -116,3 +116,8 @@ def test_manifest_records_run_versions_and_shard_hashes(tmp_path):
     again.record_run(models={"student": "tiny"}, tasks=["SVAMP"], decoding={}, settings={})
     data2 = json.loads((tmp_path / "manifest.json").read_text())
     assert "teacher/SVAMP" in data2["shards"] and data2["created"] == data["created"]
+
+
+def test_shard_names_stay_readable_for_long_task_paths(tmp_path):
+    path = shard_path(tmp_path, "teacher", "/work/shared/data/kd-generalization/math-test/SVAMP.json")
+    assert path.name.startswith("teacher__") and "SVAMP.json__" in path.name
