@@ -10,7 +10,9 @@ so it includes generation, teacher scoring, the student's forward/backward and t
   example is reported separately (its steps are plain cross-entropy steps).
 * ``distillm``'s cost depends on phi; to measure all three batch kinds the harness forces
   ``phi = 1`` after the first validation (by patching ``AdaptiveSchedule.update``) and reports the
-  mean step time per batch source, plus the cost of one validation pass.
+  mean step time per batch source.
+* ``blackbox`` has no teacher model, so its student is the full SmolLM2 (not the prune) trained
+  with CE on a stand-in text teacher's fixed answers: its row is not comparable to the others.
 
 Usage::
 

@@ -24,9 +24,12 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdlens._io import atomic_write_json, git_sha, versions
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["DEMO_TEACHER", "demo_spec", "find_shared_data", "run_demo", "summary_table"]
 
@@ -149,7 +152,7 @@ def demo_spec(
     }
 
 
-def summary_table(results):
+def summary_table(results: pd.DataFrame) -> pd.DataFrame:
     """One row per run, pooled over the tasks: the numbers the demo prints at the end.
 
     Parameters
@@ -172,10 +175,25 @@ def summary_table(results):
     return rows[columns].reset_index(drop=True)
 
 
+def _refuse_other_settings(spec: dict[str, Any], root: Path) -> None:
+    """Raise when ``root`` holds a demo of other settings: finished runs are skipped, not compared."""
+    previous = root / "sweep" / "spec.yaml"
+    if not previous.is_file():
+        return
+    import yaml
+
+    from kdlens.analysis.ablations import load_sweep_spec
+
+    if yaml.safe_load(previous.read_text(encoding="utf-8")) != load_sweep_spec(spec).to_dict():
+        raise ValueError(f"{root} holds a demo with other settings (its sweep/spec.yaml): pass another output "
+                         f"directory (-o) or delete {root}")
+
+
 def _set_threads(threads: int | None) -> int:
     import torch
 
-    threads = threads or os.cpu_count() or 1
+    if threads is None:
+        threads = os.cpu_count() or 1
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     torch.set_num_threads(threads)
@@ -210,7 +228,7 @@ def run_demo(
         The ``kd-generalization`` directory (default: :func:`find_shared_data` in full mode). Its
         ``math-test/MultiArith.json`` is evaluated besides ``chain_sum``.
     threads : int, optional
-        torch CPU threads (default: every core; set process-wide).
+        torch CPU threads (default: every core; set process-wide with ``torch.set_num_threads``).
     progress : callable, optional
         Called with one line per step (the CLI prints it with the elapsed time).
 
@@ -224,8 +242,8 @@ def run_demo(
     FileNotFoundError
         ``shared_data`` given but without ``math-test/MultiArith.json``.
     ValueError
-        A size or budget below 1, or an output directory holding a demo run with other settings
-        (the engine refuses to mix them: use a new ``output_dir``).
+        A size or budget below 1, or an output directory holding a demo with other settings (its
+        finished runs would be reused as they are: use a new ``output_dir``).
     """
     from kdlens.report import write_report
     from kdlens.sweep import run_sweep
@@ -242,8 +260,9 @@ def run_demo(
                                     "directory (holding math-test/)")
     spec = demo_spec(smoke=smoke, teacher=teacher, student_layers=student_layers, train_n=train_n,
                      eval_n=eval_n, steps=steps, max_new_tokens=max_new_tokens, math_test=math_test)
-    root.mkdir(parents=True, exist_ok=True)
+    _refuse_other_settings(spec, root)
     threads = _set_threads(threads)
+    root.mkdir(parents=True, exist_ok=True)
     say(f"output in {root.resolve()}; torch on {threads} CPU thread(s)")
     say(f"tasks: train {spec['base']['tasks']}, evaluate {[Path(t).name for t in spec['eval']['tasks']]}"
         + ("" if math_test is not None or smoke else " (shared math data not found; set KDLENS_SHARED_DATA)"))

@@ -8,6 +8,7 @@ prints where it is. Step lines go to stderr; the summary table and the report pa
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 
@@ -31,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                              "(default: smollm2-135m-instruct; tiny with --smoke)")
     parser.add_argument("--student-layers", type=int, default=None,
                         help="layers kept in the pruned student (default: 8; 1 with --smoke)")
+    parser.add_argument("--train-n", type=int, default=None,
+                        help="chain_sum training items (default: 48; 16 with --smoke)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per student (default: 12; 4 with --smoke)")
     parser.add_argument("--eval-n", type=int, default=None, help="test items per task (default: 16; 8 with --smoke)")
     parser.add_argument("--max-new-tokens", type=int, default=None,
@@ -51,9 +54,22 @@ def run(args: argparse.Namespace) -> int:
     def say(text: str) -> None:
         print(f"[{time.perf_counter() - started:6.1f} s] {text}", file=sys.stderr, flush=True)
 
-    report = run_demo(args.output_dir, smoke=args.smoke, teacher=args.model, student_layers=args.student_layers,
-                      steps=args.steps, eval_n=args.eval_n, max_new_tokens=args.max_new_tokens,
-                      shared_data=args.shared_data, threads=args.threads, progress=say)
+    # evaluation reports each finished (model, task) shard on the "kdlens.eval" logger; training shows
+    # its own step bar on a terminal
+    shards = logging.StreamHandler(sys.stderr)
+    shards.setFormatter(logging.Formatter("           %(message)s"))
+    eval_log = logging.getLogger("kdlens.eval")
+    level = eval_log.level
+    eval_log.addHandler(shards)
+    eval_log.setLevel(logging.INFO)
+    try:
+        report = run_demo(args.output_dir, smoke=args.smoke, teacher=args.model, student_layers=args.student_layers,
+                          train_n=args.train_n, steps=args.steps, eval_n=args.eval_n,
+                          max_new_tokens=args.max_new_tokens, shared_data=args.shared_data, threads=args.threads,
+                          progress=say)
+    finally:
+        eval_log.removeHandler(shards)
+        eval_log.setLevel(level)
     table = summary_table(read_results(report.parent / "sweep"))
     print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"\nReport: {report.resolve()}")

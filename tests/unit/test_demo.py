@@ -13,6 +13,9 @@ from kdlens.demo import demo_spec, find_shared_data, run_demo, summary_table
 from kdlens.report import SECTION_TITLES
 from kdlens.sweep import read_results
 
+# one worker runs the smoke demo once for every test that reads it (make test uses --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("demo")
+
 # the four student runs: (method, sigma, temperature); SFT ignores the teacher, so it has neither
 EXPECTED_RUNS = {("sft", None, None), ("word_kd", 0.0, 1.0), ("word_kd", 2.0, 1.0), ("word_kd", 0.0, 2.0)}
 
@@ -114,6 +117,14 @@ def test_rerun_resumes_without_retraining_and_cli_prints_the_report(demo, capsys
     assert all(name in table for name in ("sft", "word_kd", "accuracy", "agreement", "bleu"))
 
 
+def test_rerun_with_other_settings_is_refused(demo):
+    out, _, _ = demo
+    before = _mtimes(out)
+    with pytest.raises(ValueError, match="holds a demo with other settings"):
+        run_demo(out, smoke=True, steps=5, threads=1)
+    assert _mtimes(out) == before
+
+
 def test_summary_table_orders_sft_first_and_keeps_pooled_rows():
     results = pd.DataFrame({
         "run_id": ["kd-b", "kd-b", "sft-a", "sft-a"], "task": ["x", "all", "x", "all"],
@@ -138,6 +149,12 @@ def test_demo_rejects_non_positive_sizes(key, tmp_path):
     with pytest.raises(ValueError, match=f"demo {key} must be a positive integer, got 0"):
         run_demo(tmp_path, smoke=True, **{key: 0})
     assert not (tmp_path / "sweep").exists()
+
+
+def test_demo_rejects_zero_threads(tmp_path):
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        run_demo(tmp_path / "out", smoke=True, threads=0)
+    assert not (tmp_path / "out").exists()
 
 
 def test_demo_rejects_a_shared_data_dir_without_the_math_test(tmp_path, capsys):
