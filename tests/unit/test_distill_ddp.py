@@ -12,8 +12,8 @@ import pytest
 
 from kdlens.distill import RunDir, distill
 
-# ~25-50 s on 2 shared cores (two interpreters import torch+transformers): opt-in with -m slow
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::UserWarning")]
+# ~20 s (two interpreters import torch+transformers): runs in CI, in its own xdist group
+pytestmark = [pytest.mark.xdist_group("ddp"), pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
