@@ -33,7 +33,7 @@ test-slow: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check kdlens tests benchmarks
+	$(BIN)/ruff check kdlens tests benchmarks notebooks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

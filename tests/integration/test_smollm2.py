@@ -68,15 +68,3 @@ def test_pruned_six_layer_student_saves_and_reloads(smollm2, tmp_path):
     assert reloaded.config.num_hidden_layers == 6
     ids = torch.tensor([tokenizer("Two plus three")["input_ids"]])
     torch.testing.assert_close(reloaded(ids).logits, student(ids).logits)
-
-
-def test_demo_prints_the_teachers_answer(smollm2, monkeypatch, capsys):
-    from kdlens.cli import main
-
-    monkeypatch.setattr("kdlens.models.load_model", lambda name, **kwargs: smollm2)
-    assert main(["demo", "--max-new-tokens", "12"]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("Question (") and "\nAnswer:\n" in out
-    answer = out.split("\nAnswer:\n", 1)[1].split("\nExtracted answer:")[0].strip()
-    assert len(answer) > 10  # the teacher wrote something
-    assert "Gold: " in out and "Correct: " in out

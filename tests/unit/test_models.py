@@ -593,32 +593,5 @@ def test_cli_models_convert_errors(capsys):
     assert "built in memory" in capsys.readouterr().err
 
 
-def test_cli_demo_on_gsm8k(kd_data, monkeypatch, capsys):
-    monkeypatch.setenv("KDLENS_SHARED_DATA", str(kd_data.parent))
-    assert main(["demo", "--model", "tiny", "--max-new-tokens", "4"]) == 0
-    out = capsys.readouterr().out
-    first = json.loads((kd_data / "math-test" / "gsm8k.json").read_text())[0]
-    assert first["instruction"] in out and "gsm8k.json #0" in out
-    assert f"Gold: {first['answer']}" in out and "Correct: " in out
-
-
-def test_cli_demo_builtin_question_without_shared_data(monkeypatch, tmp_path, capsys):
-    from kdlens.cli import demo
-
-    monkeypatch.setenv("KDLENS_SHARED_DATA", str(tmp_path))
-    monkeypatch.setattr(demo, "__file__", str(tmp_path / "a" / "b" / "demo.py"))
-    assert demo.find_gsm8k() is None
-    assert main(["demo", "--model", "tiny", "--max-new-tokens", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "built-in question" in out and "muffins" in out and "Gold: 75" in out
-    assert main(["demo", "--model", "tiny", "--max-new-tokens", "0"]) == 1
-
-
-def test_cli_demo_index_out_of_range(kd_data, monkeypatch, capsys):
-    monkeypatch.setenv("KDLENS_SHARED_DATA", str(kd_data))
-    assert main(["demo", "--model", "tiny", "--index", "100000"]) == 1
-    assert "out of range" in capsys.readouterr().err
-
-
 def test_environment_is_offline():
     assert os.environ.get("HF_HUB_OFFLINE") == "1"
