@@ -41,7 +41,7 @@ def config_from_items(items: Sequence[str], *, method: str | None = None):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "distill", help="distill a teacher into a student (word-level or feature KD)",
+        "distill", help="distill a teacher into a student (word-level, feature, sequence-level, on-policy or black-box KD)",
         description="Distill a teacher into a student and write a run directory.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
