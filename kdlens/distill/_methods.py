@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from kdlens.teacher import TopK, kd_token_loss, noise_seed, response_mask
 
-__all__ = ["Method", "MethodRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "METHODS", "SFT",
+__all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "METHODS", "SFT",
            "WordKD", "FeatureKD"]
 
 
@@ -164,6 +164,26 @@ class MethodRun(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         ...
+
+
+@dataclass
+class FixedDataRun:
+    """A :class:`MethodRun` whose training data is fixed once at ``begin`` (e.g. teacher outputs).
+
+    Every step trains on the global batch the loop cut from ``features``; there is no state to save.
+    """
+
+    features: list[dict[str, list[int]]]
+
+    def prepare_step(self, *, step: int, total_steps: int, example_indices: Sequence[int],
+                     features: list[dict[str, list[int]]], student: torch.nn.Module) -> StepData:
+        return StepData(features, "gold")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
 
 
 class Method(Protocol):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from kdlens._io import atomic_write_text, sha256_json
-from kdlens.distill._methods import SFT, RunContext, StepContext, StepData
+from kdlens.distill._methods import SFT, FixedDataRun, RunContext, StepContext
 
 __all__ = ["BlackBoxKD", "OpenAIChatTeacher", "resolve_teacher", "teacher_features", "CACHE_NAME"]
 
@@ -184,21 +184,6 @@ def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[st
     return features
 
 
-@dataclass
-class _BlackBoxRun:
-    features: list[dict[str, list[int]]]
-
-    def prepare_step(self, *, step: int, total_steps: int, example_indices: Sequence[int],
-                     features: list[dict[str, list[int]]], student: torch.nn.Module) -> StepData:
-        return StepData(features, "gold")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
-
-
 @dataclass(frozen=True)
 class BlackBoxKD:
     """Black-box KD: cross-entropy on a text-only teacher's answers (callable or chat endpoint)."""
@@ -208,8 +193,8 @@ class BlackBoxKD:
     needs_hidden_states: bool = False
     description: str = "black-box KD: CE on a text-only teacher's answers (Python callable or OpenAI-compatible URL)"
 
-    def begin(self, ctx: RunContext) -> _BlackBoxRun:
-        return _BlackBoxRun(teacher_features(ctx, resolve_teacher(ctx.config)))
+    def begin(self, ctx: RunContext) -> FixedDataRun:
+        return FixedDataRun(teacher_features(ctx, resolve_teacher(ctx.config)))
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return SFT()(ctx)

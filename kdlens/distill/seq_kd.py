@@ -28,7 +28,7 @@ import torch
 
 from kdlens._io import atomic_write_json, atomic_write_text, sha256_json
 from kdlens.distill._generation import generate_continuations, prompt_ids, stop_ids
-from kdlens.distill._methods import SFT, RunContext, StepContext, StepData
+from kdlens.distill._methods import SFT, FixedDataRun, RunContext, StepContext
 from kdlens.distill._onpolicy import step_seed
 
 __all__ = ["SeqKD", "CACHE_NAME", "best_by_bleu", "decode_training_set"]
@@ -141,21 +141,6 @@ def decode_training_set(ctx: RunContext) -> list[dict[str, list[int]]]:
     return out
 
 
-@dataclass
-class _SeqKDRun:
-    features: list[dict[str, list[int]]]
-
-    def prepare_step(self, *, step: int, total_steps: int, example_indices: Sequence[int],
-                     features: list[dict[str, list[int]]], student: torch.nn.Module) -> StepData:
-        return StepData(features, "gold")  # the teacher's outputs are this run's fixed training data
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        return None
-
-
 @dataclass(frozen=True)
 class SeqKD:
     """Sequence-level KD: cross-entropy on the teacher's beam-search (or sampled) outputs.
@@ -170,8 +155,8 @@ class SeqKD:
     needs_hidden_states: bool = False
     description: str = "sequence-level KD: CE on the teacher's decodings of the training prompts (cached)"
 
-    def begin(self, ctx: RunContext) -> _SeqKDRun:
-        return _SeqKDRun(decode_training_set(ctx))
+    def begin(self, ctx: RunContext) -> FixedDataRun:
+        return FixedDataRun(decode_training_set(ctx))
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return SFT()(ctx)
