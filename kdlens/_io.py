@@ -26,6 +26,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_directory",
     "read_json",
+    "read_yaml",
     "sha256_file",
     "sha256_json",
     "versions",
@@ -85,6 +86,24 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON (line {err.lineno}): {err.msg}") from err
+
+
+def read_yaml(path: str | os.PathLike, *, what: str = "file") -> Any:
+    """Load a YAML file with ``yaml.safe_load`` (never arbitrary objects); an empty file gives ``{}``.
+
+    ``what`` names the file in the errors (e.g. ``"config file"``): a missing path raises
+    FileNotFoundError, malformed YAML a ValueError that names the file.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist; check the path")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    return {} if data is None else data
 
 
 @contextlib.contextmanager

@@ -21,8 +21,9 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from kdlens._io import read_yaml
 
 __all__ = [
     "DistillConfig",
@@ -690,19 +691,9 @@ def load_config(path: str | os.PathLike | None = None,
     ValueError
         Malformed YAML, an unknown key (with close matches), or an invalid value.
     """
-    import yaml
-
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {path} does not exist; check the path")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as err:
-            raise ValueError(f"{path} is not valid YAML: {err}") from err
-        if loaded is None:
-            loaded = {}
+        loaded = read_yaml(path, what="config file")
         if not isinstance(loaded, Mapping):
             raise ValueError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
         data = dict(loaded)

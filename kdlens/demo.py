@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kdlens._io import atomic_write_json, git_sha, versions
+from kdlens._io import atomic_write_json, git_sha, read_yaml, versions
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -180,11 +180,9 @@ def _refuse_other_settings(spec: dict[str, Any], root: Path) -> None:
     previous = root / "sweep" / "spec.yaml"
     if not previous.is_file():
         return
-    import yaml
-
     from kdlens.analysis.ablations import load_sweep_spec
 
-    if yaml.safe_load(previous.read_text(encoding="utf-8")) != load_sweep_spec(spec).to_dict():
+    if read_yaml(previous) != load_sweep_spec(spec).to_dict():
         raise ValueError(f"{root} holds a demo with other settings (its sweep/spec.yaml): pass another output "
                          f"directory (-o) or delete {root}")
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_json, versions
+from kdlens._io import atomic_write_json, atomic_write_text, git_sha, read_json, sha256_json, versions
 from kdlens.analysis.ablations import (
     SweepSpec,
     add_gain,
@@ -226,7 +226,7 @@ def run_sweep(
     _write_runs(runs, root)
     settings = _eval_settings(spec) if evaluate else None
     manifest_path = root / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"runs": {}}
+    manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "git_sha": git_sha(), "eval": settings})
     cache_dir = str((root / "teacher_cache").resolve())

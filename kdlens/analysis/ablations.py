@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kdlens._io import sha256_json
+from kdlens._io import read_yaml, sha256_json
 from kdlens._schema import RUNS_COLUMNS
 from kdlens.analysis._validate import require_columns, require_nonempty
 
@@ -219,15 +219,8 @@ def load_sweep_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec) -> 
         return spec
     if isinstance(spec, Mapping):
         return SweepSpec.from_dict(spec)
-    import yaml
-
     path = Path(spec)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep spec {path} does not exist; check the path")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
+    data = read_yaml(path, what="sweep spec")
     try:
         return SweepSpec.from_dict(data or {})
     except ValueError as err:

@@ -62,15 +62,9 @@ class ReportSource:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    import yaml
+    from kdlens._io import read_yaml
 
-    if not path.is_file():
-        return {}
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {err}") from err
-    return dict(data or {})
+    return dict(read_yaml(path)) if path.is_file() else {}
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -3,7 +3,14 @@ import stat
 
 import pytest
 
-from kdlens._io import atomic_directory, atomic_write_json, atomic_write_text, read_json, sha256_json
+from kdlens._io import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    read_yaml,
+    sha256_json,
+)
 
 
 def test_atomic_write_replaces_whole_file_with_umask_mode(tmp_path):
@@ -46,3 +53,18 @@ def test_atomic_directory_leaves_nothing_when_killed(tmp_path):
 def test_sha256_json_is_key_order_independent():
     assert sha256_json({"a": 1, "b": 2}) == sha256_json({"b": 2, "a": 1})
     assert sha256_json({"a": 1}) != sha256_json({"a": 2})
+
+
+def test_read_yaml_loads_mappings_empty_files_and_names_bad_input(tmp_path):
+    good = tmp_path / "c.yaml"
+    good.write_text("a: 1\nb: [x, y]\n")
+    assert read_yaml(good) == {"a": 1, "b": ["x", "y"]}
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert read_yaml(empty) == {}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ValueError, match="bad.yaml is not valid YAML"):
+        read_yaml(bad)
+    with pytest.raises(FileNotFoundError, match="sweep spec .*nope.yaml does not exist; check the path"):
+        read_yaml(tmp_path / "nope.yaml", what="sweep spec")
