@@ -38,6 +38,8 @@ _LAZY: dict[str, str] = {
     "paradox_test": "kdlens.analysis",
     "expand_sweep": "kdlens.analysis",
     "run_sweep": "kdlens.sweep",
+    "read_results": "kdlens.sweep",
+    "publish_sweep": "kdlens.publish",
     "build_report": "kdlens.report",
     "write_report": "kdlens.report",
     "run_demo": "kdlens.demo",

@@ -164,11 +164,16 @@ def versions() -> dict[str, str | None]:
 
 
 def git_sha(cwd: str | os.PathLike | None = None) -> str | None:
-    """The current commit of the kdlens checkout (or ``cwd``), or None outside a git repository."""
+    """The current commit of the kdlens checkout (or ``cwd``), or None outside a git repository.
+
+    A copy of the working tree without ``.git`` (a lent GPU's) names its commit in ``$KDLENS_GIT_SHA``.
+    """
     cwd = Path(cwd) if cwd is not None else Path(__file__).resolve().parent
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True,
                              timeout=5, check=False)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        out = None
+    if out is not None and out.returncode == 0 and out.stdout.strip():
+        return out.stdout.strip()
+    return os.environ.get("KDLENS_GIT_SHA") or None

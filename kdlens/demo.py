@@ -8,8 +8,9 @@
 * data: a reasoning-gym task (``chain_sum``) for training and testing, plus a slice of the MultiArith
   math test set when the shared kd-generalization data is present;
 * four student runs: SFT on the gold answers, word-level KD (forward KL, alpha = 1), KD with teacher
-  noise sigma = 2 and KD with temperature tau = 2 (a one-at-a-time grid, so every KD run shares one
-  teacher-logit cache and the teacher runs once);
+  noise sigma = 2 and KD with temperature tau = 2 (a one-at-a-time grid: the two tau = 1 KD runs
+  share one teacher-logit cache, the tau = 2 run reads the teacher online, where a top-k cache is
+  not faithful);
 * greedy evaluation of the teacher and every student, agreement with the teacher, fidelity (sentence
   BLEU of the rationales), per-token KL, and the HTML report.
 

@@ -336,15 +336,17 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
     """The :class:`kdlens.config.DistillConfig` of one run of ``spec``.
 
     ``teacher_aware: true`` swaps the teacher for ``teacher_dir`` (the SFT run of the base teacher).
-    KD runs read the teacher from a shared logit cache under ``cache_dir`` when one is given and
-    their method can use one (word-level methods; on-policy and feature methods run the teacher
-    online), so the teacher runs once per (teacher, data) along the sigma and tau axes. ``student_dirs`` maps a
+    KD runs read the teacher from a shared logit cache under ``cache_dir`` when one is given, their
+    method can use one (word-level methods; on-policy and feature methods run the teacher online)
+    and the cache is faithful to their loss (:func:`kdlens.config.cache_is_faithful`: forward KL at
+    tau = 1), so the teacher runs once per (teacher, data) along the sigma axis; other losses and
+    tau != 1 run the teacher online. ``student_dirs`` maps a
     student spec (e.g. ``"prune:22"``) to a saved model used instead: the runner saves the prunes of
     the *base* teacher there, so that a student distilled from the task-aware teacher starts from the
     same weights as one distilled from the base teacher (``prune:N`` would otherwise prune the
     fine-tuned teacher and mix the teacher's task tuning into the student's initialisation).
     """
-    from kdlens.config import DistillConfig, apply_overrides
+    from kdlens.config import DistillConfig, apply_overrides, cache_is_faithful
 
     extra = {k: v for k, v in overrides.items() if k not in SPECIAL_AXES}
     data = apply_overrides(dict(spec.base), {k: v for k, v in extra.items() if "." not in k})
@@ -360,6 +362,7 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
     data["output_dir"] = output_dir
     try:
         if cache_dir is not None and not _is_sft(str(data.get("method", "word_kd"))) \
+                and cache_is_faithful(str(data.get("loss", "forward_kl")), float(data.get("temperature", 1.0))) \
                 and "teacher_source" not in spec.base and "teacher_source" not in overrides:
             cached = {**data, "teacher_source": "cache", "cache_dir": data.get("cache_dir") or cache_dir}
             try:

@@ -20,6 +20,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("-o", "--output-dir", required=True, help="sweep directory (created or resumed)")
     parser.add_argument("--max-runs", type=int, default=None,
                         help="train at most N missing runs now; the next call continues (default: all)")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="start no run that would likely end after SECONDS from now (a lent GPU's time); "
+                             "the next call continues")
+    parser.add_argument("--publish", default=None, metavar="DIR",
+                        help="published result tables (e.g. analyses/results/NAME): skip the runs DIR holds and "
+                             "merge this call's results into it, so a sweep goes on across machines")
     parser.add_argument("--no-eval", action="store_true", help="only train; evaluate in a later call")
     parser.add_argument("--dry-run", action="store_true", help="print the runs the spec expands to and exit")
     parser.set_defaults(func=run)
@@ -33,13 +39,22 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         runs = expand_sweep(args.spec)
         runs["status"] = sweep_status(runs, args.output_dir)
+        if args.publish:
+            from kdlens.publish import published_run_ids
+
+            runs.loc[runs["run_id"].isin(published_run_ids(args.publish, args.spec)), "status"] = "published"
         with_axes = runs.drop(columns=["overrides", "run_dir"])
         print(with_axes.to_string(index=False))
         print(f"{len(runs)} run(s); {int((runs['status'] == 'pending').sum())} not started", file=sys.stderr)
         return 0
+    if args.publish and args.no_eval:
+        print("kdlens sweep: --publish needs evaluated runs; drop --no-eval", file=sys.stderr)
+        return 2
     results = run_sweep(args.spec, output_dir=args.output_dir, evaluate=not args.no_eval, max_runs=args.max_runs,
+                        time_budget_s=args.time_budget, publish_dir=args.publish,
                         progress=lambda line: print(f"kdlens sweep: {line}", file=sys.stderr, flush=True))
     if len(results):
-        print(f"kdlens sweep: results in {args.output_dir}/results.parquet; report with "
-              f"`kdlens report {args.output_dir} -o report.html`", file=sys.stderr)
+        where = args.publish or args.output_dir
+        print(f"kdlens sweep: results in {where}/results.parquet; report with "
+              f"`kdlens report {where} -o report.html`", file=sys.stderr)
     return 0

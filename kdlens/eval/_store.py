@@ -98,15 +98,19 @@ def conform(data: pd.DataFrame | Sequence[Mapping[str, Any]], columns: Sequence[
     return frame
 
 
-def write_parquet(frame: pd.DataFrame, path: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``frame`` atomically as parquet, with ``metadata`` (JSON) in the file's key-value metadata."""
+def write_parquet(frame: pd.DataFrame, path: str | os.PathLike, *, metadata: Mapping[str, Any] | None = None,
+                  compression: str = "snappy") -> Path:
+    """Write ``frame`` atomically as parquet, with ``metadata`` (JSON) in the file's key-value metadata.
+
+    ``compression="zstd"`` makes files about a third smaller (used for tables committed to a repository).
+    """
     table = pa.Table.from_pandas(frame, preserve_index=False)
     if metadata is not None:
         merged = dict(table.schema.metadata or {})
         merged[_META_KEY] = json.dumps(metadata, sort_keys=True, default=str).encode("utf-8")
         table = table.replace_schema_metadata(merged)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer)
+    pq.write_table(table, buffer, compression=compression)
     return atomic_write_bytes(path, buffer.getvalue())
 
 

@@ -65,3 +65,58 @@ def test_notebook_runs_on_its_smoke_setting(name, monkeypatch, tmp_path, request
     errors = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs
               if out.get("output_type") == "error"]
     assert not errors
+
+
+#: the notebooks whose full setting reads a published sweep, and where their smoke sweep is written
+SWEEP_NOTEBOOKS = {"03_agreement_fidelity.ipynb": ("agreement_fidelity", "student_size_smollm2"),
+                   "04_sigma_tau.ipynb": ("sigma_tau", "sigma_tau_smollm2"),
+                   "05_teacher_awareness.ipynb": ("teacher_awareness", "teacher_awareness_smollm2")}
+
+
+def _execute(name: str) -> tuple[str, list]:
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbclient.NotebookClient(book, timeout=300, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    verdict = "".join(out.get("text", "") for out in book.cells[-1].outputs if out.get("output_type") == "stream")
+    errors = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs
+              if out.get("output_type") == "error"]
+    return verdict, errors
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP_NOTEBOOKS))
+def test_full_setting_reads_the_published_tables_without_training(name, monkeypatch, tmp_path):
+    """The full setting on a machine without CUDA: the committed tables, whole or partial, give the verdict."""
+    from kdlens.publish import publish_sweep
+    from kdlens.sweep import run_sweep
+
+    monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "1")
+    monkeypatch.setenv("KDLENS_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # full_results trains only where CUDA is
+    monkeypatch.delenv("CI", raising=False)
+    smoke_dir, full_name = SWEEP_NOTEBOOKS[name]
+    sweep_dir = tmp_path / smoke_dir
+    # 05 gets a partial grid, as after a first GPU session: the students of one of its two teachers
+    run_sweep(_smoke_spec(name, monkeypatch), output_dir=sweep_dir,
+              max_runs=1 if name == "05_teacher_awareness.ipynb" else None)
+    publish_sweep(sweep_dir, tmp_path / "published")
+    monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "0")
+    monkeypatch.setenv("KDLENS_NOTEBOOK_RESULTS", str(tmp_path / "published"))
+    verdict, errors = _execute(name)
+    assert not errors, errors
+    assert "say nothing about distillation" not in verdict
+    if name == "05_teacher_awareness.ipynb":
+        assert "Data: a partial grid: 1 of 2 runs" in verdict and "not testable" in verdict
+    else:
+        assert "Data: the whole grid" in verdict
+    assert not (NOTEBOOKS.parent / "runs" / full_name).exists()  # nothing was trained
+
+
+def _smoke_spec(name: str, monkeypatch) -> dict:
+    """The notebook's own smoke spec (its SMOKE_SPEC), read by running its set-up cells."""
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    namespace: dict = {}
+    monkeypatch.chdir(NOTEBOOKS)
+    for cell in book.cells[1:3]:  # the parameters cell and the imports-and-specs cell
+        exec(compile(cell.source, name, "exec"), namespace)
+    return namespace["SMOKE_SPEC"]
