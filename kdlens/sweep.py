@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,27 +38,14 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_json, atomic_write_text, git_sha, read_json, sha256_json, versions
-from kdlens.analysis.ablations import (
-    SweepSpec,
-    add_gain,
-    expand_sweep,
-    join_results,
-    load_sweep_spec,
-    run_config,
-    run_metrics,
-    teacher_sft_config,
-)
+from kdlens._io import atomic_write_text, git_sha, read_json, sha256_json, versions
+from kdlens._sweep_session import TEACHER_IDS, _missing
+from kdlens.analysis.ablations import SweepSpec, add_gain, expand_sweep, load_sweep_spec
 
 __all__ = ["run_sweep", "read_results", "write_results", "sweep_status", "add_sweep_gains", "TEACHER_IDS"]
 
 logger = logging.getLogger("kdlens.sweep")
 
-#: model_id of each teacher in the sweep-level examples table
-TEACHER_IDS: dict[bool, str] = {False: "teacher", True: "teacher_sft"}
-
-#: the runner's clock (tests replace it to check the time budget)
-_clock = time.monotonic
 
 _EVAL_DEFAULTS: dict[str, Any] = {"n": None, "max_new_tokens": 256, "batch_size": 8, "split": "test",
                                   "tokens": True, "fidelity": True, "n_boot": 1000, "seed": 0}
@@ -102,82 +87,6 @@ def _write_runs(runs: pd.DataFrame, root: Path) -> None:
     write_results(runs, root / "runs.parquet", axes=list(runs.columns[4:]), spec=runs.attrs.get("spec"))
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
-def _teacher_spec(spec: SweepSpec, aware: bool, root: Path) -> str:
-    return str((root / "teachers" / "sft").resolve()) if aware else str(spec.base["teacher"])
-
-
-def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Callable[[str], None]) -> dict[str, str]:
-    """Save every ``prune:N`` student of the sweep, pruned from the *base* teacher, under ``students/``.
-
-    Used when the sweep has task-aware runs: ``prune:N`` prunes whatever teacher a run uses, so
-    without this a student of the fine-tuned teacher would start from fine-tuned weights.
-    """
-    from kdlens._io import atomic_directory
-    from kdlens.models import load_model, prune_layers
-
-    wanted = set(runs["student"].dropna()) if "student" in runs.columns else set()
-    wanted.add(spec.base.get("student"))
-    wanted = sorted(s for s in wanted if isinstance(s, str) and s.startswith("prune:"))
-    out, teacher = {}, None
-    for name in wanted:
-        path = root / "students" / name.replace(":", "-")
-        if not (path / "config.json").is_file():
-            say(f"saving {name} of the base teacher {spec.base['teacher']} (the same start for every teacher)")
-            if teacher is None:
-                teacher, tokenizer = load_model(str(spec.base["teacher"]))
-            student = prune_layers(teacher, int(name.split(":", 1)[1]))
-            with atomic_directory(path, overwrite=True) as tmp:
-                student.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-        out[name] = str(path.resolve())
-    return out
-
-
-def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
-    from kdlens.eval import evaluate
-
-    out = (root / "teachers" / ("sft" if aware else "base") / "eval")
-    evaluate({"teacher": _teacher_spec(spec, aware, root)}, settings["tasks"], n=settings["n"],
-             batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
-             split=settings["split"], output_dir=out)
-    return out
-
-
-def _seed_teacher_shards(teacher_eval: Path, run_eval: Path) -> None:
-    """Give a run's eval directory its teacher's finished shards, so the teacher is not rerun.
-
-    ``kdlens.eval.evaluate`` reuses a shard whose fingerprint (model spec, task, decoding, sizes)
-    matches, and recomputes any other one, so a copy can only save time, never change a result.
-    """
-    for shard in sorted((teacher_eval / "shards").glob("teacher__*.parquet")):
-        target = run_eval / "shards" / shard.name
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(shard, tmp)
-            os.replace(tmp, target)
-
-
-def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any]) -> None:
-    from kdlens.eval import collect_tokens, evaluate
-    from kdlens.eval._store import TOKENS_NAME, write_parquet
-
-    eval_dir = run_dir / "eval"
-    _seed_teacher_shards(teacher_eval, eval_dir)
-    examples = evaluate({"teacher": teacher, rid: str(run_dir)}, settings["tasks"], n=settings["n"],
-                        batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
-                        split=settings["split"], output_dir=eval_dir)
-    if settings["tokens"] and not (eval_dir / TOKENS_NAME).is_file():
-        teacher_rows = examples.loc[(examples["model_id"] == "teacher") & (examples["sample"] == 0)]
-        tokens = collect_tokens(str(run_dir), teacher, teacher_rows, batch_size=settings["batch_size"],
-                                student_id=rid, teacher_id="teacher")
-        write_parquet(tokens, eval_dir / TOKENS_NAME, metadata={"student": str(run_dir), "teacher": teacher})
-
-
 def run_sweep(
     spec: str | os.PathLike | Mapping[str, Any] | SweepSpec,
     *,
@@ -186,12 +95,14 @@ def run_sweep(
     max_runs: int | None = None,
     time_budget_s: float | None = None,
     publish_dir: str | os.PathLike | None = None,
+    workers: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
     """Train, evaluate and summarise every run of a sweep that is not finished yet.
 
     Each run is evaluated as soon as it is trained, so a call stopped by ``max_runs`` or
-    ``time_budget_s`` leaves only whole results behind.
+    ``time_budget_s`` leaves only whole results behind. The teachers' evaluations and the
+    task-aware teacher are shared by every run.
 
     Parameters
     ----------
@@ -212,6 +123,10 @@ def run_sweep(
         ``analyses/results/<name>`` in a repository: runs it already holds are neither trained nor
         evaluated again, and this call's results are merged into it. This is how a sweep goes on
         across machines that keep nothing but the repository (each session of a lent GPU).
+    workers : int
+        Train and evaluate this many runs at a time, each in its own process (a small model leaves
+        most of a GPU idle). Runs are started seed by seed, baselines first
+        (:func:`kdlens._sweep_session.schedule`), whatever the number of workers.
     progress : callable, optional
         Called with one line of text per step (the CLI prints it); logging gets it too.
 
@@ -230,13 +145,15 @@ def run_sweep(
         An invalid spec, a run directory holding a different config (the engine refuses to mix
         settings), or a ``publish_dir`` published from another spec: the message names the problem.
     """
-    from kdlens.distill import RunDir
+    from kdlens._sweep_session import SweepSession, _clock, _device_name, schedule
     from kdlens.publish import publish_sweep, published_run_ids
 
     if max_runs is not None and max_runs < 0:
         raise ValueError(f"max_runs must be >= 0, got {max_runs}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     started = _clock()
     spec = load_sweep_spec(spec)
     root = Path(output_dir)
@@ -246,165 +163,34 @@ def run_sweep(
     published = published_run_ids(publish_dir, spec) if publish_dir is not None else set()
     if published:
         say(f"{len(published)} of {len(runs)} run(s) already published in {publish_dir}; they are skipped")
-    todo = runs.loc[~runs["run_id"].isin(published)]
+    todo = schedule(runs.loc[~runs["run_id"].isin(published)], spec)
     import yaml
 
     atomic_write_text(root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
     _write_runs(runs, root)
+    settings = _eval_settings(spec) if evaluate else None
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
-                     "session": uuid.uuid4().hex,
-                     "git_sha": git_sha(), "device": _device_name(spec), "eval": _eval_settings(spec) if evaluate else None})
-    state = _SweepState(spec, root, evaluate, say, manifest, runs)
+                     "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
+                     "workers": workers, "eval": settings})
+    session = SweepSession(spec, root, settings, say, manifest, runs)
     if len(todo):
-        state.prepare_teachers()
-    trained = 0
-    for i, row in enumerate(todo.itertuples(index=False), start=1):
-        label = f"[{i}/{len(todo)}]"
-        run = RunDir(root / row.run_dir)
-        if not run.done:
-            if max_runs is not None and trained >= max_runs:
-                say(f"stopping after {trained} run(s) (max_runs); run the sweep again to continue")
-                break
-            if not state.time_left(started, time_budget_s):
-                say(f"stopping before {row.run_id}: it would likely overrun the time budget of {time_budget_s:g} s "
-                    f"(longest run so far {state.longest_s:.0f} s); run the sweep again to continue")
-                break
-        state.train_and_evaluate(row, run, label)
-        trained += int(state.trained_last)
-        if publish_dir is not None and evaluate:  # after every run: a killed session loses at most one
-            state.finish(runs, quiet=True)
+        session.prepare_teachers()
+
+    def after_each() -> None:  # publish after every run: a killed session loses only the runs in progress
+        if publish_dir is not None and settings is not None:
+            session.finish(runs, quiet=True)
             publish_sweep(root, publish_dir)
+
+    session.run(todo, workers=workers, started=started, max_runs=max_runs, budget=time_budget_s,
+                after_each=after_each)
     _write_runs(runs, root)
-    results = state.finish(runs)
+    results = session.finish(runs)
     if publish_dir is not None and (Path(publish_dir) / "results.parquet").is_file():
         results = read_results(publish_dir)
         say(f"{results['run_id'].nunique()} of {len(runs)} run(s) published in {publish_dir}")
     return results
-
-
-class _SweepState:
-    """What one :func:`run_sweep` call builds up: teachers, evaluated runs, timings."""
-
-    def __init__(self, spec: SweepSpec, root: Path, evaluate: bool, say: Callable[[str], None],
-                 manifest: dict[str, Any], runs: pd.DataFrame) -> None:
-        self.spec, self.root, self.evaluate, self.say, self.manifest = spec, root, evaluate, say, manifest
-        self.runs = runs
-        self.any_aware = any(bool(v) for v in runs.get("teacher_aware", pd.Series(dtype=object)).dropna())
-        self.settings = _eval_settings(spec) if evaluate else None
-        self.cache_dir = str((root / "teacher_cache").resolve())
-        self.student_dirs: dict[str, str] | None = None
-        self.teacher_evals: dict[bool, Path] = {}
-        self.metrics: dict[str, pd.DataFrame] = {}
-        self.example_frames: list[pd.DataFrame] = []
-        self.token_frames: list[pd.DataFrame] = []
-        self.longest_s = 0.0
-        self.trained_last = False
-
-    def prepare_teachers(self) -> None:
-        """Save the base teacher's prunes and fine-tune the task-aware teacher when the sweep has one."""
-        from kdlens.distill import RunDir, distill
-
-        if not self.any_aware:
-            return
-        self.student_dirs = _pruned_students(self.spec, self.runs, self.root, self.say)
-        teacher_run = RunDir(self.root / "teachers" / "sft")
-        if not teacher_run.done:
-            self.say(f"task-aware teacher: fine-tuning {self.spec.base.get('teacher')} with method=sft")
-            distill(teacher_sft_config(self.spec, output_dir=str(teacher_run.path)))
-
-    def time_left(self, started: float, budget: float | None) -> bool:
-        if budget is None or self.longest_s == 0.0:
-            return budget is None or _clock() - started < budget
-        return _clock() - started + self.longest_s <= budget
-
-    def train_and_evaluate(self, row: Any, run: Any, label: str) -> None:
-        from kdlens.config import config_to_yaml
-        from kdlens.distill import distill
-
-        begun = _clock()
-        self.trained_last = not run.done
-        if self.trained_last:
-            overrides = json.loads(row.overrides)
-            cfg = run_config(self.spec, overrides, output_dir=str(run.path),
-                             teacher_dir=_teacher_spec(self.spec, True, self.root), cache_dir=self.cache_dir,
-                             student_dirs=self.student_dirs)
-            self.say(f"{label} training {row.run_id}" + (" (resuming)" if run.path.exists() else ""))
-            distill(cfg)
-            self.manifest["runs"][row.run_id] = {"config": config_to_yaml(cfg),
-                                                 "train_s": _clock() - begun}
-        if self.evaluate:
-            self._evaluate(row, run, label)
-        if self.trained_last:
-            entry = self.manifest["runs"][row.run_id]
-            entry["total_s"] = _clock() - begun
-            self.longest_s = max(self.longest_s, entry["total_s"])
-        atomic_write_json(self.root / "manifest.json", self.manifest)
-
-    def _evaluate(self, row: Any, run: Any, label: str) -> None:
-        from kdlens.eval._store import read_examples, read_tokens
-
-        settings = self.settings
-        aware = _compares_with_aware_teacher(self.spec, json.loads(row.overrides), self.any_aware)
-        if aware not in self.teacher_evals:
-            self.say(f"evaluating the {'task-aware' if aware else 'base'} teacher")
-            self.teacher_evals[aware] = _evaluate_teacher(self.spec, aware, self.root, settings)
-            teacher_rows = read_examples(self.teacher_evals[aware])
-            self.example_frames.append(teacher_rows.assign(model_id=TEACHER_IDS[aware]))
-        if not (run.path / "eval" / "examples.parquet").is_file() or \
-                (settings["tokens"] and not (run.path / "eval" / "tokens.parquet").is_file()):
-            self.say(f"{label} evaluating {row.run_id}")
-        _evaluate_run(row.run_id, run.path, _teacher_spec(self.spec, aware, self.root), self.teacher_evals[aware],
-                      settings)
-        examples = read_examples(run.path / "eval")
-        tokens = read_tokens(run.path / "eval") if settings["tokens"] else None
-        self.metrics[row.run_id] = run_metrics(examples, model_id=row.run_id, teacher="teacher", tokens=tokens,
-                                               fidelity=settings["fidelity"], n_boot=settings["n_boot"],
-                                               seed=settings["seed"])
-        self.example_frames.append(examples.loc[examples["model_id"] == row.run_id])
-        if tokens is not None:
-            self.token_frames.append(tokens.assign(teacher_id=TEACHER_IDS[aware]))
-
-    def finish(self, runs: pd.DataFrame, *, quiet: bool = False) -> pd.DataFrame:
-        """Join the evaluated runs into ``results.parquet`` (and the examples and tokens tables)."""
-        from kdlens.eval._store import write_parquet
-
-        if not self.evaluate:
-            return pd.DataFrame()
-        if not self.metrics:
-            if not quiet:
-                self.say("no run of this call to evaluate")
-            return pd.DataFrame()
-        spec, root = self.spec, self.root
-        runs = runs.assign(status=sweep_status(runs, root))
-        results = join_results(runs, self.metrics)
-        results["teacher_id"] = [TEACHER_IDS[_compares_with_aware_teacher(spec, json.loads(o), self.any_aware)]
-                                 for o in results["overrides"]]
-        results = add_sweep_gains(results, baseline=spec.baseline or "sft")
-        write_results(results, root / "results.parquet", axes=list(runs.columns[4:]), spec=spec.to_dict())
-        write_parquet(pd.concat(self.example_frames, ignore_index=True), root / "examples.parquet")
-        if self.token_frames:
-            write_parquet(pd.concat(self.token_frames, ignore_index=True), root / "tokens.parquet")
-        self.manifest["n_evaluated"] = len(self.metrics)
-        atomic_write_json(root / "manifest.json", self.manifest)
-        if not quiet:
-            self.say(f"results of {len(self.metrics)} run(s) written to {root / 'results.parquet'}")
-        return results
-
-
-def _compares_with_aware_teacher(spec: SweepSpec, overrides: Mapping[str, Any], any_aware: bool) -> bool:
-    """Whether a run is measured against the task-aware teacher (agreement, fidelity, token KL).
-
-    A KD run against the teacher it learned from; a run without a teacher (the SFT baseline)
-    against the task-aware teacher when the sweep has one, so that "before KD" and "after KD" are
-    measured against the same teacher (the paradox paper's setting).
-    """
-    if "teacher_aware" in overrides and not _missing(overrides["teacher_aware"]):
-        return bool(overrides["teacher_aware"])
-    from kdlens.analysis.ablations import _is_sft
-
-    return any_aware and _is_sft(str(overrides.get("method", spec.base.get("method", "word_kd"))))
 
 
 def add_sweep_gains(results: pd.DataFrame, *, baseline: str = "sft") -> pd.DataFrame:
@@ -425,16 +211,6 @@ def add_sweep_gains(results: pd.DataFrame, *, baseline: str = "sft") -> pd.DataF
         out[col] = same_teacher[col].to_numpy()
     out.insert(out.columns.get_loc("baseline_run_id"), "teacher_id", results["teacher_id"].to_numpy())
     return out
-
-
-def _device_name(spec: SweepSpec) -> str:
-    """The accelerator the runs of this call use, in words (for provenance)."""
-    import torch
-
-    wanted = str(spec.base.get("device", "auto"))
-    if wanted != "cpu" and torch.cuda.is_available():
-        return f"cuda: {torch.cuda.get_device_name(0)}"
-    return "cpu"
 
 
 def write_results(results: pd.DataFrame, path: str | os.PathLike, *, axes: list[str],

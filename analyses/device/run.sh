@@ -5,7 +5,8 @@
 # Give the device call a timeout_s of at least BUDGET_SECONDS + 150.
 # Needs /tmp/kd/part_00 and /tmp/kd/part_01 from the two earlier calls and .gpu/c carried in this one
 # (analyses/device/README.md). Sweeps run in the order given, sharing the budget; each skips the runs
-# already published under analyses/results/NAME and merges its new ones there.
+# already published under analyses/results/NAME and merges its new ones there. KDLENS_WORKERS runs (default 4)
+# share the GPU at a time: a 135M model at batch 32 leaves most of an H100 idle.
 set -uo pipefail
 BUDGET=$1; shift
 REPO=$PWD; WORK=/tmp/kdw; OUTDIR=${OUT:-$WORK/out}; PARTS=${KDLENS_PARTS:-/tmp/kd}
@@ -33,7 +34,8 @@ for NAME in "$@"; do
   # stops one that overruns anyway, so that results.tar is always written: runs are published one by one
   timeout --signal=INT --kill-after=20 $(( LEFT + ${KDLENS_GRACE:-100} )) \
     python3 -m kdlens sweep "$REPO/analyses/$NAME.yaml" -o "$WORK/sweeps/$NAME" \
-      --publish "$REPO/analyses/results/$NAME" --time-budget "$LEFT" || { rc=$?; say "$NAME stopped ($rc)"; }
+      --publish "$REPO/analyses/results/$NAME" --time-budget "$LEFT" --workers "${KDLENS_WORKERS:-4}" \
+      || { rc=$?; say "$NAME stopped ($rc)"; }
 done
 cd "$REPO" && [ -d analyses/results ] && tar -cf "$OUTDIR/results.tar" -C analyses/results . && say "results.tar: $(du -h "$OUTDIR/results.tar" | cut -f1)"
 exit $rc

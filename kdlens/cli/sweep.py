@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="published result tables (e.g. analyses/results/NAME): skip the runs DIR holds and "
                              "merge this call's results into it, so a sweep goes on across machines")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="train and evaluate N runs at a time, each in its own process (a small model leaves "
+                             "most of a GPU idle; default 1)")
     parser.add_argument("--no-eval", action="store_true", help="only train; evaluate in a later call")
     parser.add_argument("--dry-run", action="store_true", help="print the runs the spec expands to and exit")
     parser.set_defaults(func=run)
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         print("kdlens sweep: --publish needs evaluated runs; drop --no-eval", file=sys.stderr)
         return 2
     results = run_sweep(args.spec, output_dir=args.output_dir, evaluate=not args.no_eval, max_runs=args.max_runs,
-                        time_budget_s=args.time_budget, publish_dir=args.publish,
+                        time_budget_s=args.time_budget, publish_dir=args.publish, workers=args.workers,
                         progress=lambda line: print(f"kdlens sweep: {line}", file=sys.stderr, flush=True))
     if len(results):
         where = args.publish or args.output_dir

@@ -52,7 +52,10 @@ def test_two_sessions_through_a_published_folder_equal_one_sweep(tmp_path, count
     from kdlens.publish import published_run_ids
     from kdlens.sweep import read_results, run_sweep
 
-    runs = expand_sweep(SWEEP)
+    from kdlens._sweep_session import schedule
+
+    runs = schedule(expand_sweep(SWEEP), load_sweep_spec(SWEEP))  # the SFT baseline first
+    assert runs["method"].iloc[0] == "sft"
     published = tmp_path / "analyses" / "results" / "tiny"
     first = run_sweep(SWEEP, output_dir=tmp_path / "machine1", max_runs=2, publish_dir=published)
     assert len(counted) == 2 and set(first["run_id"]) == set(runs["run_id"][:2])
@@ -67,7 +70,7 @@ def test_two_sessions_through_a_published_folder_equal_one_sweep(tmp_path, count
     assert merged.equals(_sorted(second))
     whole = _sorted(one_session)
     assert merged["run_id"].tolist() == whole["run_id"].tolist() and merged["task"].tolist() == whole["task"].tolist()
-    # the SFT baseline ran in another session than some KD runs: gains still match one sweep's
+    # the SFT baseline ran in another session than a KD run: gains still match one sweep's
     assert merged["accuracy_gain"].notna().sum() == whole["accuracy_gain"].notna().sum() > 0
     pd.testing.assert_frame_equal(merged[METRICS], whole[METRICS], check_exact=False, atol=1e-9)
     assert set(merged["status"]) == {"published"}
@@ -146,11 +149,11 @@ def test_published_tokens_keep_whole_first_examples_up_to_the_cap(tmp_path):
 
 
 def test_time_budget_starts_no_run_that_would_overrun(tmp_path, counted, monkeypatch):
-    import kdlens.sweep
+    import kdlens._sweep_session
     from kdlens.sweep import run_sweep
 
     now = [0.0]
-    monkeypatch.setattr(kdlens.sweep, "_clock", lambda: now[0])
+    monkeypatch.setattr(kdlens._sweep_session, "_clock", lambda: now[0])
     real = kdlens.distill.distill
 
     def fifty_seconds(config, **kw):
@@ -233,3 +236,34 @@ def test_agreement_gains_only_against_the_same_teacher():
     assert pd.isna(out.loc["unaware", "agreement_gain"]) and pd.isna(out.loc["unaware", "bleu_gain"])
     assert out.loc["unaware", "baseline_run_id"] == "sft" and pd.isna(out.loc["sft", "accuracy_gain"])
     assert out.loc["unaware", "teacher_id"] == "teacher"
+
+
+def test_parallel_workers_give_the_results_of_one_process(tmp_path, one_session):
+    from kdlens.sweep import read_results, run_sweep
+
+    lines = []
+    parallel = run_sweep(SWEEP, output_dir=tmp_path / "p", workers=2, progress=lines.append)
+    pd.testing.assert_frame_equal(_sorted(parallel)[METRICS], _sorted(one_session)[METRICS], check_exact=False,
+                                  atol=1e-9)
+    manifest = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert manifest["workers"] == 2 and set(manifest["runs"]) == set(parallel["run_id"])
+    assert all(entry["total_s"] >= entry["train_s"] > 0 for entry in manifest["runs"].values())
+    # the teacher was evaluated once, before the workers started, and every run reused its shards
+    assert sum("evaluating the base teacher" in line for line in lines) == 1
+    assert read_results(tmp_path / "p")["run_id"].nunique() == 3
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_sweep(SWEEP, output_dir=tmp_path / "p", workers=0)
+
+
+def test_runs_start_seed_by_seed_with_baselines_first():
+    from kdlens._sweep_session import schedule
+
+    spec = load_sweep_spec({**SWEEP, "axes": {"student": ["prune:1", "prune:2"], "sigma": [0.0, 1.0],
+                                              "seed": [0, 1]}})
+    order = schedule(expand_sweep(spec), spec)
+    overrides = [json.loads(o) for o in order["overrides"]]
+    seeds = [o["seed"] for o in overrides]
+    assert seeds == sorted(seeds) and seeds.count(0) == seeds.count(1) == 6
+    first_seed = overrides[:6]
+    assert [o.get("method") for o in first_seed[:2]] == ["sft", "sft"]  # one baseline per student
+    assert all(o.get("method") != "sft" for o in first_seed[2:])

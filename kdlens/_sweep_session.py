@@ -1,0 +1,374 @@
+"""One call of :func:`kdlens.sweep.run_sweep`: teachers, runs in order or in parallel workers, timings.
+
+Runs are independent once the shared pieces exist (the base teacher's prunes, the task-aware
+teacher, the teachers' evaluations), so :class:`SweepSession` prepares those in the calling process
+and then trains and evaluates runs one after the other, or ``workers`` at a time in spawned
+processes: a model of this size leaves most of a GPU idle, so several runs share one. Metrics are
+always computed in the calling process, which alone writes the sweep's tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdlens._io import atomic_write_json
+from kdlens.analysis.ablations import SweepSpec, join_results, run_config, run_metrics, teacher_sft_config
+
+__all__ = ["SweepSession", "TEACHER_IDS", "schedule"]
+
+#: model_id of each teacher in the sweep-level examples table
+TEACHER_IDS: dict[bool, str] = {False: "teacher", True: "teacher_sft"}
+
+#: the runner's clock (tests replace it to check the time budget)
+_clock = time.monotonic
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def schedule(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
+    """The order runs are started in: seed by seed, and within a seed the baseline runs first.
+
+    A session cut short then leaves whole comparisons (every setting of the first seeds, each with
+    its baseline) rather than every seed of the first settings.
+    """
+    from kdlens.analysis.ablations import _is_sft
+
+    base_seed = spec.base.get("seed", 0)
+    keys = []
+    for position, overrides in enumerate(runs["overrides"]):
+        o = json.loads(overrides)
+        seed = o.get("seed", base_seed)
+        keys.append((0 if _missing(seed) else seed, 0 if _is_sft(str(o.get("method", spec.base.get("method",
+                                                                                               "word_kd")))) else 1,
+                     position))
+    order = sorted(range(len(runs)), key=keys.__getitem__)
+    return runs.iloc[order]
+
+
+def _teacher_spec(spec: SweepSpec, aware: bool, root: Path) -> str:
+    return str((root / "teachers" / "sft").resolve()) if aware else str(spec.base["teacher"])
+
+
+def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Callable[[str], None]) -> dict[str, str]:
+    """Save every ``prune:N`` student of the sweep, pruned from the *base* teacher, under ``students/``.
+
+    Used when the sweep has task-aware runs: ``prune:N`` prunes whatever teacher a run uses, so
+    without this a student of the fine-tuned teacher would start from fine-tuned weights.
+    """
+    from kdlens._io import atomic_directory
+    from kdlens.models import load_model, prune_layers
+
+    wanted = set(runs["student"].dropna()) if "student" in runs.columns else set()
+    wanted.add(spec.base.get("student"))
+    wanted = sorted(s for s in wanted if isinstance(s, str) and s.startswith("prune:"))
+    out, teacher = {}, None
+    for name in wanted:
+        path = root / "students" / name.replace(":", "-")
+        if not (path / "config.json").is_file():
+            say(f"saving {name} of the base teacher {spec.base['teacher']} (the same start for every teacher)")
+            if teacher is None:
+                teacher, tokenizer = load_model(str(spec.base["teacher"]))
+            student = prune_layers(teacher, int(name.split(":", 1)[1]))
+            with atomic_directory(path, overwrite=True) as tmp:
+                student.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+        out[name] = str(path.resolve())
+    return out
+
+
+def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
+    from kdlens.eval import evaluate
+
+    out = (root / "teachers" / ("sft" if aware else "base") / "eval")
+    evaluate({"teacher": _teacher_spec(spec, aware, root)}, settings["tasks"], n=settings["n"],
+             batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
+             split=settings["split"], output_dir=out)
+    return out
+
+
+def _seed_teacher_shards(teacher_eval: Path, run_eval: Path) -> None:
+    """Give a run's eval directory its teacher's finished shards, so the teacher is not rerun.
+
+    ``kdlens.eval.evaluate`` reuses a shard whose fingerprint (model spec, task, decoding, sizes)
+    matches, and recomputes any other one, so a copy can only save time, never change a result.
+    """
+    for shard in sorted((teacher_eval / "shards").glob("teacher__*.parquet")):
+        target = run_eval / "shards" / shard.name
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.tmp")
+            shutil.copyfile(shard, tmp)
+            os.replace(tmp, target)
+
+
+def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any]) -> None:
+    from kdlens.eval import collect_tokens, evaluate
+    from kdlens.eval._store import TOKENS_NAME, write_parquet
+
+    eval_dir = run_dir / "eval"
+    _seed_teacher_shards(teacher_eval, eval_dir)
+    examples = evaluate({"teacher": teacher, rid: str(run_dir)}, settings["tasks"], n=settings["n"],
+                        batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
+                        split=settings["split"], output_dir=eval_dir)
+    if settings["tokens"] and not (eval_dir / TOKENS_NAME).is_file():
+        teacher_rows = examples.loc[(examples["model_id"] == "teacher") & (examples["sample"] == 0)]
+        tokens = collect_tokens(str(run_dir), teacher, teacher_rows, batch_size=settings["batch_size"],
+                                student_id=rid, teacher_id="teacher")
+        write_parquet(tokens, eval_dir / TOKENS_NAME, metadata={"student": str(run_dir), "teacher": teacher})
+
+
+class SweepSession:
+    """What one :func:`kdlens.sweep.run_sweep` call builds up: teachers, evaluated runs, timings."""
+
+    def __init__(self, spec: SweepSpec, root: Path, settings: dict[str, Any] | None, say: Callable[[str], None],
+                 manifest: dict[str, Any], runs: pd.DataFrame) -> None:
+        self.spec, self.root, self.settings, self.say, self.manifest = spec, root, settings, say, manifest
+        self.runs = runs
+        self.any_aware = any(bool(v) for v in runs.get("teacher_aware", pd.Series(dtype=object)).dropna())
+        self.cache_dir = str((root / "teacher_cache").resolve())
+        self.student_dirs: dict[str, str] | None = None
+        self.teacher_evals: dict[bool, Path] = {}
+        self.metrics: dict[str, pd.DataFrame] = {}
+        self.example_frames: list[pd.DataFrame] = []
+        self.token_frames: list[pd.DataFrame] = []
+        self.longest_s = 0.0
+
+    # ----------------------------------------------------------------- shared pieces
+
+    def prepare_teachers(self) -> None:
+        """Save the base teacher's prunes and fine-tune the task-aware teacher when the sweep has one."""
+        from kdlens.distill import RunDir, distill
+
+        if not self.any_aware:
+            return
+        self.student_dirs = _pruned_students(self.spec, self.runs, self.root, self.say)
+        teacher_run = RunDir(self.root / "teachers" / "sft")
+        if not teacher_run.done:
+            self.say(f"task-aware teacher: fine-tuning {self.spec.base.get('teacher')} with method=sft")
+            distill(teacher_sft_config(self.spec, output_dir=str(teacher_run.path)))
+
+    def aware(self, row: Any) -> bool:
+        return _compares_with_aware_teacher(self.spec, json.loads(row.overrides), self.any_aware)
+
+    def teacher_eval(self, aware: bool) -> Path:
+        """The teacher's evaluation directory (evaluated on first use); its rows join the examples."""
+        from kdlens.eval._store import read_examples
+
+        if aware not in self.teacher_evals:
+            self.say(f"evaluating the {'task-aware' if aware else 'base'} teacher")
+            self.teacher_evals[aware] = _evaluate_teacher(self.spec, aware, self.root, self.settings)
+            teacher_rows = read_examples(self.teacher_evals[aware])
+            self.example_frames.append(teacher_rows.assign(model_id=TEACHER_IDS[aware]))
+        return self.teacher_evals[aware]
+
+    def config(self, row: Any, run: Any):
+        return run_config(self.spec, json.loads(row.overrides), output_dir=str(run.path),
+                          teacher_dir=_teacher_spec(self.spec, True, self.root), cache_dir=self.cache_dir,
+                          student_dirs=self.student_dirs)
+
+    def time_left(self, started: float, budget: float | None) -> bool:
+        if budget is None or self.longest_s == 0.0:
+            return budget is None or _clock() - started < budget
+        return _clock() - started + self.longest_s <= budget
+
+    # ----------------------------------------------------------------- running
+
+    def run(self, todo: pd.DataFrame, *, workers: int, started: float, max_runs: int | None,
+            budget: float | None, after_each: Callable[[], None]) -> None:
+        """Train and evaluate the runs of ``todo`` in order, ``workers`` at a time, within the limits."""
+        from kdlens.distill import RunDir
+
+        pending = [(f"[{i}/{len(todo)}]", row, RunDir(self.root / row.run_dir))
+                   for i, row in enumerate(todo.itertuples(index=False), start=1)]
+        if workers > 1 and self.settings is not None:  # runs seed their evaluation from the teachers'
+            for aware in sorted({self.aware(row) for _, row, run in pending if not run.done}):
+                self.teacher_eval(aware)
+        if workers > 1:
+            _release_accelerator_memory()
+        pool = _pool(workers) if workers > 1 else None
+        running: dict[Any, tuple[str, Any, Any, float]] = {}
+        started_runs, stopped = 0, False
+        try:
+            while pending or running:
+                while pending and len(running) < workers and not stopped:
+                    label, row, run = pending[0]
+                    if run.done:  # trained by an earlier call: evaluate (or read back) only
+                        pending.pop(0)
+                        self._finished(label, row, run, None)
+                        after_each()
+                        continue
+                    if max_runs is not None and started_runs >= max_runs:
+                        self.say(f"stopping after {started_runs} run(s) (max_runs); run the sweep again to continue")
+                        stopped = True
+                        break
+                    if not self.time_left(started, budget):
+                        self.say(f"stopping before {row.run_id}: it would likely overrun the time budget of "
+                                 f"{budget:g} s (longest run so far {self.longest_s:.0f} s); run the sweep "
+                                 "again to continue")
+                        stopped = True
+                        break
+                    pending.pop(0)
+                    started_runs += 1
+                    cfg = self.config(row, run)
+                    self.say(f"{label} training {row.run_id}" + (" (resuming)" if run.path.exists() else ""))
+                    if pool is None:
+                        timing = _train_and_evaluate(cfg, **self._job(row, run))
+                        self._finished(label, row, run, timing, cfg)
+                        after_each()
+                    else:
+                        running[pool.submit(_train_and_evaluate, cfg, **self._job(row, run))] = (label, row, run, cfg)
+                if not running:
+                    break
+                import concurrent.futures as cf
+
+                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    label, row, run, cfg = running.pop(future)
+                    self._finished(label, row, run, future.result(), cfg)
+                    after_each()
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _job(self, row: Any, run: Any) -> dict[str, Any]:
+        if self.settings is None:
+            return {"evaluation": None}
+        aware = self.aware(row)
+        return {"evaluation": {"run_id": row.run_id, "run_dir": str(run.path),
+                               "teacher": _teacher_spec(self.spec, aware, self.root),
+                               "teacher_eval": str(self.teacher_eval(aware)), "settings": self.settings}}
+
+    def _finished(self, label: str, row: Any, run: Any, timing: dict[str, float] | None, cfg: Any = None) -> None:
+        """Record a trained run's timings and collect its metrics (evaluating it here if need be)."""
+        from kdlens.config import config_to_yaml
+
+        if timing is not None:
+            self.manifest["runs"][row.run_id] = {"config": config_to_yaml(cfg), **timing}
+            self.longest_s = max(self.longest_s, timing["total_s"])
+        if self.settings is not None:
+            self._collect(label, row, run)
+        atomic_write_json(self.root / "manifest.json", self.manifest)
+
+    def _collect(self, label: str, row: Any, run: Any) -> None:
+        from kdlens.eval._store import read_examples, read_tokens
+
+        settings = self.settings
+        aware = self.aware(row)
+        teacher_eval = self.teacher_eval(aware)
+        if not (run.path / "eval" / "examples.parquet").is_file() or \
+                (settings["tokens"] and not (run.path / "eval" / "tokens.parquet").is_file()):
+            self.say(f"{label} evaluating {row.run_id}")
+            _evaluate_run(row.run_id, run.path, _teacher_spec(self.spec, aware, self.root), teacher_eval, settings)
+        examples = read_examples(run.path / "eval")
+        tokens = read_tokens(run.path / "eval") if settings["tokens"] else None
+        self.metrics[row.run_id] = run_metrics(examples, model_id=row.run_id, teacher="teacher", tokens=tokens,
+                                               fidelity=settings["fidelity"], n_boot=settings["n_boot"],
+                                               seed=settings["seed"])
+        self.example_frames.append(examples.loc[examples["model_id"] == row.run_id])
+        if tokens is not None:
+            self.token_frames.append(tokens.assign(teacher_id=TEACHER_IDS[aware]))
+
+    # ----------------------------------------------------------------- tables
+
+    def finish(self, runs: pd.DataFrame, *, quiet: bool = False) -> pd.DataFrame:
+        """Join the evaluated runs into ``results.parquet`` (and the examples and tokens tables)."""
+        from kdlens.eval._store import write_parquet
+        from kdlens.sweep import add_sweep_gains, sweep_status, write_results
+
+        if self.settings is None:
+            return pd.DataFrame()
+        if not self.metrics:
+            if not quiet:
+                self.say("no run of this call to evaluate")
+            return pd.DataFrame()
+        spec, root = self.spec, self.root
+        runs = runs.assign(status=sweep_status(runs, root))
+        results = join_results(runs, self.metrics)
+        results["teacher_id"] = [TEACHER_IDS[_compares_with_aware_teacher(spec, json.loads(o), self.any_aware)]
+                                 for o in results["overrides"]]
+        results = add_sweep_gains(results, baseline=spec.baseline or "sft")
+        write_results(results, root / "results.parquet", axes=list(runs.columns[4:]), spec=spec.to_dict())
+        write_parquet(pd.concat(self.example_frames, ignore_index=True), root / "examples.parquet")
+        if self.token_frames:
+            write_parquet(pd.concat(self.token_frames, ignore_index=True), root / "tokens.parquet")
+        self.manifest["n_evaluated"] = len(self.metrics)
+        atomic_write_json(root / "manifest.json", self.manifest)
+        if not quiet:
+            self.say(f"results of {len(self.metrics)} run(s) written to {root / 'results.parquet'}")
+        return results
+
+
+def _train_and_evaluate(cfg: Any, *, evaluation: dict[str, Any] | None) -> dict[str, float]:
+    """Train one run and, when asked, evaluate it (in the calling process or a worker); its timings."""
+    from kdlens.distill import distill
+
+    begun = _clock()
+    distill(cfg)
+    trained = _clock()
+    if evaluation is not None:
+        _evaluate_run(evaluation["run_id"], Path(evaluation["run_dir"]), evaluation["teacher"],
+                      Path(evaluation["teacher_eval"]), evaluation["settings"])
+    return {"train_s": trained - begun, "total_s": _clock() - begun}
+
+
+def _pool(workers: int):
+    """Worker processes (spawned: CUDA cannot fork) sharing the machine's CPU threads."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_worker_init, initargs=(threads,))
+
+
+def _release_accelerator_memory() -> None:
+    """Hand the memory this process cached on the GPU (teacher fine-tuning, evaluation) to the workers."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _compares_with_aware_teacher(spec: SweepSpec, overrides: Mapping[str, Any], any_aware: bool) -> bool:
+    """Whether a run is measured against the task-aware teacher (agreement, fidelity, token KL).
+
+    A KD run against the teacher it learned from; a run without a teacher (the SFT baseline)
+    against the task-aware teacher when the sweep has one, so that "before KD" and "after KD" are
+    measured against the same teacher (the paradox paper's setting).
+    """
+    if "teacher_aware" in overrides and not _missing(overrides["teacher_aware"]):
+        return bool(overrides["teacher_aware"])
+    from kdlens.analysis.ablations import _is_sft
+
+    return any_aware and _is_sft(str(overrides.get("method", spec.base.get("method", "word_kd"))))
+
+
+def _device_name(spec: SweepSpec) -> str:
+    """The accelerator the runs of this call use, in words (for provenance)."""
+    import torch
+
+    wanted = str(spec.base.get("device", "auto"))
+    if wanted != "cpu" and torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)}"
+    return "cpu"
+
+
