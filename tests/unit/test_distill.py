@@ -199,6 +199,33 @@ def test_temperature_and_tau_squared_are_wired(tmp_path, tasks_file, baseline, s
     assert run.log()[0]["kd"] == pytest.approx(want, rel=1e-4)
 
 
+def test_bf16_autocast_as_on_cuda_stays_close_to_fp32(tmp_path, tasks_file, baseline, monkeypatch):
+    """The GPU setting (mixed_precision auto -> bf16 autocast), which CPU runs otherwise never take.
+
+    The student's forward runs under accelerate's autocast, the online teacher and the cache build
+    under bf16 autocast (bf16 teacher logits); the losses upcast to float32, so the run stays
+    within bf16 rounding of the float32 baseline, online and from a k = V cache alike.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    import kdlens.distill._loop as loop
+
+    # the accelerator state is a process-wide singleton fixed by the first Accelerator built
+    AcceleratorState._reset_state(True)
+    monkeypatch.setattr(loop, "_accelerator", lambda cfg: Accelerator(cpu=True, mixed_precision="bf16"))
+    try:
+        online = distill(run_config(tmp_path, tasks_file, name="online"))
+        cached = distill(run_config(tmp_path, tasks_file, name="cached", teacher_source="cache", top_k=260,
+                                    cache_dir=str(tmp_path / "cache")))
+    finally:
+        AcceleratorState._reset_state(True)
+    assert online.manifest()["mixed_precision"] == "bf16"
+    assert losses(online) != losses(baseline)  # autocast did change the arithmetic
+    for run in (online, cached):
+        assert losses(run) == pytest.approx(losses(baseline), rel=5e-2, abs=1e-4)
+
+
 def test_alpha_mixes_ce_and_kd(tmp_path, tasks_file):
     run = distill(run_config(tmp_path, tasks_file, alpha=0.3, steps=2))
     for row in run.log():

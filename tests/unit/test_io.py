@@ -68,3 +68,12 @@ def test_read_yaml_loads_mappings_empty_files_and_names_bad_input(tmp_path):
         read_yaml(bad)
     with pytest.raises(FileNotFoundError, match="sweep spec .*nope.yaml does not exist; check the path"):
         read_yaml(tmp_path / "nope.yaml", what="sweep spec")
+
+
+def test_git_sha_outside_a_repository_comes_from_the_environment(tmp_path, monkeypatch):
+    from kdlens._io import git_sha
+
+    monkeypatch.delenv("KDLENS_GIT_SHA", raising=False)
+    assert git_sha(tmp_path) is None  # a copy of the tree without .git (a lent GPU's)
+    monkeypatch.setenv("KDLENS_GIT_SHA", "abc123-dirty")
+    assert git_sha(tmp_path) == "abc123-dirty"

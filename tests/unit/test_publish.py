@@ -49,10 +49,9 @@ def _sorted(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_two_sessions_through_a_published_folder_equal_one_sweep(tmp_path, counted, one_session):
+    from kdlens._sweep_session import schedule
     from kdlens.publish import published_run_ids
     from kdlens.sweep import read_results, run_sweep
-
-    from kdlens._sweep_session import schedule
 
     runs = schedule(expand_sweep(SWEEP), load_sweep_spec(SWEEP))  # the SFT baseline first
     assert runs["method"].iloc[0] == "sft"
