@@ -22,7 +22,7 @@ import pandas as pd
 from kdlens._io import atomic_write_json
 from kdlens.analysis.ablations import SweepSpec, join_results, run_config, run_metrics, teacher_sft_config
 
-__all__ = ["SweepSession", "TEACHER_IDS", "schedule"]
+__all__ = ["SweepSession", "TEACHER_IDS", "schedule", "eval_device"]
 
 #: model_id of each teacher in the sweep-level examples table
 TEACHER_IDS: dict[bool, str] = {False: "teacher", True: "teacher_sft"}
@@ -92,7 +92,7 @@ def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[s
     out = (root / "teachers" / ("sft" if aware else "base") / "eval")
     evaluate({"teacher": _teacher_spec(spec, aware, root)}, settings["tasks"], n=settings["n"],
              batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
-             split=settings["split"], output_dir=out)
+             split=settings["split"], output_dir=out, device=eval_device(spec))
     return out
 
 
@@ -111,7 +111,19 @@ def _seed_teacher_shards(teacher_eval: Path, run_eval: Path) -> None:
             os.replace(tmp, target)
 
 
-def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any]) -> None:
+def eval_device(spec: SweepSpec) -> str | None:
+    """Where the sweep's models are evaluated: the GPU when training uses one, else the CPU (None).
+
+    ``kdlens.eval`` loads models on the CPU unless told otherwise, while training places itself
+    (``device: auto``); without this a GPU sweep would generate on the CPU, minutes per run.
+    """
+    import torch
+
+    return "cuda" if str(spec.base.get("device", "auto")) != "cpu" and torch.cuda.is_available() else None
+
+
+def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any],
+                  device: str | None) -> None:
     from kdlens.eval import collect_tokens, evaluate
     from kdlens.eval._store import TOKENS_NAME, write_parquet
 
@@ -119,11 +131,11 @@ def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, set
     _seed_teacher_shards(teacher_eval, eval_dir)
     examples = evaluate({"teacher": teacher, rid: str(run_dir)}, settings["tasks"], n=settings["n"],
                         batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
-                        split=settings["split"], output_dir=eval_dir)
+                        split=settings["split"], output_dir=eval_dir, device=device)
     if settings["tokens"] and not (eval_dir / TOKENS_NAME).is_file():
         teacher_rows = examples.loc[(examples["model_id"] == "teacher") & (examples["sample"] == 0)]
         tokens = collect_tokens(str(run_dir), teacher, teacher_rows, batch_size=settings["batch_size"],
-                                student_id=rid, teacher_id="teacher")
+                                student_id=rid, teacher_id="teacher", device=device)
         write_parquet(tokens, eval_dir / TOKENS_NAME, metadata={"student": str(run_dir), "teacher": teacher})
 
 
@@ -246,7 +258,8 @@ class SweepSession:
         aware = self.aware(row)
         return {"evaluation": {"run_id": row.run_id, "run_dir": str(run.path),
                                "teacher": _teacher_spec(self.spec, aware, self.root),
-                               "teacher_eval": str(self.teacher_eval(aware)), "settings": self.settings}}
+                               "teacher_eval": str(self.teacher_eval(aware)), "settings": self.settings,
+                               "device": eval_device(self.spec)}}
 
     def _finished(self, label: str, row: Any, run: Any, timing: dict[str, float] | None, cfg: Any = None) -> None:
         """Record a trained run's timings and collect its metrics (evaluating it here if need be)."""
@@ -268,7 +281,8 @@ class SweepSession:
         if not (run.path / "eval" / "examples.parquet").is_file() or \
                 (settings["tokens"] and not (run.path / "eval" / "tokens.parquet").is_file()):
             self.say(f"{label} evaluating {row.run_id}")
-            _evaluate_run(row.run_id, run.path, _teacher_spec(self.spec, aware, self.root), teacher_eval, settings)
+            _evaluate_run(row.run_id, run.path, _teacher_spec(self.spec, aware, self.root), teacher_eval, settings,
+                          eval_device(self.spec))
         examples = read_examples(run.path / "eval")
         tokens = read_tokens(run.path / "eval") if settings["tokens"] else None
         self.metrics[row.run_id] = run_metrics(examples, model_id=row.run_id, teacher="teacher", tokens=tokens,
@@ -317,7 +331,7 @@ def _train_and_evaluate(cfg: Any, *, evaluation: dict[str, Any] | None) -> dict[
     trained = _clock()
     if evaluation is not None:
         _evaluate_run(evaluation["run_id"], Path(evaluation["run_dir"]), evaluation["teacher"],
-                      Path(evaluation["teacher_eval"]), evaluation["settings"])
+                      Path(evaluation["teacher_eval"]), evaluation["settings"], evaluation["device"])
     return {"train_s": trained - begun, "total_s": _clock() - begun}
 
 

@@ -42,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--token-temperature", type=float, default=1.0,
                         help="temperature of the distributions compared in tokens.parquet (default 1.0)")
-    parser.add_argument("--device", default=None, help="e.g. cpu, cuda, cuda:1 (default: load_model's choice)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (the GPU when CUDA is available, else the CPU; default), cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: load_model's choice)")
     parser.add_argument("--overwrite", action="store_true", help="recompute shards made under other settings")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")

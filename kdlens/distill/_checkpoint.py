@@ -103,9 +103,9 @@ def load_state(path: Path, *, modules: Mapping[str, torch.nn.Module], optimizer:
         with torch.no_grad():
             for name, value in own.items():
                 params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu", weights_only=False))
+    _set_rng_state(torch.load(path / "rng.pt", map_location="cpu", weights_only=False))
     return read_json(path / "trainer.json")
 
 

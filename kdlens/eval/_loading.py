@@ -79,7 +79,9 @@ def load(spec: ModelSpec, *, device: Any = None, dtype: Any = None) -> tuple[Any
     if isinstance(spec, tuple):
         model, tokenizer = spec
         if device is not None:
-            model = model.to(device)
+            from kdlens.models._load import resolve_device
+
+            model = model.to(resolve_device(device))
         return model.eval(), tokenizer
     from kdlens.models import load_model
 

@@ -51,15 +51,18 @@ def resolve_dtype(dtype: Any = None):
 
 
 def resolve_device(device: Any = None):
-    """Map ``device`` to a ``torch.device``; ``None`` is the CPU (CUDA only when asked for)."""
+    """Map ``device`` to a ``torch.device``; ``None`` is the CPU (CUDA only when asked for), ``"auto"`` the
+    first GPU when CUDA is available, else the CPU."""
     import torch
 
     if device is None:
         return torch.device("cpu")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or a torch.device") from err
+        raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} was requested but CUDA is not available; pass device='cpu'")
     return resolved

@@ -266,3 +266,32 @@ def test_runs_start_seed_by_seed_with_baselines_first():
     first_seed = overrides[:6]
     assert [o.get("method") for o in first_seed[:2]] == ["sft", "sft"]  # one baseline per student
     assert all(o.get("method") != "sft" for o in first_seed[2:])
+
+
+def test_a_gpu_sweep_evaluates_on_the_gpu(tmp_path, monkeypatch):
+    """Training places itself (device auto); evaluation must be told, or it generates on the CPU."""
+    import torch
+
+    import kdlens.eval
+    from kdlens._sweep_session import _evaluate_teacher, eval_device
+    from kdlens.models._load import resolve_device
+    from kdlens.sweep import _eval_settings
+
+    spec = load_sweep_spec({**SWEEP, "base": {k: v for k, v in BASE.items() if k != "device"}})  # device: auto
+    assert eval_device(spec) is None  # no CUDA here
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert eval_device(spec) == "cuda"
+    assert eval_device(load_sweep_spec(SWEEP)) is None  # device: cpu stays on the CPU
+    assert resolve_device("auto") == torch.device("cuda")
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs.get("device"))
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(kdlens.eval, "evaluate", recording)
+    with pytest.raises(RuntimeError, match="stop here"):
+        _evaluate_teacher(spec, False, tmp_path, _eval_settings(spec))
+    assert seen == ["cuda"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
