@@ -197,7 +197,11 @@ class SweepSession:
 
     def run(self, todo: pd.DataFrame, *, workers: int, started: float, max_runs: int | None,
             budget: float | None, after_each: Callable[[], None]) -> None:
-        """Train and evaluate the runs of ``todo`` in order, ``workers`` at a time, within the limits."""
+        """Train and evaluate the runs of ``todo`` in order, ``workers`` at a time, within the limits.
+
+        With several workers a run that fails (say, out of GPU memory) does not stop the others: the
+        call raises at the end, naming each failed run, after the finished ones are collected.
+        """
         from kdlens.distill import RunDir
 
         pending = [(f"[{i}/{len(todo)}]", row, RunDir(self.root / row.run_dir))
@@ -208,7 +212,8 @@ class SweepSession:
         if workers > 1:
             _release_accelerator_memory()
         pool = _pool(workers) if workers > 1 else None
-        running: dict[Any, tuple[str, Any, Any, float]] = {}
+        running: dict[Any, tuple[str, Any, Any, Any]] = {}
+        failed: dict[str, str] = {}
         started_runs, stopped = 0, False
         try:
             while pending or running:
@@ -246,11 +251,20 @@ class SweepSession:
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     label, row, run, cfg = running.pop(future)
-                    self._finished(label, row, run, future.result(), cfg)
+                    try:
+                        timing = future.result()
+                    except Exception as err:  # noqa: BLE001 - the other workers' runs go on; raised below
+                        failed[row.run_id] = f"{type(err).__name__}: {err}"
+                        self.say(f"{label} {row.run_id} failed ({failed[row.run_id]}); the other runs go on")
+                        continue
+                    self._finished(label, row, run, timing, cfg)
                     after_each()
         finally:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
+        if failed:
+            raise RuntimeError(f"{len(failed)} run(s) failed in their workers (the finished ones are kept): "
+                               + "; ".join(f"{rid}: {why}" for rid, why in failed.items()))
 
     def _job(self, row: Any, run: Any) -> dict[str, Any]:
         if self.settings is None:

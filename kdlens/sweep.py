@@ -183,10 +183,12 @@ def run_sweep(
             session.finish(runs, quiet=True)
             publish_sweep(root, publish_dir)
 
-    session.run(todo, workers=workers, started=started, max_runs=max_runs, budget=time_budget_s,
-                after_each=after_each)
-    _write_runs(runs, root)
-    results = session.finish(runs)
+    try:
+        session.run(todo, workers=workers, started=started, max_runs=max_runs, budget=time_budget_s,
+                    after_each=after_each)
+    finally:  # a failed worker run still leaves the finished runs' tables behind
+        _write_runs(runs, root)
+        results = session.finish(runs)
     if publish_dir is not None and (Path(publish_dir) / "results.parquet").is_file():
         results = read_results(publish_dir)
         say(f"{results['run_id'].nunique()} of {len(runs)} run(s) published in {publish_dir}")

@@ -295,3 +295,13 @@ def test_a_gpu_sweep_evaluates_on_the_gpu(tmp_path, monkeypatch):
     assert seen == ["cuda"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_a_failing_worker_run_does_not_stop_the_others(tmp_path):
+    from kdlens.sweep import read_results, run_sweep
+
+    broken = {**SWEEP, "axes": {"student": ["prune:1", "prune:9"]}, "baseline": None}  # tiny has 2 layers
+    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed in their workers.*prune9"):
+        run_sweep(broken, output_dir=tmp_path / "s", workers=2)
+    kept = read_results(tmp_path / "s")
+    assert kept["student"].unique().tolist() == ["prune:1"] and kept["accuracy"].notna().all()
