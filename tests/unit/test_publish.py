@@ -305,3 +305,22 @@ def test_a_failing_worker_run_does_not_stop_the_others(tmp_path):
         run_sweep(broken, output_dir=tmp_path / "s", workers=2)
     kept = read_results(tmp_path / "s")
     assert kept["student"].unique().tolist() == ["prune:1"] and kept["accuracy"].notna().all()
+
+
+def test_full_results_without_a_gpu_reads_what_is_published_or_says_how_to_run(tmp_path, monkeypatch):
+    import torch
+
+    from kdlens.publish import full_results, grid_status
+    from kdlens.sweep import run_sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(FileNotFoundError, match=r"no published results.*--publish.*analyses/device/README.md"):
+        full_results("analyses/x.yaml", tmp_path / "pub", work_dir=tmp_path / "work")
+    assert not (tmp_path / "work").exists()  # nothing was trained
+    assert "holds no runs.parquet" in grid_status(tmp_path / "pub")
+    small = {**SWEEP, "axes": {"sigma": [0.0, 3.0]}, "baseline": None}
+    run_sweep(small, output_dir=tmp_path / "m", max_runs=1, publish_dir=tmp_path / "pub")
+    assert full_results("analyses/x.yaml", tmp_path / "pub", work_dir=tmp_path / "work") == tmp_path / "pub"
+    assert grid_status(tmp_path / "pub").startswith("a partial grid: 1 of 2 runs")
+    assert grid_status(tmp_path / "m") == "a partial grid: 1 of 2 runs (the rest are not run yet; the verdict " \
+                                          "reads only these)"
