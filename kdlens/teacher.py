@@ -283,10 +283,14 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
 
 
 def cache_key(*, teacher_id: str, data_hash: str, max_length: int, top_k: int, dtype: str,
-              vocab_size: int) -> str:
-    """Directory name of a teacher cache: a hash of what determines its content."""
+              vocab_size: int, precision: str = "float32") -> str:
+    """Directory name of a teacher cache: a hash of what determines its content.
+
+    ``precision`` is the teacher's compute precision (``"bfloat16"`` under bf16 autocast): a cache
+    built in one precision is not read by a run in another.
+    """
     return sha256_json({"teacher": teacher_id, "data_hash": data_hash, "max_length": max_length,
-                        "top_k": top_k, "dtype": dtype, "vocab_size": vocab_size,
+                        "top_k": top_k, "dtype": dtype, "vocab_size": vocab_size, "precision": precision,
                         "format": _CACHE_FORMAT})[:20]
 
 

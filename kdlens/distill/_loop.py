@@ -233,8 +233,9 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     cache = None
     if teacher is not None and cfg.teacher_source == "cache":
         root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root()
+        precision = str(_autocast_dtype(accelerator) or torch.float32).removeprefix("torch.")
         path = root / cache_key(teacher_id=teacher_id, data_hash=data_hash, max_length=cfg.max_length,
-                                top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab)
+                                top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab, precision=precision)
         if accelerator.is_main_process and not TeacherCache.is_complete(path):
             TeacherCache.build(path, teacher=teacher, features=features, collate=collate, top_k=cfg.top_k,
                                vocab_size=vocab, teacher_id=teacher_id, data_hash=data_hash,

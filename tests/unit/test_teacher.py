@@ -233,3 +233,12 @@ def test_interrupted_cache_build_keeps_finished_shards(tmp_path):
 def test_topk_dataclass_k():
     assert TopK(torch.zeros(2, 7), torch.zeros(2, 7, dtype=torch.long), torch.zeros(2)).k == 7
     assert math.isfinite(noise_seed(3))
+
+
+def test_cache_key_separates_compute_precisions():
+    from kdlens.teacher import cache_key
+
+    common = {"teacher_id": "t", "data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
+    assert cache_key(**common) == cache_key(**common, precision="float32")
+    # a cache built under bf16 autocast (GPU) is not read by an fp32 run, nor the other way round
+    assert cache_key(**common, precision="bfloat16") != cache_key(**common)
