@@ -109,15 +109,16 @@ def publish_sweep(sweep_dir: str | os.PathLike, publish_dir: str | os.PathLike, 
     added_ids = sorted(set(added["run_id"]))
     published_ids = set(merged["run_id"])
 
-    examples = _merge_examples(read_examples(src / "examples.parquet"),
-                               None if first else read_examples(dest / "examples.parquet"), added_ids)
+    session_examples = read_examples(src / "examples.parquet")
+    examples = _merge_examples(session_examples, None if first else read_examples(dest / "examples.parquet"),
+                               added_ids)
     tokens_new = read_tokens(src / "tokens.parquet") if (src / "tokens.parquet").is_file() else None
     tokens_old = read_tokens(dest / "tokens.parquet") if (dest / "tokens.parquet").is_file() else None
     tokens = _merge_tokens(tokens_new, tokens_old, added_ids, token_rows_per_run)
 
     manifest = {"name": spec.name, "spec_hash": spec_hash, "sessions": []} if first \
         else read_json(dest / "manifest.json")
-    entry = _session_entry(src, added_ids, examples, read_examples(src / "examples.parquet"))
+    entry = _session_entry(src, added_ids, examples, session_examples)
     sessions = manifest["sessions"]
     if sessions and entry["session"] is not None and sessions[-1].get("session") == entry["session"]:
         # the same run_sweep call publishing again after its next run: one entry per session
