@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the lent GPU, in the repository root: go on with the sweeps of analyses/ within a time budget and
-# send their published tables back as $OUT/results.tar (with $OUT/log).
+# send their published tables back as $OUT/results.tar (with $OUT/log and $OUT/gpu.csv).
 #   bash analyses/device/run.sh BUDGET_SECONDS NAME [NAME ...]     e.g. 430 sigma_tau_smollm2
 # Give the device call a timeout_s of at least BUDGET_SECONDS + 150.
 # Needs /tmp/kd/part_00 and /tmp/kd/part_01 from the two earlier calls and .gpu/c carried in this one
@@ -23,7 +23,13 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site
 rm -rf "$WORK/shared/data/kd-generalization" && cp -r .gpu/c/kd-generalization "$WORK/shared/data/"
 export PYTHONPATH=$WORK/site:$REPO KDLENS_CACHE=$WORK/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
        CUBLAS_WORKSPACE_CONFIG=:4096:8 KDLENS_GIT_SHA=$(cat .gpu/c/GIT_SHA)
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || say "no nvidia-smi"
+if nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; then
+  # GPU memory and utilisation every 5 s, back as gpu.csv: how many workers the card holds and feeds
+  nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 5 > "$OUTDIR/gpu.csv" &
+  SAMPLER=$!
+else
+  say "no nvidia-smi"
+fi
 cd "$WORK/work"  # the specs name ../shared/data/kd-generalization/...
 rc=0
 for NAME in "$@"; do
@@ -37,5 +43,6 @@ for NAME in "$@"; do
       --publish "$REPO/analyses/results/$NAME" --time-budget "$LEFT" --workers "${KDLENS_WORKERS:-4}" \
       || { rc=$?; say "$NAME stopped ($rc)"; }
 done
+[ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null
 cd "$REPO" && [ -d analyses/results ] && tar -cf "$OUTDIR/results.tar" -C analyses/results . && say "results.tar: $(du -h "$OUTDIR/results.tar" | cut -f1)"
 exit $rc
