@@ -41,16 +41,15 @@ def schedule(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
     A session cut short then leaves whole comparisons (every setting of the first seeds, each with
     its baseline) rather than every seed of the first settings.
     """
-    from kdlens.analysis.ablations import _is_sft
+    from kdlens.analysis.ablations import _is_sft, _method_of
 
     base_seed = spec.base.get("seed", 0)
     keys = []
-    for position, overrides in enumerate(runs["overrides"]):
-        o = json.loads(overrides)
-        seed = o.get("seed", base_seed)
-        keys.append((0 if _missing(seed) else seed, 0 if _is_sft(str(o.get("method", spec.base.get("method",
-                                                                                               "word_kd")))) else 1,
-                     position))
+    for position, text in enumerate(runs["overrides"]):
+        overrides = json.loads(text)
+        seed = overrides.get("seed", base_seed)
+        baseline_first = 0 if _is_sft(_method_of(spec, overrides)) else 1
+        keys.append((0 if _missing(seed) else seed, baseline_first, position))
     order = sorted(range(len(runs)), key=keys.__getitem__)
     return runs.iloc[order]
 
@@ -385,9 +384,9 @@ def _compares_with_aware_teacher(spec: SweepSpec, overrides: Mapping[str, Any], 
     """
     if "teacher_aware" in overrides and not _missing(overrides["teacher_aware"]):
         return bool(overrides["teacher_aware"])
-    from kdlens.analysis.ablations import _is_sft
+    from kdlens.analysis.ablations import _is_sft, _method_of
 
-    return any_aware and _is_sft(str(overrides.get("method", spec.base.get("method", "word_kd"))))
+    return any_aware and _is_sft(_method_of(spec, overrides))
 
 
 def _device_name(spec: SweepSpec) -> str:
