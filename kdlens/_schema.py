@@ -14,6 +14,7 @@ __all__ = [
     "FIDELITY_COLUMNS",
     "PAPER_COLUMNS",
     "RUNS_COLUMNS",
+    "KD_ONLY_KEYS",
     "EXAMPLES_DTYPES",
     "TOKENS_DTYPES",
 ]
@@ -93,3 +94,12 @@ PAPER_COLUMNS: tuple[str, ...] = ("hypothesis", "test", "task", "method", "stati
 
 #: One row per run of a sweep: the run id, its overrides, and where it lives.
 RUNS_COLUMNS: tuple[str, ...] = ("run_id", "overrides", "run_dir", "status")
+
+#: config keys (and run-table axis columns) that only matter when a teacher is distilled: an SFT run
+#: ignores them, so SFT rows of a grid drop them (the baseline runs once per student and seed) and a
+#: run is matched with its baseline on every other axis
+KD_ONLY_KEYS: tuple[str, ...] = (
+    "sigma", "temperature", "loss", "loss_params", "alpha", "beta", "feature", "teacher_source", "top_k",
+    "cache_dtype", "scale_by_temperature_squared", "teacher_aware",
+)
+

@@ -181,7 +181,7 @@ def _refuse_other_settings(spec: dict[str, Any], root: Path) -> None:
     previous = root / "sweep" / "spec.yaml"
     if not previous.is_file():
         return
-    from kdlens.analysis.ablations import load_sweep_spec
+    from kdlens.sweep import load_sweep_spec
 
     if read_yaml(previous) != load_sweep_spec(spec).to_dict():
         raise ValueError(f"{root} holds a demo with other settings (its sweep/spec.yaml): pass another output "

@@ -28,6 +28,7 @@ from typing import Any
 import pandas as pd
 
 __all__ = [
+    "pyplot",
     "AXIS_LABELS",
     "plot_axis",
     "plot_before_after",
@@ -73,7 +74,9 @@ def _label(column: str) -> str:
     return AXIS_LABELS.get(column, column.replace("_", " "))
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot``, with the Agg backend chosen first on a headless Linux machine (never
+    switching a backend the user or a notebook already set up)."""
     import matplotlib
 
     interactive = os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("MPLBACKEND")
@@ -89,7 +92,7 @@ def _pyplot():
 def _axes(ax: Any, figsize: tuple[float, float] = (6.0, 4.0)) -> Any:
     if ax is not None:
         return ax
-    _, ax = _pyplot().subplots(figsize=figsize, layout="constrained")
+    _, ax = pyplot().subplots(figsize=figsize, layout="constrained")
     return ax
 
 
@@ -137,7 +140,7 @@ def plot_axis(results: pd.DataFrame, axis: str, *, metric: str = "accuracy", hue
         :func:`kdlens.analysis.ablations.axis_curve` (CIs as error bars: the run's bootstrap CI, or
         a t interval across seeds).
     """
-    from kdlens.analysis.ablations import axis_curve
+    from kdlens.analysis import axis_curve
 
     curve = axis_curve(results, axis, metric=metric, hue=hue, task=task)
     ax = _axes(ax)
@@ -202,7 +205,7 @@ def plot_teacher_awareness(results: pd.DataFrame, *, metric: str = "accuracy", a
     Axes
         ``len(tasks) * 2`` bars (containers labelled "task-unaware teacher", "task-aware teacher").
     """
-    from kdlens.analysis.ablations import axis_curve
+    from kdlens.analysis import axis_curve
 
     _require(results, ["teacher_aware", "task", metric], "results")
     part = results.loc[results["teacher_aware"].notna()]
@@ -246,7 +249,7 @@ def plot_before_after(results: pd.DataFrame, *, metric: str = "agreement", size:
     Axes
         One group per student, one bar per method (``before`` first).
     """
-    from kdlens.analysis.ablations import axis_curve
+    from kdlens.analysis import axis_curve
 
     _require(results, ["method", size, metric], "results")
     data = results.copy()
@@ -378,7 +381,7 @@ def plot_task_heatmap(data: pd.DataFrame, *, teacher: str | None = None, value: 
     """
     import numpy as np
 
-    from kdlens.analysis.ablations import teacher_gap
+    from kdlens.analysis import teacher_gap
 
     if value not in data.columns:
         if teacher is None:

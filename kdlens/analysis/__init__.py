@@ -8,12 +8,10 @@ lazily, only when that metric is asked for.
 from __future__ import annotations
 
 from kdlens.analysis.ablations import (
-    SweepSpec,
+    RESULTS_METRICS,
     add_gain,
     axis_curve,
-    expand_sweep,
     join_results,
-    load_sweep_spec,
     run_metrics,
     teacher_gap,
 )
@@ -49,7 +47,7 @@ __all__ = [
     "BLEU_SETTINGS",
     "MODEL_COLUMNS",
     "PADJUST_METHODS",
-    "SweepSpec",
+    "RESULTS_METRICS",
     "TOKEN_METRICS",
     "adjust_pvalues",
     "add_gain",
@@ -60,7 +58,6 @@ __all__ = [
     "bleu_signature",
     "correlation",
     "embedding_cosine",
-    "expand_sweep",
     "fidelity",
     "fit_gee",
     "fit_logistic",
@@ -69,7 +66,6 @@ __all__ = [
     "improvements",
     "join_results",
     "load_encoder",
-    "load_sweep_spec",
     "logistic",
     "mcnemar",
     "pair_models",

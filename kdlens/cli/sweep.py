@@ -36,14 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    from kdlens.analysis.ablations import expand_sweep
-    from kdlens.sweep import run_sweep, sweep_status
+    from kdlens.sweep import expand_sweep, run_sweep, sweep_status
 
     if args.dry_run:
         runs = expand_sweep(args.spec)
         runs["status"] = sweep_status(runs, args.output_dir)
         if args.publish:
-            from kdlens.publish import published_run_ids
+            from kdlens.sweep import published_run_ids
 
             runs.loc[runs["run_id"].isin(published_run_ids(args.publish, args.spec)), "status"] = "published"
         with_axes = runs.drop(columns=["overrides", "run_dir"])

@@ -5,25 +5,47 @@ writes a resumable, reproducible run directory; see :mod:`kdlens.distill._loop` 
 :data:`METHODS` for the methods and :class:`RunDir` for the layout on disk. Generation-based
 methods (``seq_kd``, ``gkd``, ``distillm``, ``minillm``, ``blackbox``) live in one module each and
 plug into the loop through the optional ``Method.begin`` hook (see :class:`Method`).
+
+Names resolve lazily on first access, so ``from kdlens.distill import RunDir`` (what a report
+needs to read a run directory) does not import torch.
 """
 
-from kdlens.distill._generation import GeneratedBatch, generate_continuations
-from kdlens.distill._loop import StepCallback, distill
-from kdlens.distill._methods import (
-           METHODS,
-           Method,
-           MethodRun,
-           RunContext,
-           StepContext,
-           StepData,
-           TeacherOutput,
-)
-from kdlens.distill._replay import ReplayBuffer
-from kdlens.distill._rundir import RunDir
-from kdlens.distill.blackbox import OpenAIChatTeacher
-from kdlens.distill.distillm import AdaptiveSchedule
-from kdlens.distill.minillm import policy_gradient_loss
+from __future__ import annotations
 
-__all__ = ["distill", "RunDir", "METHODS", "Method", "StepContext", "TeacherOutput", "StepCallback",
-           "MethodRun", "RunContext", "StepData", "GeneratedBatch", "generate_continuations", "ReplayBuffer",
-           "AdaptiveSchedule", "OpenAIChatTeacher", "policy_gradient_loss"]
+import importlib
+from typing import Any
+
+# public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    "distill": "kdlens.distill._loop",
+    "StepCallback": "kdlens.distill._loop",
+    "RunDir": "kdlens.distill._rundir",
+    "METHODS": "kdlens.distill._registry",
+    "Method": "kdlens.distill._methods",
+    "MethodRun": "kdlens.distill._methods",
+    "RunContext": "kdlens.distill._methods",
+    "StepContext": "kdlens.distill._methods",
+    "StepData": "kdlens.distill._methods",
+    "TeacherOutput": "kdlens.distill._methods",
+    "GeneratedBatch": "kdlens.distill._generation",
+    "generate_continuations": "kdlens.distill._generation",
+    "ReplayBuffer": "kdlens.distill._replay",
+    "OpenAIChatTeacher": "kdlens.distill.blackbox",
+    "AdaptiveSchedule": "kdlens.distill.distillm",
+    "policy_gradient_loss": "kdlens.distill.minillm",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdlens.distill' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -37,7 +37,8 @@ from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_jso
 from kdlens.config import DistillConfig, config_to_yaml, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._lora import apply_lora
-from kdlens.distill._methods import METHODS, RunContext, StepContext, TeacherOutput
+from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
+from kdlens.distill._registry import METHODS
 from kdlens.distill._rundir import RunDir
 from kdlens.teacher import TeacherCache, cache_key
 

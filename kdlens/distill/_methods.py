@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from kdlens.teacher import TopK, kd_token_loss, noise_seed, response_mask
 
-__all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "METHODS", "SFT",
+__all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "SFT",
            "WordKD", "FeatureKD"]
 
 
@@ -335,16 +335,3 @@ class FeatureKD:
         feat = feat * share
         loss = (1.0 - cfg.alpha) * ce + cfg.alpha * kd + cfg.beta * feat
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feature": feat.detach(), **parts}
-
-
-#: method name -> method object (see :class:`Method`)
-METHODS: dict[str, Method] = {m.name: m for m in (SFT(), WordKD(), FeatureKD())}
-
-# the generation-based methods live in their own modules, which import the helpers above
-from kdlens.distill.blackbox import BlackBoxKD  # noqa: E402
-from kdlens.distill.distillm import DistiLLM  # noqa: E402
-from kdlens.distill.gkd import GKD  # noqa: E402
-from kdlens.distill.minillm import MiniLLM  # noqa: E402
-from kdlens.distill.seq_kd import SeqKD  # noqa: E402
-
-METHODS.update({m.name: m for m in (SeqKD(), GKD(), DistiLLM(), MiniLLM(), BlackBoxKD())})

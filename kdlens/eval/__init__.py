@@ -8,24 +8,39 @@
 * :class:`Decoding` says how to decode (greedy or seeded sampling).
 
 Tables follow :mod:`kdlens._schema` (``EXAMPLES_COLUMNS``, ``TOKENS_COLUMNS``); :func:`read_examples`
-and :func:`read_tokens` load them back with their schema checked.
+and :func:`read_tokens` load them back with their schema checked. Names resolve lazily, so reading
+a table does not import torch.
 """
 
 from __future__ import annotations
 
-from kdlens.eval._evaluate import evaluate
-from kdlens.eval._generate import Decoding, Generation, generate, gold_nll
-from kdlens.eval._store import read_examples, read_tokens
-from kdlens.eval._tokens import collect_tokens, compare_to_teacher
+import importlib
+from typing import Any
 
-__all__ = [
-    "Decoding",
-    "Generation",
-    "collect_tokens",
-    "compare_to_teacher",
-    "evaluate",
-    "generate",
-    "gold_nll",
-    "read_examples",
-    "read_tokens",
-]
+# public name -> submodule that defines it
+_LAZY: dict[str, str] = {
+    "Decoding": "kdlens.eval._generate",
+    "Generation": "kdlens.eval._generate",
+    "generate": "kdlens.eval._generate",
+    "gold_nll": "kdlens.eval._generate",
+    "collect_tokens": "kdlens.eval._tokens",
+    "compare_to_teacher": "kdlens.eval._tokens",
+    "evaluate": "kdlens.eval._evaluate",
+    "read_examples": "kdlens._tables",
+    "read_tokens": "kdlens._tables",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdlens.eval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -12,9 +12,10 @@ from typing import Any
 import pandas as pd
 
 from kdlens._schema import EXAMPLES_COLUMNS, EXAMPLES_DTYPES
+from kdlens._tables import EXAMPLES_NAME, conform, write_parquet
 from kdlens.eval._generate import Decoding, generate, gold_nll, sample_seed
 from kdlens.eval._loading import ModelSpec, load, load_tasks_checked, model_specs, release, weights_stamp
-from kdlens.eval._store import EXAMPLES_NAME, Manifest, conform, load_shard, shard_path, write_parquet
+from kdlens.eval._store import Manifest, load_shard, shard_path
 
 __all__ = ["evaluate"]
 

@@ -20,9 +20,10 @@ import pandas as pd
 import torch
 
 from kdlens._schema import TOKENS_COLUMNS, TOKENS_DTYPES
+from kdlens._tables import TOKENS_NAME, conform, write_parquet
 from kdlens.eval._generate import logits_from
 from kdlens.eval._loading import ModelSpec, load, model_specs, release
-from kdlens.eval._store import TOKENS_NAME, Manifest, conform, write_parquet
+from kdlens.eval._store import Manifest
 
 __all__ = ["collect_tokens", "compare_to_teacher"]
 

@@ -67,9 +67,9 @@ class Section:
 def _figure(draw, caption: str, blocks: list[Any], *, figsize=(6.4, 4.0)) -> None:
     """Draw with ``draw(ax)`` into a fresh figure and keep it as PNG; a plot that cannot be drawn
     from these data (e.g. one axis value) becomes a sentence saying why."""
-    from kdlens.plots import _pyplot
+    from kdlens.plots import pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=figsize, layout="constrained")
     try:
         draw(ax)
@@ -134,7 +134,7 @@ def _run_setup(src: ReportSource) -> Section:
 
 
 def _accuracy_rows(src: ReportSource) -> pd.DataFrame:
-    from kdlens.analysis.ablations import run_metrics
+    from kdlens.analysis import run_metrics
 
     models = ([src.teacher] if src.teacher else []) + _students(src)
     frames = [run_metrics(src.examples, model_id=m, teacher=None, n_boot=N_BOOT).assign(model_id=m) for m in models]

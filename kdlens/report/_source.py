@@ -90,7 +90,7 @@ def load_source(path: str | os.PathLike, *, teacher: str | None = None) -> Repor
     ValueError
         A table does not match its schema, or ``teacher`` is not in the examples.
     """
-    from kdlens.eval._store import read_examples, read_tokens
+    from kdlens.eval import read_examples, read_tokens
 
     root = Path(path)
     if not root.is_dir():
@@ -118,7 +118,7 @@ def load_source(path: str | os.PathLike, *, teacher: str | None = None) -> Repor
     if (eval_dir / "manifest.json").is_file() and eval_dir != root:
         src.manifest["eval"] = _read_json(eval_dir / "manifest.json")
     if (root / "train_log.jsonl").is_file():
-        from kdlens.distill._rundir import RunDir
+        from kdlens.distill import RunDir
 
         src.log = RunDir(root).log()
     models = sorted(map(str, src.examples["model_id"].unique()))

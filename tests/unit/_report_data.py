@@ -76,7 +76,7 @@ def tokens(models=("kd", "sft")) -> pd.DataFrame:
 
 def write_run_dir(root: Path, *, with_tokens: bool = True) -> Path:
     """A run directory as distill + evaluate leave it (without the checkpoint, which reports never read)."""
-    from kdlens.eval._store import write_parquet
+    from kdlens._tables import write_parquet
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(
@@ -129,9 +129,9 @@ def write_sweep_dir(root: Path) -> tuple[Path, pd.DataFrame]:
     """A sweep directory as run_sweep leaves it, built from :func:`sweep_examples` (no training)."""
     import yaml
 
-    from kdlens.analysis.ablations import add_gain, expand_sweep, join_results, run_metrics
-    from kdlens.eval._store import write_parquet
-    from kdlens.sweep import write_results
+    from kdlens._tables import write_parquet
+    from kdlens.analysis import add_gain, join_results, run_metrics
+    from kdlens.sweep import expand_sweep, write_results
 
     root.mkdir(parents=True, exist_ok=True)
     runs = expand_sweep(SWEEP_SPEC)

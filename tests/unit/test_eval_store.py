@@ -10,15 +10,8 @@ import pytest
 
 from kdlens._io import sha256_file
 from kdlens._schema import EXAMPLES_COLUMNS, EXAMPLES_DTYPES, TOKENS_COLUMNS, TOKENS_DTYPES
-from kdlens.eval._store import (
-    Manifest,
-    conform,
-    load_shard,
-    read_examples,
-    read_parquet_metadata,
-    shard_path,
-    write_parquet,
-)
+from kdlens._tables import conform, read_examples, read_parquet_metadata, write_parquet
+from kdlens.eval._store import Manifest, load_shard, shard_path
 
 
 def _example_row(**overrides):

@@ -86,8 +86,7 @@ def _execute(name: str) -> tuple[str, list]:
 @pytest.mark.parametrize("name", sorted(SWEEP_NOTEBOOKS))
 def test_full_setting_reads_the_published_tables_without_training(name, monkeypatch, tmp_path):
     """The full setting on a machine without CUDA: the committed tables, whole or partial, give the verdict."""
-    from kdlens.publish import publish_sweep
-    from kdlens.sweep import run_sweep
+    from kdlens.sweep import publish_sweep, run_sweep
 
     monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "1")
     monkeypatch.setenv("KDLENS_NOTEBOOK_OUT", str(tmp_path))

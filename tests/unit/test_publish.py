@@ -12,8 +12,8 @@ import warnings
 import pandas as pd
 import pytest
 
-from kdlens.analysis.ablations import expand_sweep, load_sweep_spec, run_config
 from kdlens.config import DistillConfig, cache_is_faithful
+from kdlens.sweep import expand_sweep, load_sweep_spec, run_config
 
 BASE = {"teacher": "tiny", "student": "prune:1", "tasks": ["chain_sum:4"], "method": "word_kd", "steps": 2,
         "batch_size": 4, "device": "cpu"}
@@ -49,9 +49,7 @@ def _sorted(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def test_two_sessions_through_a_published_folder_equal_one_sweep(tmp_path, counted, one_session):
-    from kdlens._sweep_session import schedule
-    from kdlens.publish import published_run_ids
-    from kdlens.sweep import read_results, run_sweep
+    from kdlens.sweep import published_run_ids, read_results, run_sweep, schedule
 
     runs = schedule(expand_sweep(SWEEP), load_sweep_spec(SWEEP))  # the SFT baseline first
     assert runs["method"].iloc[0] == "sft"
@@ -109,8 +107,7 @@ def test_the_sft_baseline_of_a_task_aware_sweep_is_measured_against_the_task_awa
 
 
 def test_a_published_folder_refuses_another_spec(tmp_path):
-    from kdlens.publish import published_run_ids
-    from kdlens.sweep import run_sweep
+    from kdlens.sweep import published_run_ids, run_sweep
 
     published = tmp_path / "pub"
     small = {**SWEEP, "axes": {"sigma": [0.0]}, "baseline": None}
@@ -123,9 +120,8 @@ def test_a_published_folder_refuses_another_spec(tmp_path):
 
 
 def test_published_tokens_keep_whole_first_examples_up_to_the_cap(tmp_path):
-    from kdlens.eval._store import read_tokens
-    from kdlens.publish import publish_sweep
-    from kdlens.sweep import run_sweep
+    from kdlens._tables import read_tokens
+    from kdlens.sweep import publish_sweep, run_sweep
 
     small = {**SWEEP, "axes": {"sigma": [0.0]}, "baseline": None}
     sweep_dir = tmp_path / "sweep"
@@ -148,11 +144,11 @@ def test_published_tokens_keep_whole_first_examples_up_to_the_cap(tmp_path):
 
 
 def test_time_budget_starts_no_run_that_would_overrun(tmp_path, counted, monkeypatch):
-    import kdlens._sweep_session
+    import kdlens.sweep._session
     from kdlens.sweep import run_sweep
 
     now = [0.0]
-    monkeypatch.setattr(kdlens._sweep_session, "_clock", lambda: now[0])
+    monkeypatch.setattr(kdlens.sweep._session, "_clock", lambda: now[0])
     real = kdlens.distill.distill
 
     def fifty_seconds(config, **kw):
@@ -255,7 +251,7 @@ def test_parallel_workers_give_the_results_of_one_process(tmp_path, one_session)
 
 
 def test_runs_start_seed_by_seed_with_baselines_first():
-    from kdlens._sweep_session import schedule
+    from kdlens.sweep import schedule
 
     spec = load_sweep_spec({**SWEEP, "axes": {"student": ["prune:1", "prune:2"], "sigma": [0.0, 1.0],
                                               "seed": [0, 1]}})
@@ -273,9 +269,9 @@ def test_a_gpu_sweep_evaluates_on_the_gpu(tmp_path, monkeypatch):
     import torch
 
     import kdlens.eval
-    from kdlens._sweep_session import _evaluate_teacher, eval_device
     from kdlens.models._load import resolve_device
-    from kdlens.sweep import _eval_settings
+    from kdlens.sweep._run import _eval_settings
+    from kdlens.sweep._session import _evaluate_teacher, eval_device
 
     spec = load_sweep_spec({**SWEEP, "base": {k: v for k, v in BASE.items() if k != "device"}})  # device: auto
     assert eval_device(spec) is None  # no CUDA here
@@ -310,8 +306,7 @@ def test_a_failing_worker_run_does_not_stop_the_others(tmp_path):
 def test_full_results_without_a_gpu_reads_what_is_published_or_says_how_to_run(tmp_path, monkeypatch):
     import torch
 
-    from kdlens.publish import full_results, grid_status
-    from kdlens.sweep import run_sweep
+    from kdlens.sweep import full_results, grid_status, run_sweep
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(FileNotFoundError, match=r"no published results.*--publish.*analyses/device/README.md"):

@@ -145,7 +145,7 @@ def test_a_run_without_tokens_or_teacher_still_reports_every_section(run_dir, tm
     bare = tmp_path / "bare"
     shutil.copytree(run_dir, bare)
     (bare / "eval" / "tokens.parquet").unlink()
-    from kdlens.eval._store import write_parquet
+    from kdlens._tables import write_parquet
 
     write_parquet(data.examples(("kd",)), bare / "eval" / "examples.parquet")
     html = build_report(bare)

@@ -11,17 +11,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from kdlens.analysis.ablations import (
-    add_gain,
-    axis_curve,
-    expand_sweep,
-    join_results,
-    load_sweep_spec,
-    run_config,
-    run_id,
-    run_metrics,
-    teacher_gap,
-)
+from kdlens.analysis import add_gain, axis_curve, join_results, run_metrics, teacher_gap
+from kdlens.sweep import expand_sweep, load_sweep_spec, run_config, run_id
 
 BASE = {"teacher": "tiny", "student": "prune:1", "tasks": ["chain_sum:8"], "method": "word_kd", "steps": 2}
 

@@ -30,8 +30,11 @@ from typing import Any
 import pandas as pd
 
 from kdlens._io import atomic_write_json, atomic_write_text, read_json, read_yaml, sha256_json
+from kdlens._tables import read_examples, read_tokens, write_parquet
+from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, read_results, write_results
+from kdlens.sweep.spec import expand_sweep, load_sweep_spec
 
-__all__ = ["publish_sweep", "published_run_ids", "full_results", "grid_status", "TOKEN_ROWS_PER_RUN"]
+__all__ = ["publish_sweep", "published_run_ids", "grid_status", "TOKEN_ROWS_PER_RUN"]
 
 #: default cap on each run's per-token rows in a published folder (whole examples, in order)
 TOKEN_ROWS_PER_RUN = 5000
@@ -46,14 +49,10 @@ def published_run_ids(publish_dir: str | os.PathLike, spec: Any) -> set[str]:
         The folder was published from a different spec (its hash differs): results of two specs
         never mix.
     """
-    from kdlens.analysis.ablations import load_sweep_spec
-
     root = Path(publish_dir)
     if not (root / "results.parquet").is_file():
         return set()
     _check_same_spec(root, sha256_json(load_sweep_spec(spec).to_dict()))
-    from kdlens.sweep import read_results
-
     return set(read_results(root)["run_id"])
 
 
@@ -80,9 +79,6 @@ def publish_sweep(sweep_dir: str | os.PathLike, publish_dir: str | os.PathLike, 
     DataFrame
         The merged results table.
     """
-    from kdlens.analysis.ablations import expand_sweep, load_sweep_spec
-    from kdlens.eval._store import read_examples, read_tokens, write_parquet
-    from kdlens.sweep import add_sweep_gains, read_results, write_results
 
     if token_rows_per_run < 0:
         raise ValueError(f"token_rows_per_run must be >= 0, got {token_rows_per_run}")
@@ -146,38 +142,8 @@ def publish_sweep(sweep_dir: str | os.PathLike, publish_dir: str | os.PathLike, 
     return read_results(dest)
 
 
-def full_results(spec: str | os.PathLike, publish_dir: str | os.PathLike, *, work_dir: str | os.PathLike,
-                 progress: Any = None) -> Path:
-    """The published folder of a full-scale sweep, grown first when a CUDA GPU is here.
-
-    On a machine with CUDA the missing runs of ``spec`` are trained and evaluated under
-    ``work_dir`` and merged into ``publish_dir`` (:func:`kdlens.sweep.run_sweep`); elsewhere the
-    published tables are read as they are. This is what the notebooks' full setting calls.
-
-    Raises
-    ------
-    FileNotFoundError
-        No CUDA device and nothing published yet: the message says how to run the grid.
-    """
-    import torch
-
-    from kdlens.sweep import run_sweep
-
-    publish_dir = Path(publish_dir)
-    if torch.cuda.is_available():
-        run_sweep(spec, output_dir=work_dir, publish_dir=publish_dir, progress=progress)
-    if not (publish_dir / "results.parquet").is_file():
-        raise FileNotFoundError(
-            f"no published results in {publish_dir} and no CUDA device to run {spec} here: run "
-            f"`kdlens sweep {spec} -o {work_dir} --publish {publish_dir}` on a GPU (analyses/device/README.md "
-            "shows how on a lent one), or set SMOKE = True")
-    return publish_dir
-
-
 def grid_status(publish_dir: str | os.PathLike) -> str:
     """One line on how much of the grid a published (or sweep) folder holds, e.g. ``"7 of 7 runs"``."""
-    from kdlens.sweep import read_results
-
     root = Path(publish_dir)
     if not (root / "runs.parquet").is_file():
         return f"{root} holds no runs.parquet"
@@ -205,8 +171,6 @@ def _without_gains(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _merge_examples(new: pd.DataFrame, old: pd.DataFrame | None, added_ids: list[str]) -> pd.DataFrame:
-    from kdlens.sweep import TEACHER_IDS
-
     teachers = set(TEACHER_IDS.values())
     keep_new = new["model_id"].isin(added_ids)
     if old is None:
@@ -245,8 +209,6 @@ def _first_examples(tokens: pd.DataFrame, cap: int) -> pd.DataFrame:
 
 def _session_entry(src: Path, added_ids: list[str], published_examples: pd.DataFrame,
                    session_examples: pd.DataFrame) -> dict[str, Any]:
-    from kdlens.sweep import TEACHER_IDS
-
     sweep_manifest = read_json(src / "manifest.json") if (src / "manifest.json").is_file() \
         else {}
     entry: dict[str, Any] = {

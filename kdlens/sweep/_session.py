@@ -13,45 +13,22 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from kdlens._io import atomic_write_json
-from kdlens.analysis.ablations import SweepSpec, join_results, run_config, run_metrics, teacher_sft_config
+from kdlens._tables import TOKENS_NAME, read_examples, read_tokens, write_parquet
+from kdlens.analysis import join_results, run_metrics
+from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, sweep_status, write_results
+from kdlens.sweep.spec import SweepSpec, compares_with_aware_teacher, run_config, teacher_sft_config
 
-__all__ = ["SweepSession", "TEACHER_IDS", "schedule", "eval_device"]
-
-#: model_id of each teacher in the sweep-level examples table
-TEACHER_IDS: dict[bool, str] = {False: "teacher", True: "teacher_sft"}
+__all__ = ["SweepSession", "eval_device"]
 
 #: the runner's clock (tests replace it to check the time budget)
 _clock = time.monotonic
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
-def schedule(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
-    """The order runs are started in: seed by seed, and within a seed the baseline runs first.
-
-    A session cut short then leaves whole comparisons (every setting of the first seeds, each with
-    its baseline) rather than every seed of the first settings.
-    """
-    from kdlens.analysis.ablations import _is_sft, _method_of
-
-    base_seed = spec.base.get("seed", 0)
-    keys = []
-    for position, text in enumerate(runs["overrides"]):
-        overrides = json.loads(text)
-        seed = overrides.get("seed", base_seed)
-        baseline_first = 0 if _is_sft(_method_of(spec, overrides)) else 1
-        keys.append((0 if _missing(seed) else seed, baseline_first, position))
-    order = sorted(range(len(runs)), key=keys.__getitem__)
-    return runs.iloc[order]
 
 
 def _teacher_spec(spec: SweepSpec, aware: bool, root: Path) -> str:
@@ -124,7 +101,6 @@ def eval_device(spec: SweepSpec) -> str | None:
 def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any],
                   device: str | None) -> None:
     from kdlens.eval import collect_tokens, evaluate
-    from kdlens.eval._store import TOKENS_NAME, write_parquet
 
     eval_dir = run_dir / "eval"
     _seed_teacher_shards(teacher_eval, eval_dir)
@@ -169,12 +145,10 @@ class SweepSession:
             distill(teacher_sft_config(self.spec, output_dir=str(teacher_run.path)))
 
     def aware(self, row: Any) -> bool:
-        return _compares_with_aware_teacher(self.spec, json.loads(row.overrides), self.any_aware)
+        return compares_with_aware_teacher(self.spec, json.loads(row.overrides), self.any_aware)
 
     def teacher_eval(self, aware: bool) -> Path:
         """The teacher's evaluation directory (evaluated on first use); its rows join the examples."""
-        from kdlens.eval._store import read_examples
-
         if aware not in self.teacher_evals:
             self.say(f"evaluating the {'task-aware' if aware else 'base'} teacher")
             self.teacher_evals[aware] = _evaluate_teacher(self.spec, aware, self.root, self.settings)
@@ -286,8 +260,6 @@ class SweepSession:
         atomic_write_json(self.root / "manifest.json", self.manifest)
 
     def _collect(self, label: str, row: Any, run: Any) -> None:
-        from kdlens.eval._store import read_examples, read_tokens
-
         settings = self.settings
         aware = self.aware(row)
         teacher_eval = self.teacher_eval(aware)
@@ -309,9 +281,6 @@ class SweepSession:
 
     def finish(self, runs: pd.DataFrame, *, quiet: bool = False) -> pd.DataFrame:
         """Join the evaluated runs into ``results.parquet`` (and the examples and tokens tables)."""
-        from kdlens.eval._store import write_parquet
-        from kdlens.sweep import add_sweep_gains, sweep_status, write_results
-
         if self.settings is None:
             return pd.DataFrame()
         if not self.metrics:
@@ -321,7 +290,7 @@ class SweepSession:
         spec, root = self.spec, self.root
         runs = runs.assign(status=sweep_status(runs, root))
         results = join_results(runs, self.metrics)
-        results["teacher_id"] = [TEACHER_IDS[_compares_with_aware_teacher(spec, json.loads(o), self.any_aware)]
+        results["teacher_id"] = [TEACHER_IDS[compares_with_aware_teacher(spec, json.loads(o), self.any_aware)]
                                  for o in results["overrides"]]
         results = add_sweep_gains(results, baseline=spec.baseline or "sft")
         write_results(results, root / "results.parquet", axes=list(runs.columns[4:]), spec=spec.to_dict())
@@ -373,20 +342,6 @@ def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-def _compares_with_aware_teacher(spec: SweepSpec, overrides: Mapping[str, Any], any_aware: bool) -> bool:
-    """Whether a run is measured against the task-aware teacher (agreement, fidelity, token KL).
-
-    A KD run against the teacher it learned from; a run without a teacher (the SFT baseline)
-    against the task-aware teacher when the sweep has one, so that "before KD" and "after KD" are
-    measured against the same teacher (the paradox paper's setting).
-    """
-    if "teacher_aware" in overrides and not _missing(overrides["teacher_aware"]):
-        return bool(overrides["teacher_aware"])
-    from kdlens.analysis.ablations import _is_sft, _method_of
-
-    return any_aware and _is_sft(_method_of(spec, overrides))
 
 
 def _device_name(spec: SweepSpec) -> str:

@@ -28,7 +28,6 @@ sessions of a lent GPU.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import uuid
@@ -39,10 +38,13 @@ from typing import Any
 import pandas as pd
 
 from kdlens._io import atomic_write_text, git_sha, read_json, sha256_json, versions
-from kdlens._sweep_session import TEACHER_IDS, _missing
-from kdlens.analysis.ablations import SweepSpec, add_gain, expand_sweep, load_sweep_spec
+from kdlens.sweep import _session
+from kdlens.sweep._session import SweepSession, _device_name
+from kdlens.sweep._tables import read_results, sweep_status, write_results
+from kdlens.sweep.publish import publish_sweep, published_run_ids
+from kdlens.sweep.spec import SweepSpec, expand_sweep, load_sweep_spec, schedule
 
-__all__ = ["run_sweep", "read_results", "write_results", "sweep_status", "add_sweep_gains", "TEACHER_IDS"]
+__all__ = ["run_sweep", "full_results"]
 
 logger = logging.getLogger("kdlens.sweep")
 
@@ -60,26 +62,6 @@ def _eval_settings(spec: SweepSpec) -> dict[str, Any]:
         raise ValueError("the sweep has no evaluation tasks: set eval.tasks (or base.tasks)")
     settings["tasks"] = list(tasks)
     return settings
-
-
-def sweep_status(runs: pd.DataFrame, output_dir: str | os.PathLike) -> pd.Series:
-    """Status of each run on disk: ``"evaluated"``, ``"trained"``, ``"partial"`` or ``"pending"``.
-
-    ``"partial"`` is a run directory without its ``done`` marker (killed: it resumes).
-    """
-    root = Path(output_dir)
-    out = []
-    for rel in runs["run_dir"]:
-        path = root / rel
-        if (path / "eval" / "examples.parquet").is_file() and (path / "done").is_file():
-            out.append("evaluated")
-        elif (path / "done").is_file():
-            out.append("trained")
-        elif path.exists():
-            out.append("partial")
-        else:
-            out.append("pending")
-    return pd.Series(out, index=runs.index, name="status", dtype="string")
 
 
 def _write_runs(runs: pd.DataFrame, root: Path) -> None:
@@ -145,16 +127,13 @@ def run_sweep(
         An invalid spec, a run directory holding a different config (the engine refuses to mix
         settings), or a ``publish_dir`` published from another spec: the message names the problem.
     """
-    from kdlens._sweep_session import SweepSession, _clock, _device_name, schedule
-    from kdlens.publish import publish_sweep, published_run_ids
-
     if max_runs is not None and max_runs < 0:
         raise ValueError(f"max_runs must be >= 0, got {max_runs}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    started = _clock()
+    started = _session._clock()  # read through the module: tests replace the clock
     spec = load_sweep_spec(spec)
     root = Path(output_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -195,58 +174,6 @@ def run_sweep(
     return results
 
 
-def add_sweep_gains(results: pd.DataFrame, *, baseline: str = "sft") -> pd.DataFrame:
-    """Gains over the baseline run (:func:`kdlens.analysis.ablations.add_gain`) for a sweep's results.
-
-    ``accuracy_gain`` compares a run with the baseline run of the same student, seed and task;
-    ``agreement_gain`` and ``bleu_gain`` only where both were measured against the same teacher
-    (``teacher_id``), else they are missing: agreement with two different teachers is not a change.
-    Results without a baseline run come back unchanged.
-    """
-    if "method" not in results.columns or not (results["method"] == baseline).any():
-        return results
-    if "teacher_id" not in results.columns:
-        return add_gain(results, baseline=baseline)
-    out = add_gain(results.drop(columns=["teacher_id"]), baseline=baseline, metrics=("accuracy",))
-    same_teacher = add_gain(results, baseline=baseline, metrics=("agreement", "bleu"))
-    for col in ("baseline_agreement", "agreement_gain", "baseline_bleu", "bleu_gain"):
-        out[col] = same_teacher[col].to_numpy()
-    out.insert(out.columns.get_loc("baseline_run_id"), "teacher_id", results["teacher_id"].to_numpy())
-    return out
-
-
-def write_results(results: pd.DataFrame, path: str | os.PathLike, *, axes: list[str],
-                  spec: Mapping[str, Any] | None = None) -> Path:
-    """Write a results table atomically as parquet; :func:`read_results` reads it back.
-
-    Axis columns can mix types across rows (a number for KD runs, missing for SFT runs, a string
-    for ``student``), which parquet cannot store in one column, so they are stored as JSON text.
-    """
-    from kdlens.eval._store import write_parquet
-
-    stored = results.copy()
-    for col in axes:
-        stored[col] = [None if _missing(v) else json.dumps(v) for v in stored[col]]
-    return write_parquet(stored, path, metadata={"axes_as_json": list(axes), "spec": dict(spec or {})})
-
-
-def read_results(path: str | os.PathLike) -> pd.DataFrame:
-    """Load a sweep's ``results.parquet`` (or ``runs.parquet``) with its axis columns decoded."""
-    from kdlens.eval._store import read_parquet_metadata
-
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.parquet"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; run `kdlens sweep SPEC -o DIR` first")
-    frame = pd.read_parquet(path)
-    for col in read_parquet_metadata(path).get("axes_as_json", []):
-        frame[col] = [None if v is None or v != v else json.loads(v) for v in frame[col]]
-        if frame[col].map(lambda v: isinstance(v, int | float) and not isinstance(v, bool) or v is None).all():
-            frame[col] = pd.to_numeric(frame[col], errors="coerce")
-    return frame
-
-
 def _reporter(progress: Callable[[str], None] | None) -> Callable[[str], None]:
     def say(text: str) -> None:
         logger.info(text)
@@ -254,3 +181,29 @@ def _reporter(progress: Callable[[str], None] | None) -> Callable[[str], None]:
             progress(text)
 
     return say
+
+
+def full_results(spec: str | os.PathLike, publish_dir: str | os.PathLike, *, work_dir: str | os.PathLike,
+                 progress: Any = None) -> Path:
+    """The published folder of a full-scale sweep, grown first when a CUDA GPU is here.
+
+    On a machine with CUDA the missing runs of ``spec`` are trained and evaluated under
+    ``work_dir`` and merged into ``publish_dir`` (:func:`kdlens.sweep.run_sweep`); elsewhere the
+    published tables are read as they are. This is what the notebooks' full setting calls.
+
+    Raises
+    ------
+    FileNotFoundError
+        No CUDA device and nothing published yet: the message says how to run the grid.
+    """
+    import torch
+
+    publish_dir = Path(publish_dir)
+    if torch.cuda.is_available():
+        run_sweep(spec, output_dir=work_dir, publish_dir=publish_dir, progress=progress)
+    if not (publish_dir / "results.parquet").is_file():
+        raise FileNotFoundError(
+            f"no published results in {publish_dir} and no CUDA device to run {spec} here: run "
+            f"`kdlens sweep {spec} -o {work_dir} --publish {publish_dir}` on a GPU (analyses/device/README.md "
+            "shows how on a lent one), or set SMOKE = True")
+    return publish_dir

@@ -1,0 +1,340 @@
+"""The run config: :class:`DistillConfig`, its YAML load and dump, and where a teacher cache is faithful."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from kdlens._io import read_yaml
+from kdlens.config._overrides import apply_overrides, checked_keys, coerce_fields
+from kdlens.config._sections import (
+    METHOD_SECTIONS,
+    ON_POLICY,
+    BlackboxConfig,
+    DistiLLMConfig,
+    FeatureConfig,
+    GKDConfig,
+    LoraConfig,
+    MiniLLMConfig,
+    SeqKDConfig,
+    _known,
+)
+
+__all__ = ["DistillConfig", "load_config", "config_to_yaml", "cache_is_faithful"]
+
+_TEACHER_SOURCES = ("online", "cache")
+_SCHEDULERS = ("linear", "cosine", "constant")
+_MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+_DEVICES = ("auto", "cpu", "cuda")
+_DTYPES = ("float32", "bfloat16", "float16")
+_CACHE_DTYPES = ("float32", "float16")
+_CACHE_TAILS = ("uniform", "bucket")
+
+
+def cache_is_faithful(loss: str, temperature: float) -> bool:
+    """Whether a top-k teacher-logit cache stands in for the online teacher under ``loss`` at ``temperature``.
+
+    Measured on real SmolLM2 batches (``benchmarks/RESULTS.md``, "Top-k teacher cache against the
+    online loss"): forward KL at tau = 1 is within 1 % of the online loss from k = 32 (gradient cosine
+    >= 0.9999), whatever sigma; reverse KL, or any tau != 1, is 34-65 % off whatever the tail model.
+    Other losses were not measured and count as not faithful. (With k = vocabulary size every loss
+    is exact.)
+    """
+    return loss == "forward_kl" and float(temperature) == 1.0
+
+
+@dataclass
+class DistillConfig:
+    """Everything that defines a distillation (or fine-tuning) run.
+
+    Parameters
+    ----------
+    teacher : str or None
+        Teacher model: built-in name, hub id, local HF directory, kdlens run directory or ``.gguf``.
+        Required by KD methods; optional for ``sft`` (then the trained model is ``student``, or the
+        teacher itself when ``student`` is None: this is how a task-aware teacher is made).
+    student : str or None
+        Student model, or ``"prune:N"`` = the teacher with N evenly spaced layers kept.
+    tasks : list of str
+        Task specs for :func:`kdlens.data.load_tasks` (a comma-separated string is accepted).
+    split : str
+        Split of the tasks to train on.
+    n_examples : int or None
+        Number of examples per task (None = the task's own default).
+    method : str
+        Name in :data:`kdlens.distill.METHODS`.
+    loss : str
+        Divergence name in :data:`kdlens.losses.LOSSES`, used by KD methods.
+    loss_params : dict
+        Extra parameters of the divergence (e.g. ``{"beta": 0.5}`` for ``jsd``).
+    alpha : float
+        KD weight in ``(1 - alpha) * CE + alpha * KD``; 1 = pure KD (the paradox paper's setting).
+    beta : float
+        Weight of the feature term in ``feature_kd``.
+    feature : FeatureConfig
+        Layer map and feature terms of ``feature_kd``.
+    sigma : float
+        Std of the Gaussian noise added to the teacher's raw logits (before tau), >= 0.
+    temperature : float
+        Softmax temperature tau applied to both teacher and student in the KD term, > 0.
+    scale_by_temperature_squared : bool
+        Multiply the KD term by tau^2 (Hinton); recorded in the manifest.
+    teacher_source : {"online", "cache"}
+        Run the teacher each step, or read its top-k logits from a cache built in a first pass.
+    cache_dir : str or None
+        Root of teacher caches (None = ``kdlens.models.cache_root() / "teacher"``).
+    top_k : int
+        Number of teacher logits stored per response token in a cache.
+    cache_dtype : {"float32", "float16"}
+        Storage dtype of cached logits.
+    cache_tail : {"uniform", "bucket"}
+        How the loss treats the teacher mass outside the cached top-k (see :mod:`kdlens.teacher`):
+        spread evenly over the other tokens (default; exact student side), or one "rest" bucket.
+    steps, epochs : int or None, float or None
+        Training length; give exactly one (``steps`` defaults to 100 when neither is set).
+    batch_size : int
+        GLOBAL batch: examples per optimizer step, across gradient accumulation and processes,
+        so results do not depend on ``grad_accum`` or the number of processes.
+    grad_accum : int
+        Micro-batches per optimizer step; must divide ``batch_size`` (times the process count).
+    lr, weight_decay, warmup_steps, scheduler, max_grad_norm
+        AdamW and its learning-rate schedule (``max_grad_norm`` 0 disables clipping).
+    max_length : int
+        Maximum tokens per training sequence (prompts are cut from the left).
+    lora : LoraConfig or None
+        LoRA adapters; None = full fine-tuning. ``lora=true`` or any ``lora.KEY=...`` enables it.
+    seed : int
+        Seeds data order, initialization, dropout and teacher noise.
+    output_dir : str or None
+        Run directory (required to run).
+    save_every : int
+        Write a resumable training state every N optimizer steps (0 = only at the end).
+    log_every : int
+        Append a line to ``train_log.jsonl`` every N steps.
+    dtype : str
+        Dtype the models are loaded in (master weights).
+    mixed_precision : {"auto", "no", "bf16", "fp16"}
+        Autocast; ``auto`` = bf16 on CUDA, none on CPU.
+    device : {"auto", "cpu", "cuda"}
+    system_prompt : str or None
+        System message of the chat template.
+    seq_kd, gkd, distillm, minillm, blackbox : dataclass
+        Settings of the generation-based methods (:class:`SeqKDConfig`, :class:`GKDConfig`,
+        :class:`DistiLLMConfig`, :class:`MiniLLMConfig`, :class:`BlackboxConfig`), e.g.
+        ``gkd.lambda_=1.0``.
+    """
+
+    teacher: str | None = None
+    student: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    split: str = "train"
+    n_examples: int | None = None
+    method: str = "word_kd"
+    loss: str = "forward_kl"
+    loss_params: dict[str, Any] = field(default_factory=dict)
+    alpha: float = 1.0
+    beta: float = 0.0
+    feature: FeatureConfig = field(default_factory=FeatureConfig)
+    sigma: float = 0.0
+    temperature: float = 1.0
+    scale_by_temperature_squared: bool = False
+    teacher_source: str = "online"
+    cache_dir: str | None = None
+    top_k: int = 64
+    cache_dtype: str = "float32"
+    cache_tail: str = "uniform"
+    steps: int | None = None
+    epochs: float | None = None
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-5
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    max_length: int = 256
+    lora: LoraConfig | None = None
+    seed: int = 0
+    output_dir: str | None = None
+    save_every: int = 0
+    log_every: int = 1
+    dtype: str = "float32"
+    mixed_precision: str = "auto"
+    device: str = "auto"
+    system_prompt: str | None = None
+    seq_kd: SeqKDConfig = field(default_factory=SeqKDConfig)
+    gkd: GKDConfig = field(default_factory=GKDConfig)
+    distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
+    minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
+    blackbox: BlackboxConfig = field(default_factory=BlackboxConfig)
+
+    def __post_init__(self) -> None:
+        # Accept the shapes YAML and the command line naturally produce.
+        if isinstance(self.tasks, str):
+            self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        self.tasks = list(self.tasks)
+        for key, cls in METHOD_SECTIONS.items():
+            if isinstance(getattr(self, key), Mapping):
+                setattr(self, key, cls(**coerce_fields(cls, checked_keys(getattr(self, key), cls, key + "."))))
+        if isinstance(self.feature, Mapping):
+            self.feature = FeatureConfig(**coerce_fields(FeatureConfig, checked_keys(self.feature, FeatureConfig, "feature.")))
+        if isinstance(self.lora, Mapping):
+            self.lora = LoraConfig(**coerce_fields(LoraConfig, checked_keys(self.lora, LoraConfig, "lora.")))
+        elif self.lora is True:
+            self.lora = LoraConfig()
+        elif self.lora is False:
+            self.lora = None
+        self.loss_params = dict(self.loss_params or {})
+        self._validate()
+
+    def _validate(self) -> None:
+        from kdlens.distill._registry import METHODS  # lazy: the method table imports torch
+
+        if self.method not in METHODS:
+            hint = difflib.get_close_matches(self.method, list(METHODS), n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"unknown method {self.method!r}{extra}; known methods: {sorted(METHODS)}")
+        spec = METHODS[self.method]
+        if spec.needs_teacher and not self.teacher:
+            raise ValueError(f"method {self.method!r} distills from a teacher: set teacher=NAME_OR_PATH")
+        if self.student is None and not self.teacher:
+            raise ValueError("no model to train: set student=NAME_OR_PATH (or teacher=... for method=sft)")
+        if self.student is not None and self.student.startswith("prune:"):
+            if not self.teacher:
+                raise ValueError(f"student={self.student!r} prunes the teacher, but no teacher is set")
+            n = self.student.split(":", 1)[1]
+            if not n.isdigit() or int(n) < 1:
+                raise ValueError(f"student={self.student!r}: expected prune:N with N >= 1 layers to keep")
+        if spec.needs_teacher:
+            from kdlens.losses import LOSSES
+
+            if self.loss not in LOSSES:
+                hint = difflib.get_close_matches(self.loss, list(LOSSES), n=1)
+                extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise ValueError(f"unknown loss {self.loss!r}{extra}; known losses: {sorted(LOSSES)}")
+        if self.sigma < 0:
+            raise ValueError(f"sigma must be >= 0 (std of the teacher-logit noise), got {self.sigma}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1] (loss = (1-alpha)*CE + alpha*KD), got {self.alpha}")
+        if self.beta < 0:
+            raise ValueError(f"beta (feature-loss weight) must be >= 0, got {self.beta}")
+        _known("teacher_source", self.teacher_source, _TEACHER_SOURCES)
+        _known("scheduler", self.scheduler, _SCHEDULERS)
+        _known("mixed_precision", self.mixed_precision, _MIXED_PRECISION)
+        _known("device", self.device, _DEVICES)
+        _known("dtype", self.dtype, _DTYPES)
+        _known("cache_dtype", self.cache_dtype, _CACHE_DTYPES)
+        _known("cache_tail", self.cache_tail, _CACHE_TAILS)
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.teacher_source == "cache" and not cache_is_faithful(self.loss, self.temperature):
+            warnings.warn(f"teacher_source=cache with loss={self.loss} at temperature={self.temperature:g}: a top-k "
+                          "teacher cache was measured faithful only for forward_kl at temperature 1 (benchmarks/"
+                          "RESULTS.md); use teacher_source=online, or a top_k as large as the vocabulary",
+                          stacklevel=4)
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"give steps or epochs, not both (steps={self.steps}, epochs={self.epochs})")
+        if self.steps is None and self.epochs is None:
+            self.steps = 100
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"epochs must be > 0, got {self.epochs}")
+        for name in ("batch_size", "grad_accum", "max_length", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"batch_size={self.batch_size} (the global batch) is not divisible by "
+                             f"grad_accum={self.grad_accum}")
+        for name in ("save_every", "warmup_steps", "weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not self.tasks:
+            raise ValueError("no training data: set tasks=SPEC[,SPEC...] (e.g. tasks=chain_sum:200)")
+        self._validate_generation_methods()
+        if spec.needs_hidden_states and self.teacher_source == "cache":
+            raise ValueError(f"method={self.method} needs the teacher's hidden states, which a logit cache "
+                             "does not hold; use teacher_source=online")
+        if self.method == "feature_kd" and self.beta == 0:
+            raise ValueError("method=feature_kd with beta=0 is word_kd; set beta > 0 (feature weight)")
+
+    def _validate_generation_methods(self) -> None:
+        if self.method in ON_POLICY and self.teacher_source != "online":
+            raise ValueError(f"method={self.method} scores generated sequences with the teacher, which a logit "
+                             "cache cannot hold; use teacher_source=online")
+        if self.method == "minillm" and self.loss != "reverse_kl":
+            raise ValueError(f"method=minillm minimises reverse KL; set loss=reverse_kl (got loss={self.loss})")
+        if self.method == "distillm" and self.distillm.replay_capacity < self.batch_size:
+            raise ValueError(f"distillm.replay_capacity={self.distillm.replay_capacity} is smaller than one "
+                             f"batch (batch_size={self.batch_size}); raise it")
+        if self.method == "blackbox":
+            if (self.blackbox.teacher is None) == (self.blackbox.url is None):
+                raise ValueError("method=blackbox needs exactly one text-only teacher: blackbox.url=http://HOST/v1 "
+                                 "or blackbox.teacher=package.module:function")
+            if self.student is None:
+                raise ValueError("method=blackbox trains a student: set student=NAME_OR_PATH (or prune:N of teacher=)")
+
+    @property
+    def trained_model(self) -> str:
+        """The model that is trained: ``student``, or the teacher itself for ``sft`` without student."""
+        return self.student if self.student is not None else str(self.teacher)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML/JSON-serialisable dict (nested configs as dicts)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DistillConfig:
+        """Build from a mapping, rejecting unknown keys with close-match suggestions."""
+        return cls(**coerce_fields(cls, checked_keys(data, cls, "")))
+
+    def replace(self, **changes: Any) -> DistillConfig:
+        """A validated copy with some fields changed."""
+        return DistillConfig.from_dict({**self.to_dict(), **changes})
+
+
+def load_config(path: str | os.PathLike | None = None,
+                overrides: Iterable[str] | Mapping[str, Any] = ()) -> DistillConfig:
+    """Load a :class:`DistillConfig` from a YAML file (optional) plus ``key=value`` overrides.
+
+    Parameters
+    ----------
+    path : path or None
+        A YAML mapping of config keys (nested ``feature:``/``lora:`` sections allowed).
+    overrides : iterable of str or mapping
+        ``key=value`` items, dotted keys for nested fields (``lora.r=16``); applied after the file.
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist.
+    ValueError
+        Malformed YAML, an unknown key (with close matches), or an invalid value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = read_yaml(path, what="config file")
+        if not isinstance(loaded, Mapping):
+            raise ValueError(f"{path} must hold a mapping of config keys, got {type(loaded).__name__}")
+        data = dict(loaded)
+    data = apply_overrides(data, overrides)
+    try:
+        return DistillConfig.from_dict(data)
+    except TypeError as err:  # e.g. lora: 5
+        raise ValueError(f"invalid config{f' in {path}' if path else ''}: {err}") from err
+
+
+def config_to_yaml(config: DistillConfig) -> str:
+    """The resolved config as YAML (round-trips through :func:`load_config`)."""
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
