@@ -108,7 +108,7 @@ def run_sweep(
     workers : int
         Train and evaluate this many runs at a time, each in its own process (a small model leaves
         most of a GPU idle). Runs are started seed by seed, baselines first
-        (:func:`kdlens._sweep_session.schedule`), whatever the number of workers.
+        (:func:`kdlens.sweep.schedule`), whatever the number of workers.
     progress : callable, optional
         Called with one line of text per step (the CLI prints it); logging gets it too.
 
