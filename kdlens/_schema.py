@@ -13,6 +13,11 @@ __all__ = [
     "AGREEMENT_COLUMNS",
     "FIDELITY_COLUMNS",
     "PAPER_COLUMNS",
+    "ROBUSTNESS_COLUMNS",
+    "VERDICT_COLUMNS",
+    "EQUIVALENCE_COLUMNS",
+    "MODEL_COLUMNS",
+    "POWER_COLUMNS",
     "RUNS_COLUMNS",
     "KD_ONLY_KEYS",
     "EXAMPLES_DTYPES",
@@ -89,8 +94,53 @@ FIDELITY_COLUMNS: tuple[str, ...] = (
     "model_id", "reference", "task", "example_id", "bleu", "rouge_l", "embedding_cosine",
 )
 
-#: Output of ``kdlens.analysis.paper.reproduce``.
-PAPER_COLUMNS: tuple[str, ...] = ("hypothesis", "test", "task", "method", "statistic", "p_val", "n")
+#: Output of ``kdlens.analysis.paper.reproduce`` (``p_adj``: Holm within each hypothesis).
+PAPER_COLUMNS: tuple[str, ...] = ("hypothesis", "test", "task", "method", "statistic", "p_val", "p_adj", "n")
+
+#: A three-way verdict on one stated hypothesis (DESIGN rule 15). Functions put the columns naming
+#: what was compared (e.g. "family", "comparison", "variable") before these.
+VERDICT_COLUMNS: tuple[str, ...] = (
+    "hypothesis",  # str: the claim tested, in words, with its smallest effect of interest
+    "test",        # str: how the interval was computed (e.g. "mean_t", "spearman", "partial_spearman")
+    "unit",        # str: what n counts (seeds, baselines, runs, rows of the paper, ...)
+    "estimate",    # float: the effect (mean difference in the data's units, or a correlation)
+    "ci_low",      # float: two-sided CI at `level`; the verdict is read from it
+    "ci_high",     # float
+    "level",       # float: confidence level of the CI
+    "expect",      # str: "greater" | "less" | "two-sided" | "equivalent" (the hypothesis' direction)
+    "margin",      # float: smallest effect of interest (SESOI), in the estimate's units
+    "statistic",   # float: t (means) or the correlation
+    "dof",         # float
+    "p_val",       # float: p of the test that matches `expect` (TOST p for "equivalent")
+    "p_adj",       # float: p_val adjusted across the rows of one call (the family)
+    "n",           # int: number of units
+    "mde",         # float: minimal detectable effect (80% power) from the observed unit variance
+    "verdict",     # str: "supported" | "contradicted" | "inconclusive"
+    "sentence",    # str: hypothesis, verdict, estimate, CI, n and unit, and why, in one sentence
+    "note",        # str: why a row could not be tested (e.g. "one seed"), or a caveat
+)
+
+#: The robustness table of ``kdlens.analysis.paper.robustness``: the authors' unit ("as published")
+#: next to a defensible one ("robust"); omnibus tests (no interval) have an empty ``verdict``.
+ROBUSTNESS_COLUMNS: tuple[str, ...] = ("claim", "analysis", "task", "method", *VERDICT_COLUMNS)
+
+#: Equivalence tests (two one-sided tests, TOST): ``kdlens.analysis.tost`` and ``tost_correlation``.
+EQUIVALENCE_COLUMNS: tuple[str, ...] = (
+    "estimate", "low_bound", "high_bound", "statistic_low", "p_low", "statistic_high", "p_high", "dof",
+    "p_val", "p_adj", "ci_low", "ci_high", "n", "equivalent", "note",
+)
+
+#: Regression tables (``logistic``, ``gee``, ``mixed``): one row per model term. ``p_adj`` corrects
+#: across the terms the user named (intercept and nuisance terms such as task effects get NaN).
+MODEL_COLUMNS: tuple[str, ...] = (
+    "model", "term", "estimate", "std_err", "statistic", "p_val", "p_adj", "ci_low", "ci_high", "effect_size",
+    "n", "note",
+)
+
+#: ``kdlens.analysis.seeds_needed``: seeds per configuration for a given effect.
+POWER_COLUMNS: tuple[str, ...] = (
+    "effect", "sd", "sd_dof", "n_groups", "level", "power", "seeds", "seeds_exact", "note",
+)
 
 #: One row per run of a sweep: the run id, its overrides, and where it lives.
 RUNS_COLUMNS: tuple[str, ...] = ("run_id", "overrides", "run_dir", "status")

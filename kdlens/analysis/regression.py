@@ -1,8 +1,10 @@
 """Example-level models: does a student's correctness go with the fidelity of its rationale?
 
-Logistic regression of correctness on fidelity with task fixed effects, and a GEE variant whose
-standard errors allow correlation within a cluster (a task, or an example shared by several
-students). ``fit_*`` return the statsmodels results; the plain names return a tidy table.
+Logistic regression of correctness on fidelity with task fixed effects; a GEE variant whose
+standard errors allow correlation within a cluster (a run: ``groups="model_id"``, the examples of
+one run are not independent of it; a task; or an example shared by several students); and a linear
+mixed model (statsmodels ``MixedLM``) with random effects per group, e.g. examples nested in runs.
+``fit_*`` return the statsmodels results; the plain names return a tidy table with ``p_adj``.
 """
 
 from __future__ import annotations
@@ -14,14 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from kdlens._schema import MODEL_COLUMNS
 from kdlens.analysis._validate import require_columns, require_level, require_nonempty
+from kdlens.analysis.stats import adjust_pvalues
 
-__all__ = ["fit_logistic", "logistic", "fit_gee", "gee", "MODEL_COLUMNS"]
-
-#: columns of the tidy model tables
-MODEL_COLUMNS: tuple[str, ...] = (
-    "model", "term", "estimate", "std_err", "statistic", "p_val", "ci_low", "ci_high", "effect_size", "n", "note",
-)
+__all__ = ["fit_logistic", "logistic", "fit_gee", "gee", "fit_mixed", "mixed", "MODEL_COLUMNS"]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -163,16 +162,29 @@ def fit_gee(
     return _fit(lambda: model.fit(), "GEE")
 
 
-def _tidy(result, label: str, level: float) -> pd.DataFrame:
+def _adjusted(terms: Sequence[str], p_val: np.ndarray, predictors: Sequence[str], padjust: str) -> np.ndarray:
+    """``p_adj`` across the terms of the user's predictors (and their levels); the intercept and
+    nuisance terms (task fixed effects) are not hypotheses and get NaN."""
+    named = np.array([any(t == p or t.startswith(f"{p}[") for p in predictors) for t in terms], dtype=bool)
+    p_adj = np.full(len(terms), np.nan)
+    if named.any():
+        p_adj[named] = adjust_pvalues(p_val[named], padjust)
+    return p_adj
+
+
+def _tidy(result, label: str, level: float, predictors: Sequence[str], padjust: str) -> pd.DataFrame:
     ci = np.asarray(result.conf_int(alpha=1 - level))
     params = result.params
+    terms = list(params.index)
+    p_val = np.asarray(result.pvalues, dtype=float)
     table = pd.DataFrame({
         "model": label,
-        "term": list(params.index),
+        "term": terms,
         "estimate": params.to_numpy(float),
         "std_err": np.asarray(result.bse, dtype=float),
         "statistic": np.asarray(result.tvalues, dtype=float),
-        "p_val": np.asarray(result.pvalues, dtype=float),
+        "p_val": p_val,
+        "p_adj": _adjusted(terms, p_val, predictors, padjust),
         "ci_low": ci[:, 0],
         "ci_high": ci[:, 1],
         "effect_size": np.exp(params.to_numpy(float)),
@@ -182,21 +194,123 @@ def _tidy(result, label: str, level: float) -> pd.DataFrame:
     return table[list(MODEL_COLUMNS)]
 
 
-def logistic(data: pd.DataFrame, *, level: float = 0.95, **kwargs) -> pd.DataFrame:
+def _predictors(kwargs: dict) -> list[str]:
+    pred = kwargs.get("predictors", ("bleu",))
+    return [pred] if isinstance(pred, str) else list(pred)
+
+
+def logistic(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **kwargs) -> pd.DataFrame:
     """Tidy table of :func:`fit_logistic`: one row per term (Wald z, CI, odds ratio).
 
     Returns
     -------
     DataFrame
         :data:`MODEL_COLUMNS`; ``statistic`` is the Wald z, ``effect_size`` the odds ratio
-        ``exp(estimate)``.
+        ``exp(estimate)``; ``p_adj`` corrects across the ``predictors`` terms (``padjust``), NaN
+        for the intercept and the task effects.
     """
     require_level(level)
-    return _tidy(fit_logistic(data, **kwargs), "logit", level)
+    return _tidy(fit_logistic(data, **kwargs), "logit", level, _predictors(kwargs), padjust)
 
 
-def gee(data: pd.DataFrame, *, level: float = 0.95, **kwargs) -> pd.DataFrame:
+def gee(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **kwargs) -> pd.DataFrame:
     """Tidy table of :func:`fit_gee` (robust standard errors), like :func:`logistic`."""
     require_level(level)
     result = fit_gee(data, **kwargs)
-    return _tidy(result, f"gee({kwargs.get('groups', 'example_id')})", level)
+    return _tidy(result, f"gee({kwargs.get('groups', 'example_id')})", level, _predictors(kwargs), padjust)
+
+
+def fit_mixed(
+    data: pd.DataFrame,
+    *,
+    outcome: str,
+    predictors: Sequence[str],
+    groups: str,
+    re_formula: str | None = None,
+    reml: bool = True,
+):
+    """Fit a linear mixed model ``outcome ~ predictors`` with random effects per ``groups`` (MixedLM).
+
+    Parameters
+    ----------
+    data : DataFrame
+        One row per observation, e.g. one per example with ``groups="model_id"``: examples are
+        nested in runs, and the run's random intercept absorbs what its examples share.
+    outcome : str
+        Numeric outcome (a 0/1 correctness gives a linear probability model).
+    predictors : list of str
+        Fixed-effect terms (identifiers, or ``C(name)`` for a categorical column).
+    groups : str
+        Column of the grouping factor (run, subject).
+    re_formula : str, optional
+        Random-effects formula, e.g. ``"~Days"`` for a random intercept and slope; default a
+        random intercept.
+    reml : bool
+        Restricted maximum likelihood (lme4's default) or maximum likelihood.
+
+    Returns
+    -------
+    statsmodels ``MixedLMResults``
+
+    Notes
+    -----
+    ``y = X beta + Z b + e`` with ``b ~ N(0, G)`` per group and ``e ~ N(0, sigma^2 I)``
+    (Laird & Ware 1982); statsmodels' REML estimates match lme4's ``lmer`` (Bates et al. 2015,
+    *J. Stat. Softw.* 67(1)), checked on ``sleepstudy`` in the tests.
+    """
+    import statsmodels.formula.api as smf
+    from statsmodels.tools.sm_exceptions import ConvergenceWarning
+
+    predictors = [predictors] if isinstance(predictors, str) else list(predictors)
+    if not predictors:
+        raise ValueError("predictors must name at least one column, e.g. predictors=['bleu']")
+    plain = [re.sub(r"^C\((.+)\)$", r"\1", p) for p in predictors]
+    for name in [outcome, *plain]:
+        if not _NAME.match(name):
+            raise ValueError(f"column name {name!r} must be a Python identifier to be used in a model formula")
+    require_columns(data, list(dict.fromkeys([outcome, *plain, groups])))
+    frame = data[list(dict.fromkeys([outcome, *plain, groups]))].dropna().copy()
+    require_nonempty(frame, what="data after dropping rows with missing values")
+    n_groups = frame[groups].nunique()
+    if n_groups < 2:
+        raise ValueError(f"groups={groups!r} has {n_groups} level(s): a mixed model needs several groups")
+    if frame[outcome].dtype == bool:
+        frame[outcome] = frame[outcome].astype(float)
+    model = smf.mixedlm(f"{outcome} ~ {' + '.join(predictors)}", frame, groups=frame[groups],
+                        re_formula=re_formula)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        result = model.fit(reml=reml)
+    if not result.converged:
+        raise ValueError("the mixed model did not converge; simplify re_formula or rescale the predictors")
+    return result
+
+
+def mixed(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **kwargs) -> pd.DataFrame:
+    """Tidy table of :func:`fit_mixed`: one row per fixed effect (Wald z, CI, ``p_adj``).
+
+    Returns
+    -------
+    DataFrame
+        :data:`MODEL_COLUMNS`, fixed effects only; ``effect_size`` is the coefficient itself;
+        ``n`` counts observations. ``attrs["random_effects"]`` holds the random-effect covariance
+        matrix and ``attrs["scale"]`` the residual variance, ``attrs["n_groups"]`` the groups.
+    """
+    require_level(level)
+    result = fit_mixed(data, **kwargs)
+    k = len(result.fe_params)
+    ci = np.asarray(result.conf_int(alpha=1 - level))[:k]
+    terms = list(result.fe_params.index)
+    p_val = np.asarray(result.pvalues, dtype=float)[:k]
+    p_adj = _adjusted(terms, p_val, kwargs["predictors"] if not isinstance(kwargs["predictors"], str)
+                      else [kwargs["predictors"]], padjust)
+    table = pd.DataFrame({
+        "model": f"mixedlm({kwargs['groups']})", "term": terms, "estimate": result.fe_params.to_numpy(float),
+        "std_err": np.asarray(result.bse_fe, dtype=float), "statistic": np.asarray(result.tvalues, float)[:k],
+        "p_val": p_val, "p_adj": p_adj, "ci_low": ci[:, 0], "ci_high": ci[:, 1],
+        "effect_size": result.fe_params.to_numpy(float), "n": int(result.nobs),
+        "note": "effect_size = the coefficient; random effects in attrs",
+    })[list(MODEL_COLUMNS)]
+    table.attrs.update(random_effects=result.cov_re, scale=float(result.scale),
+                       n_groups=int(len(result.random_effects)))
+    return table

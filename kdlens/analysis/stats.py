@@ -27,6 +27,9 @@ __all__ = [
     "ttest",
     "anova",
     "correlation",
+    "partial_correlation",
+    "partial_rank_residuals",
+    "friedman",
     "mcnemar",
     "paired_ttest",
     "wilcoxon",
@@ -371,6 +374,195 @@ def correlation(
 
     rows, group_cols = _grouped(data, by, one)
     return _finish(rows, group_cols, padjust, extra=("x", "y"))
+
+
+def _covariate_matrix(covariates: pd.DataFrame, method: str) -> np.ndarray:
+    """Design columns of the covariates: numeric ones as they are (ranked for Spearman), others as
+    dummies of all but their first level (a stratum, a teacher)."""
+    blocks = []
+    for col in covariates.columns:
+        values = covariates[col]
+        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+        if numeric:
+            v = values.to_numpy(dtype=float)
+            blocks.append((sps.rankdata(v) if method == "spearman" else v)[:, None])
+        else:
+            dummies = pd.get_dummies(values.astype(str), drop_first=True, dtype=float)
+            if dummies.shape[1]:
+                blocks.append(dummies.to_numpy())
+    return np.hstack(blocks) if blocks else np.empty((len(covariates), 0))
+
+
+def partial_rank_residuals(x: np.ndarray, y: np.ndarray, covariates: pd.DataFrame | None, *,
+                           method: str = "spearman") -> tuple[np.ndarray | None, np.ndarray | None, int, int]:
+    """Residuals of ``x`` and ``y`` (ranked for Spearman) after least squares on the covariates.
+
+    Returns ``(res_x, res_y, k, n)``: the residual vectors (None when fewer than ``k + 3``
+    complete rows), the number ``k`` of covariate design columns, and the number of complete rows.
+    Their Pearson correlation is the partial correlation; with no covariates it is the plain
+    correlation (Spearman's rho of the ranks).
+    """
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"partial correlations support 'spearman' and 'pearson', got {method!r}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x) & np.isfinite(y)
+    if covariates is not None and covariates.shape[1]:
+        keep &= covariates.notna().all(axis=1).to_numpy()
+    x, y = x[keep], y[keep]
+    n = len(x)
+    cov = covariates.loc[keep] if covariates is not None and covariates.shape[1] else None
+    if method == "spearman":
+        x, y = sps.rankdata(x), sps.rankdata(y)
+    design = np.ones((n, 1))
+    if cov is not None:
+        extra = _covariate_matrix(cov.reset_index(drop=True), method)
+        # drop covariate columns that are constant here: they carry no information (and no dof)
+        extra = extra[:, np.ptp(extra, axis=0) > 0] if extra.shape[1] else extra
+        design = np.hstack([design, extra])
+    k = design.shape[1] - 1
+    if n < k + 3:
+        return None, None, k, n
+    beta_x, *_ = np.linalg.lstsq(design, x, rcond=None)
+    beta_y, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return x - design @ beta_x, y - design @ beta_y, k, n
+
+
+def partial_correlation(
+    data: pd.DataFrame,
+    *,
+    x: str,
+    y: str | Sequence[str],
+    covar: str | Sequence[str],
+    method: str = "spearman",
+    alternative: str = "two-sided",
+    by: str | Sequence[str] | None = None,
+    level: float = 0.95,
+    padjust: str = "holm",
+) -> pd.DataFrame:
+    """Partial (rank) correlation of ``x`` with each ``y``, holding ``covar`` fixed.
+
+    Parameters
+    ----------
+    data : DataFrame
+        One row per unit; rows with NaN in a used column are dropped.
+    x : str
+        The column correlated with each ``y``.
+    y : str or list of str
+    covar : str or list of str
+        Covariates: numeric columns (ranked for Spearman) or categorical ones (dummy coded: a
+        stratified, within-stratum correlation).
+    method : {"spearman", "pearson"}
+    alternative, by, level, padjust
+        As in :func:`correlation`.
+
+    Returns
+    -------
+    DataFrame
+        ``test`` (``"partial_spearman"``/``"partial_pearson"``), ``by`` columns, ``x, y, covar``,
+        then the stats columns: ``statistic = effect_size`` = the partial correlation,
+        ``dof = n - 2 - k`` for ``k`` covariate design columns.
+
+    Notes
+    -----
+    Rank ``x``, ``y`` and the numeric covariates (Spearman), regress ``x`` and ``y`` on the
+    covariates by least squares, and correlate the residuals (the definition pingouin's
+    ``partial_corr`` and R's ``ppcor::pcor.test`` implement). ``t = r sqrt((n-2-k)/(1-r^2))``
+    with ``n - 2 - k`` degrees of freedom; the CI is Fisher's z with standard error
+    ``sqrt(f / (n - 3 - k))``, ``f`` = 1 (Pearson) or 1.06 (Spearman; Fieller, Hartley & Pearson
+    1957).
+    """
+    ys = [y] if isinstance(y, str) else list(y)
+    covs = [covar] if isinstance(covar, str) else list(covar)
+    if not covs:
+        raise ValueError("covar must name at least one column; use correlation() for a plain correlation")
+    require_columns(data, [x, *ys, *covs])
+    _check_alternative(alternative)
+    require_level(level)
+    if method not in ("spearman", "pearson"):
+        raise ValueError(f"method must be 'spearman' or 'pearson' for a partial correlation, got {method!r}")
+    test = f"partial_{method}"
+
+    def one_pair(part: pd.DataFrame, col: str) -> dict:
+        rx, ry, k, n = partial_rank_residuals(_numeric(part, x), _numeric(part, col), part[covs], method=method)
+        if rx is None:
+            return _nan_row(test, n, alternative, f"n = {n} with {k} covariate column(s): too few rows")
+        if np.ptp(rx) == 0 or np.ptp(ry) == 0:
+            return _nan_row(test, n, alternative, "a constant input after removing the covariates")
+        r = float(np.corrcoef(rx, ry)[0, 1])
+        dof = n - 2 - k
+        if abs(r) >= 1:
+            return _row(test, statistic=r, dof=float(dof), effect_size=r, n=n, alternative=alternative,
+                        note="|r| = 1: the test and the Fisher-z interval are undefined")
+        t = r * math.sqrt(dof / (1 - r * r))
+        p = {"two-sided": 2 * sps.t.sf(abs(t), dof), "greater": sps.t.sf(t, dof),
+             "less": sps.t.cdf(t, dof)}[alternative]
+        low, high = _fisher_ci(r, n - k, method, level, alternative)
+        note = "" if np.isfinite(low) else f"n = {n} too small for a Fisher z CI"
+        return _row(test, statistic=r, dof=float(dof), p_val=float(p), ci_low=low, ci_high=high, effect_size=r,
+                    n=n, alternative=alternative, note=note)
+
+    def one(part: pd.DataFrame) -> list[dict]:
+        return [{**one_pair(part, col), "x": x, "y": col, "covar": ", ".join(covs)} for col in ys]
+
+    rows, group_cols = _grouped(data, by, one)
+    return _finish(rows, group_cols, padjust, extra=("x", "y", "covar"))
+
+
+def friedman(
+    data: pd.DataFrame,
+    *,
+    dv: str,
+    within: str,
+    subject: str | Sequence[str],
+    by: str | Sequence[str] | None = None,
+    padjust: str = "holm",
+) -> pd.DataFrame:
+    """Friedman test that ``dv`` differs across the levels of ``within``, blocks given by ``subject``.
+
+    Parameters
+    ----------
+    data : DataFrame
+        Long table, one row per (block, level); blocks missing a level are dropped (complete
+        blocks only), duplicated (block, level) rows are an error.
+    dv : str
+        Outcome.
+    within : str
+        Repeated factor (e.g. ``"method"``).
+    subject : str or list of str
+        Block columns (e.g. ``["teacher", "student"]``: the methods are paired within a pair).
+    by, padjust
+        As in :func:`ttest`.
+
+    Returns
+    -------
+    DataFrame
+        ``test="friedman"``: ``statistic`` is the chi-square, ``dof = k - 1``, ``effect_size`` is
+        Kendall's ``W = chi2 / (n (k - 1))``, ``n`` the number of complete blocks.
+
+    Notes
+    -----
+    ``scipy.stats.friedmanchisquare`` (tie-corrected); Friedman (1937), *JASA* 32:675. Kendall's W
+    as in Tomczak & Tomczak (2014).
+    """
+    subjects = [subject] if isinstance(subject, str) else list(subject)
+    require_columns(data, [dv, within, *subjects])
+
+    def one(part: pd.DataFrame) -> list[dict]:
+        if part.duplicated([*subjects, within]).any():
+            raise ValueError(f"several rows per ({', '.join(subjects)}, {within}): aggregate them first")
+        wide = part.pivot_table(index=subjects, columns=within, values=dv, aggfunc="first").dropna()
+        n, k = wide.shape
+        if k < 3 or n < 2:
+            return [_nan_row("friedman", n, "greater", f"{k} level(s) of {within!r} and {n} complete block(s): "
+                             "need >= 3 levels and >= 2 blocks")]
+        if (wide.nunique(axis=1) == 1).all():
+            return [_nan_row("friedman", n, "greater", "every block is constant: the statistic is undefined")]
+        res = sps.friedmanchisquare(*[wide[c].to_numpy(float) for c in wide.columns])
+        return [_row("friedman", statistic=float(res.statistic), dof=float(k - 1), p_val=float(res.pvalue),
+                     effect_size=float(res.statistic) / (n * (k - 1)), n=n, alternative="greater")]
+
+    rows, group_cols = _grouped(data, by, one)
+    return _finish(rows, group_cols, padjust)
 
 
 # --------------------------------------------------------------------------- paired tests

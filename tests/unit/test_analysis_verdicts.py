@@ -1,0 +1,355 @@
+"""Three-way verdicts, equivalence tests, partial correlations, units of analysis and power.
+
+Reference values: tests/reference/verdicts_reference.json (make_verdicts_reference.py): R TOSTER's
+known results, lme4's sleepstudy fit, G*Power's sample size, and direct computations that take a
+different route than kdlens.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from kdlens._schema import EQUIVALENCE_COLUMNS, POWER_COLUMNS, VERDICT_COLUMNS
+from kdlens.analysis import (
+    ablation_tests,
+    axis_contrasts,
+    decide,
+    kd_vs_sft,
+    minimal_detectable_effect,
+    mixed,
+    partial_correlation,
+    seed_sd,
+    seeds_needed,
+    tost,
+    tost_correlation,
+)
+
+REF_DIR = Path(__file__).parents[1] / "reference"
+REF = json.loads((REF_DIR / "verdicts_reference.json").read_text())
+PUB, DIRECT, INPUTS = REF["published"], REF["direct"], REF["inputs"]
+
+
+def _exact_sample(n: int, mean: float, sd: float, seed: int) -> np.ndarray:
+    """n values whose sample mean and sd (ddof=1) are exactly ``mean`` and ``sd``."""
+    z = np.random.default_rng(seed).normal(size=n)
+    z = (z - z.mean()) / z.std(ddof=1)
+    return mean + sd * z
+
+
+# --------------------------------------------------------------------------- decide
+
+
+@pytest.mark.parametrize(("low", "high", "expect", "verdict"), [
+    (0.5, 4.0, "greater", "supported"),        # above 0, reaches the SESOI
+    (0.1, 1.5, "greater", "contradicted"),     # positive but every value below the 2-point SESOI
+    (-3.0, -0.5, "greater", "contradicted"),   # the other way
+    (-0.5, 4.0, "greater", "inconclusive"),
+    (-4.0, -0.5, "less", "supported"),
+    (-1.5, 3.0, "less", "contradicted"),
+    (-4.0, 0.5, "less", "inconclusive"),
+    (-1.0, 1.0, "equivalent", "supported"),    # inside +-2: no effect of interest
+    (0.5, 4.0, "equivalent", "contradicted"),
+    (-3.0, 1.0, "equivalent", "inconclusive"),
+    (0.5, 1.5, "equivalent", "supported"),     # non-zero but trivially small
+    (0.5, 4.0, "two-sided", "supported"),
+    (-1.0, 1.0, "two-sided", "contradicted"),
+    (-3.0, 1.0, "two-sided", "inconclusive"),
+    (math.nan, math.nan, "greater", "inconclusive"),
+])
+def test_decide_reads_the_interval_against_the_margin(low, high, expect, verdict):
+    assert decide(low, high, expect=expect, margin=2.0) == verdict
+
+
+def test_decide_refuses_no_effect_without_a_margin():
+    with pytest.raises(ValueError, match="needs margin > 0"):
+        decide(-0.1, 0.1, expect="equivalent", margin=0)
+    with pytest.raises(ValueError, match="expect must be one of"):
+        decide(0, 1, expect="bigger", margin=1)
+
+
+# --------------------------------------------------------------------------- TOST against R TOSTER
+
+
+def test_tost_one_sample_matches_toster():
+    ref = PUB["toster_one_sample_raw"]
+    data = pd.DataFrame({"x": _exact_sample(ref["n"], ref["m"], ref["sd"], 0)})
+    row = tost(data, dv="x", popmean=ref["mu"], margin=ref["bounds"][1]).iloc[0]
+    assert list(tost(data, dv="x", margin=0.1).columns) == ["test", *EQUIVALENCE_COLUMNS]
+    assert row["estimate"] == pytest.approx(ref["diff"], abs=1e-12)
+    assert row["statistic_low"] == pytest.approx(ref["t1"], abs=1e-5)
+    assert row["p_low"] == pytest.approx(ref["p1"], rel=1e-5)
+    assert row["statistic_high"] == pytest.approx(ref["t2"], abs=1e-5)
+    assert row["p_high"] == pytest.approx(ref["p2"], rel=1e-5)
+    assert row["dof"] == ref["df"] and row["p_val"] == pytest.approx(ref["p2"], rel=1e-5)
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx(ref["ci_tost"], abs=1e-7)
+    assert bool(row["equivalent"])
+
+
+def test_tost_paired_matches_toster():
+    ref = PUB["toster_paired_raw"]
+    # a paired TOST depends on the differences only: their mean is m1 - m2 and their sd follows from
+    # sd1, sd2 and r12
+    sd_diff = math.sqrt(ref["sd1"] ** 2 + ref["sd2"] ** 2 - 2 * ref["r12"] * ref["sd1"] * ref["sd2"])
+    b = np.random.default_rng(1).normal(ref["m2"], ref["sd2"], ref["n"])
+    a = b + _exact_sample(ref["n"], ref["m1"] - ref["m2"], sd_diff, 2)
+    row = tost(pd.DataFrame({"a": a, "b": b}), a="a", b="b", margin=tuple(ref["bounds"])).iloc[0]
+    assert row["test"] == "tost_paired"
+    assert row["statistic_low"] == pytest.approx(ref["t1"], abs=1e-5)
+    assert row["p_low"] == pytest.approx(ref["p1"], rel=1e-5)
+    assert row["statistic_high"] == pytest.approx(ref["t2"], abs=1e-5)
+    assert row["p_high"] == pytest.approx(ref["p2"], rel=1e-5)
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx(ref["ci_tost"], abs=1e-6)
+
+
+def test_tost_correlation_matches_toster_r():
+    ref = PUB["toster_r"]
+    n, r = ref["n"], ref["r"]
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n)
+    e = rng.normal(size=n)
+    x, e = x - x.mean(), e - e.mean()
+    e = e - (e @ x) / (x @ x) * x  # orthogonal to x: y has Pearson correlation exactly r with x
+    y = r * x / np.linalg.norm(x) + math.sqrt(1 - r * r) * e / np.linalg.norm(e)
+    row = tost_correlation(pd.DataFrame({"x": x, "y": y}), x="x", y="y", method="pearson",
+                           margin=ref["bounds"][1]).iloc[0]
+    assert row["estimate"] == pytest.approx(r, abs=1e-12)
+    assert row["p_low"] == pytest.approx(ref["p1"], rel=1e-5)
+    assert row["p_high"] == pytest.approx(ref["p2"], rel=1e-5)
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx(ref["ci_tost"], abs=1e-6)
+    assert bool(row["equivalent"])
+
+
+def test_tost_inputs_fail_clearly():
+    data = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
+    with pytest.raises(ValueError, match="either dv="):
+        tost(data, margin=1.0)
+    with pytest.raises(ValueError, match="low < high"):
+        tost(data, dv="x", margin=(1.0, -1.0))
+    assert tost(pd.DataFrame({"x": [1.0]}), dv="x", margin=1.0).iloc[0]["note"].startswith("n = 1 < 2")
+
+
+# --------------------------------------------------------------------------- partial correlation
+
+
+def _partial_data() -> pd.DataFrame:
+    return pd.DataFrame(INPUTS["partial"])
+
+
+def test_partial_spearman_matches_the_first_order_formula_and_the_precision_matrix():
+    data = _partial_data()
+    one = partial_correlation(data, x="x", y="y", covar="z").iloc[0]
+    assert one["statistic"] == pytest.approx(DIRECT["partial_spearman_xy_z_first_order"], abs=1e-12)
+    assert one["dof"] == len(data) - 3 and one["n"] == len(data)
+    two = partial_correlation(data, x="x", y="y", covar=["z", "w"]).iloc[0]
+    assert two["statistic"] == pytest.approx(DIRECT["partial_spearman_xy_zw_precision"], abs=1e-12)
+    # t test with n - 2 - k dof and the Fisher-z interval with sqrt(1.06 / (n - 3 - k))
+    r, dof = two["statistic"], len(data) - 4
+    assert two["p_val"] == pytest.approx(2 * sps.t.sf(abs(r) * math.sqrt(dof / (1 - r * r)), dof), rel=1e-12)
+    se = math.sqrt(1.06 / (len(data) - 3 - 2))
+    assert two["ci_low"] == pytest.approx(math.tanh(math.atanh(r) - 1.959963984540054 * se), abs=1e-12)
+    # the confounder z carries most of the plain correlation
+    assert DIRECT["spearman_xy"] > 0.9 > one["statistic"]
+
+
+def test_partial_correlation_with_a_categorical_covariate_is_the_within_stratum_correlation():
+    rng = np.random.default_rng(5)
+    strata = np.repeat(["a", "b", "c"], 12)
+    x = rng.normal(size=36) + np.repeat([0.0, 5.0, 10.0], 12)
+    y = rng.normal(size=36) + np.repeat([0.0, 5.0, 10.0], 12)  # related only through the stratum
+    data = pd.DataFrame({"x": x, "y": y, "s": strata})
+    within = partial_correlation(data, x="x", y="y", covar="s").iloc[0]
+    ranks = data.assign(rx=sps.rankdata(x), ry=sps.rankdata(y))
+    res = ranks.groupby("s")[["rx", "ry"]].transform(lambda c: c - c.mean())
+    assert within["statistic"] == pytest.approx(np.corrcoef(res["rx"], res["ry"])[0, 1], abs=1e-12)
+    assert within["dof"] == 36 - 2 - 2
+    assert sps.spearmanr(x, y).statistic > 0.9 > within["statistic"] + 0.4
+
+
+# --------------------------------------------------------------------------- KD vs SFT: unit and verdicts
+
+
+def _results(gain_by_loss: dict, seeds=(0, 1, 2), students=("prune:1",), base=0.40) -> pd.DataFrame:
+    """A sweep's results (task 'all'): one SFT run per (student, seed), one KD run per loss."""
+    rows = []
+    for student in students:
+        for seed in seeds:
+            sft = base + 0.01 * seed
+            rows.append({"run_id": f"sft-{student}-{seed}", "student": student, "seed": seed, "method": "sft",
+                         "loss": None, "task": "all", "accuracy": sft})
+            for loss, gains in gain_by_loss.items():
+                rows.append({"run_id": f"{loss}-{student}-{seed}", "student": student, "seed": seed,
+                             "method": "word_kd", "loss": loss, "task": "all", "accuracy": sft + gains[seed]})
+    return pd.DataFrame(rows)
+
+
+def test_kd_vs_sft_reaches_each_verdict_on_constructed_gains():
+    supported = kd_vs_sft(_results({"forward_kl": [0.05, 0.06, 0.07]})).iloc[0]
+    assert supported["verdict"] == "supported" and supported["n"] == 3 and supported["unit"] == "baselines"
+    assert supported["estimate"] == pytest.approx(0.06)
+    half = sps.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert [supported["ci_low"], supported["ci_high"]] == pytest.approx([0.06 - half, 0.06 + half])
+    assert "paired within seed, task" in supported["hypothesis"]
+    assert supported["sentence"].startswith("KD raises accuracy over sft")
+    assert "mean gain = +6.00 points, 95% CI [+3.52, +8.48], n = 3 baselines" in supported["sentence"]
+    contradicted = kd_vs_sft(_results({"forward_kl": [0.001, 0.002, 0.0015]})).iloc[0]
+    assert contradicted["verdict"] == "contradicted"
+    assert "smaller than the smallest effect of interest" in contradicted["sentence"]
+    inconclusive = kd_vs_sft(_results({"forward_kl": [-0.05, 0.01, 0.10]})).iloc[0]
+    assert inconclusive["verdict"] == "inconclusive"
+    assert list(inconclusive.index) == ["family", "comparison", *VERDICT_COLUMNS]
+
+
+def test_kd_runs_sharing_a_baseline_are_averaged_within_it():
+    gains = {"forward_kl": [0.02, 0.08, 0.05], "reverse_kl": [0.04, 0.02, 0.09], "jsd": [0.00, 0.05, 0.07]}
+    table = kd_vs_sft(_results(gains))
+    pooled = table.iloc[0]
+    cluster_means = np.mean([gains[k] for k in gains], axis=0)  # one value per seed (baseline)
+    assert pooled["comparison"] == "all KD runs vs sft" and pooled["n"] == 3
+    assert pooled["estimate"] == pytest.approx(cluster_means.mean())
+    assert pooled["statistic"] == pytest.approx(sps.ttest_1samp(cluster_means, 0).statistic)
+    assert "9 KD runs share 3 baseline(s)" in pooled["note"]
+    # 9 runs treated as independent would give a narrower, wrong interval
+    naive = sps.ttest_1samp(np.concatenate(list(gains.values())), 0).confidence_interval()
+    assert pooled["ci_high"] - pooled["ci_low"] > naive.high - naive.low
+    # one row per loss, each over the 3 baselines; p_adj across the 4 rows (Holm)
+    assert table["comparison"].tolist()[1:] == ["loss = forward_kl vs sft", "loss = jsd vs sft",
+                                                "loss = reverse_kl vs sft"]
+    assert (table["n"] == 3).all()
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(table["p_adj"], multipletests(table["p_val"], method="holm")[1])
+
+
+def test_one_seed_says_so_instead_of_testing():
+    row = kd_vs_sft(_results({"forward_kl": [0.05]}, seeds=(0,))).iloc[0]
+    assert row["verdict"] == "inconclusive" and row["n"] == 1
+    assert math.isnan(row["ci_low"]) and math.isnan(row["p_val"])
+    assert row["note"].startswith("one seed")
+    assert "inconclusive (one seed" in row["sentence"]
+
+
+# --------------------------------------------------------------------------- one-at-a-time grids
+
+
+def _grid(tau_only: bool = False) -> pd.DataFrame:
+    """A one-at-a-time sigma/tau grid with 3 seeds and an SFT baseline per seed."""
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append({"run_id": f"sft-{seed}", "seed": seed, "method": "sft", "sigma": np.nan,
+                     "temperature": np.nan, "task": "all", "accuracy": 0.30})
+        cells = [(0.0, 1.0), (0.0, 2.0), (0.0, 5.0)] if tau_only else \
+            [(0.0, 1.0), (2.0, 1.0), (5.0, 1.0), (0.0, 2.0), (0.0, 5.0)]
+        for sigma, tau in cells:
+            acc = {(0.0, 1.0): 0.50, (2.0, 1.0): 0.44, (5.0, 1.0): 0.10,
+                   (0.0, 2.0): 0.53, (0.0, 5.0): 0.05}[(sigma, tau)] + 0.002 * seed * (1 + sigma + tau)
+            rows.append({"run_id": f"s{sigma}-t{tau}-{seed}", "seed": seed, "method": "word_kd", "sigma": sigma,
+                         "temperature": tau, "task": "all", "accuracy": acc})
+    return pd.DataFrame(rows)
+
+
+def test_sigma_contrasts_use_only_the_tau_1_runs():
+    grid = _grid()
+    sigma = axis_contrasts(grid, "sigma")
+    assert sigma["comparison"].tolist() == ["σ = 2 vs σ = 0 at τ = 1", "σ = 5 vs σ = 0 at τ = 1"]
+    # by hand, from the tau = 1 runs only: per seed, acc(sigma=2) - acc(sigma=0)
+    diffs = [(0.44 + 0.002 * s * 4) - (0.50 + 0.002 * s * 2) for s in (0, 1, 2)]
+    row = sigma.iloc[0]
+    assert row["estimate"] == pytest.approx(np.mean(diffs)) and row["n"] == 3 and row["unit"] == "seeds"
+    assert row["expect"] == "less" and row["verdict"] == "supported"
+    assert sigma.iloc[1]["verdict"] == "supported"
+    tau = axis_contrasts(grid, "temperature")
+    assert tau["comparison"].tolist() == ["τ = 2 vs τ = 1 at σ = 0", "τ = 5 vs τ = 1 at σ = 0"]
+    assert tau["expect"].tolist() == ["greater", "less"]
+    tau2 = [(0.53 + 0.002 * s * 3) - (0.50 + 0.002 * s * 2) for s in (0, 1, 2)]
+    assert tau.iloc[0]["estimate"] == pytest.approx(np.mean(tau2))
+
+
+def test_a_grid_where_only_tau_varies_gives_no_sigma_test():
+    table = ablation_tests(_grid(tau_only=True))
+    assert set(table["family"]) == {"kd_vs_sft", "temperature"}
+    assert axis_contrasts(_grid(tau_only=True), "sigma").empty
+    # sigma varying only away from tau = 1 gives no sigma test either, and says so
+    odd = _grid()
+    odd = odd.loc[~((odd["sigma"] > 0) & (odd["temperature"] == 1.0))]
+    odd = pd.concat([odd, odd.loc[odd["temperature"] == 2.0].assign(sigma=2.0, run_id=lambda d: d["run_id"] + "x")])
+    skipped = ablation_tests(odd)
+    assert "sigma" not in set(skipped["family"])
+    assert skipped.attrs["skipped"] == ["σ varies, but not among the runs at τ = 1: no σ test"]
+
+
+def test_ablation_tests_with_one_seed_are_inconclusive_and_say_why():
+    one = _grid().query("seed == 0")
+    table = ablation_tests(one)
+    assert (table["verdict"] == "inconclusive").all()
+    assert table["note"].str.startswith("one seed").all()
+    assert set(table["family"]) == {"kd_vs_sft", "sigma", "temperature"}
+
+
+def test_teacher_awareness_contrast():
+    rows = []
+    for seed, (unaware, aware) in enumerate([(0.10, 0.40), (0.12, 0.45), (0.08, 0.38)]):
+        rows += [{"run_id": f"u{seed}", "seed": seed, "method": "word_kd", "teacher_aware": False, "task": "all",
+                  "accuracy": unaware},
+                 {"run_id": f"a{seed}", "seed": seed, "method": "word_kd", "teacher_aware": True, "task": "all",
+                  "accuracy": aware}]
+    row = ablation_tests(pd.DataFrame(rows)).iloc[0]
+    assert row["family"] == "teacher_aware" and row["verdict"] == "supported"
+    assert row["estimate"] == pytest.approx(np.mean([0.30, 0.33, 0.30]))
+    assert row["sentence"].startswith("task-aware teacher raises accuracy against task-unaware teacher")
+
+
+# --------------------------------------------------------------------------- power
+
+
+def test_seeds_needed_matches_ttestpower_and_the_published_sample_size():
+    out = seeds_needed([0.5, 0.2], sd=1.0)
+    assert list(out.columns) == list(POWER_COLUMNS)
+    assert out["seeds_exact"].tolist() == pytest.approx([DIRECT["ttest_power_n_d05"], DIRECT["ttest_power_n_d02"]],
+                                                        rel=1e-6)
+    assert int(out["seeds"].iloc[0]) == PUB["one_sample_power_d05"]["n"]  # G*Power: 34
+    # Guenther (1981): ((z_.975 + z_.8) / d)^2 + z_.975^2 / 2
+    z_a, z_b = sps.norm.ppf(0.975), sps.norm.ppf(0.8)
+    assert out["seeds_exact"].iloc[0] == pytest.approx(((z_a + z_b) / 0.5) ** 2 + z_a ** 2 / 2, abs=0.1)
+    assert minimal_detectable_effect(2.0, 5) == pytest.approx(2.0 * DIRECT["ttest_power_d_n5"], rel=1e-6)
+
+
+def test_seed_sd_pools_the_variance_within_configurations():
+    data = _results({"forward_kl": [0.02, 0.06, 0.07], "reverse_kl": [0.00, 0.01, 0.05]})
+    from kdlens.analysis import add_gain
+
+    gained = add_gain(data, metrics=("accuracy",))
+    sd, dof, groups = seed_sd(gained, metric="accuracy_gain")
+    a, b = np.array([0.02, 0.06, 0.07]), np.array([0.00, 0.01, 0.05])
+    expected = math.sqrt((((a - a.mean()) ** 2).sum() + ((b - b.mean()) ** 2).sum()) / 4)
+    assert (sd, dof, groups) == (pytest.approx(expected), 4, 2)
+    needed = seeds_needed(0.02, data=gained)
+    assert needed["sd"].iloc[0] == pytest.approx(expected)
+    none = seeds_needed(0.02, data=gained.query("seed == 0"))
+    assert math.isnan(none["seeds_exact"].iloc[0]) and "seed variance is unknown" in none["note"].iloc[0]
+
+
+# --------------------------------------------------------------------------- mixed model against lme4
+
+
+def test_mixed_model_reproduces_lme4_sleepstudy():
+    sleep = pd.read_csv(REF_DIR / "sleepstudy.csv")
+    ref = PUB["lme4_sleepstudy"]
+    table = mixed(sleep, outcome="Reaction", predictors=["Days"], groups="Subject", re_formula="~Days")
+    fixed = table.set_index("term")
+    for term in ("Intercept", "Days"):
+        assert round(fixed.loc[term, "estimate"], 3) == ref["fixed"][term]
+        assert round(fixed.loc[term, "std_err"], 3) == ref["std_err"][term]
+    assert math.isnan(fixed.loc["Intercept", "p_adj"]) and fixed.loc["Days", "p_adj"] == fixed.loc["Days", "p_val"]
+    cov = table.attrs["random_effects"]
+    assert round(cov.iloc[0, 0], 1) == pytest.approx(ref["var_intercept"], abs=0.05)
+    assert round(cov.iloc[1, 1], 2) == ref["var_days"]
+    assert round(table.attrs["scale"], 2) == ref["residual_var"]
+    with pytest.raises(ValueError, match="needs several groups"):
+        mixed(sleep.query("Subject == 308"), outcome="Reaction", predictors=["Days"], groups="Subject")
