@@ -1,7 +1,9 @@
 """Explain what distillation did: agreement, fidelity, statistical tests, paper reproduction.
 
 DataFrame in, DataFrame out: every function takes tidy tables (``kdlens._schema``) and returns
-one. Nothing here loads a language model; the sentence encoder for embedding fidelity is loaded
+one. The metrics and tests also take plain columns (lists, arrays, pandas Series) instead of a
+table, e.g. ``agreement(student_answers=[...], teacher_answers=[...])`` or
+``mcnemar(a=[...], b=[...])``; :mod:`kdlens.analysis.columns` holds the adapters. Nothing here loads a language model; the sentence encoder for embedding fidelity is loaded
 lazily, only when that metric is asked for.
 """
 
@@ -15,6 +17,7 @@ from kdlens.analysis.ablations import (
     run_metrics,
     teacher_gap,
 )
+from kdlens.analysis.columns import as_frame, examples_from_columns, tokens_from_columns
 from kdlens.analysis.mode_fit import fit_to_bimodal
 from kdlens.analysis.paper import improvements, reproduce
 from kdlens.analysis.paradox import paradox_test
@@ -54,10 +57,12 @@ __all__ = [
     "agreement",
     "anova",
     "answer_pairs",
+    "as_frame",
     "axis_curve",
     "bleu_signature",
     "correlation",
     "embedding_cosine",
+    "examples_from_columns",
     "fidelity",
     "fit_gee",
     "fit_logistic",
@@ -77,6 +82,7 @@ __all__ = [
     "sentence_bleu",
     "summarize_fidelity",
     "teacher_gap",
+    "tokens_from_columns",
     "ttest",
     "wilcoxon",
 ]

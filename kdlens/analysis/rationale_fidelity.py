@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import pandas as pd
 from kdlens._schema import FIDELITY_COLUMNS
 from kdlens.analysis._bootstrap import ratio_bootstrap_ci
 from kdlens.analysis._validate import require_columns, require_level, require_nonempty
+from kdlens.analysis.columns import STUDENT, TEACHER, examples_from_columns
 
 __all__ = [
     "METRICS",
@@ -165,30 +167,47 @@ def _pairs(examples: pd.DataFrame, teacher: str | None, references: Sequence[str
 
 
 def fidelity(
-    examples: pd.DataFrame,
+    examples: pd.DataFrame | None = None,
     *,
     teacher: str | None = None,
-    references: Sequence[str] = ("teacher", "gold"),
+    references: Sequence[str] | None = None,
     metrics: Sequence[str] = ("bleu", "rouge_l", "embedding_cosine"),
     device: str | None = "cpu",
+    student_outputs: Sequence[str] | None = None,
+    teacher_outputs: Sequence[str] | None = None,
+    gold_rationales: Sequence[str] | None = None,
+    task: str | Sequence[str] = "task",
+    example_ids: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Per-example fidelity of each model's rationale to the teacher's and to the gold rationale.
 
+    Two call forms: a kdlens examples table (``fidelity(examples, teacher="teacher")``), or one
+    student's rationales with its teacher's and/or the gold ones as plain columns
+    (``fidelity(student_outputs=[...], teacher_outputs=[...])``; the student is
+    ``model_id="student"``, see :func:`kdlens.analysis.columns.examples_from_columns`). Both give
+    the same numbers on the same rows.
+
     Parameters
     ----------
-    examples : DataFrame
+    examples : DataFrame, optional
         Examples table; needs ``model_id, task, example_id, sample, output`` (and
         ``gold_rationale`` for the gold reference). Greedy outputs (``sample == 0``) are compared.
     teacher : str, optional
         The teacher's ``model_id``; required for ``references`` containing ``"teacher"``. The
         teacher itself is compared only with the gold rationale.
-    references : subset of {"teacher", "gold"}
+    references : subset of {"teacher", "gold"}, optional
         ``"teacher"``: each other model against the teacher's output on the same
         (task, example_id). ``"gold"``: every model against the example's non-empty gold rationale.
+        Default: both with a table; in the column form, those whose columns are given.
     metrics : subset of {"bleu", "rouge_l", "embedding_cosine"}
         Metrics not requested are NaN. ``"embedding_cosine"`` needs the ``embed`` extra.
     device : str, optional
         Device of the sentence encoder (see :func:`embedding_cosine`).
+    student_outputs, teacher_outputs, gold_rationales : sequence of str, optional
+        The column form: one rationale per example. In this form the teacher's own outputs are
+        not compared with the gold rationales (only the student's are).
+    task, example_ids : optional
+        The column form's task name(s) and example ids.
 
     Returns
     -------
@@ -197,6 +216,26 @@ def fidelity(
         ``attrs["bleu_signature"]`` records the sacrebleu signature and ``attrs["metrics"]`` the
         metric definitions.
     """
+    if student_outputs is not None:
+        if examples is not None:
+            raise ValueError("give either an examples table or student_outputs=, not both")
+        if teacher_outputs is None and gold_rationales is None:
+            raise ValueError("the column form needs teacher_outputs= and/or gold_rationales= to compare with")
+        examples = examples_from_columns(student_outputs=student_outputs, teacher_outputs=teacher_outputs,
+                                         gold_rationales=gold_rationales, task=task, example_ids=example_ids)
+        if teacher_outputs is None:  # gold only: the teacher rows hold no output
+            examples = examples.loc[examples["model_id"] == STUDENT]
+        else:
+            teacher = teacher or TEACHER
+        if references is None:
+            references = [r for r, c in (("teacher", teacher_outputs), ("gold", gold_rationales)) if c is not None]
+        if gold_rationales is not None:  # the column form compares the student only
+            examples = examples.assign(gold_rationale=examples["gold_rationale"].where(
+                examples["model_id"] == STUDENT, pd.NA))
+    if examples is None:
+        raise ValueError("fidelity needs an examples table, or student_outputs= with teacher_outputs= or "
+                         "gold_rationales=")
+    references = ("teacher", "gold") if references is None else references
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown fidelity metric(s) {unknown}; known: {sorted(METRICS)}")

@@ -5,7 +5,13 @@ Every function takes a DataFrame and column names and returns a DataFrame with a
 (``statistic, dof, p_val, p_adj, ci_low, ci_high, effect_size, n, alternative``) and a ``note``
 column. Degenerate input (n < 3, zero variance, an empty group) gives a row of NaN with the
 reason in ``note`` instead of an exception from deep inside scipy; missing columns raise a
-``ValueError`` naming them. scipy and statsmodels compute everything; this module only
+``ValueError`` naming them.
+
+Every test also takes plain columns instead of a table: leave ``data`` out and pass the values
+(lists, arrays or pandas Series) where the column names would go, e.g.
+``mcnemar(a=student_correct, b=teacher_correct)`` or ``correlation(x=gains, y=bleu)``; the
+columns are then named after the arguments (``"a"``, ``"b"``, ``"x"``, ...) in the output
+(:func:`kdlens.analysis.columns.as_frame`). scipy and statsmodels compute everything; this module only
 validates, assembles rows and documents the choices.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +27,7 @@ from scipy import stats as sps
 
 from kdlens._schema import STATS_COLUMNS
 from kdlens.analysis._validate import require_columns, require_level
+from kdlens.analysis.columns import as_frame
 
 __all__ = [
     "PADJUST_METHODS",
@@ -154,9 +162,9 @@ def _ci(result, level: float) -> tuple[float, float]:
 
 
 def ttest(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    dv: str,
+    dv: str | Sequence[float],
     popmean: float = 0.0,
     alternative: str = "greater",
     by: str | Sequence[str] | None = None,
@@ -167,7 +175,7 @@ def ttest(
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per unit (e.g. per (teacher, student, method)); NaN values of ``dv`` are dropped.
     dv : str
         Column tested (e.g. ``"improvement"``).
@@ -188,6 +196,8 @@ def ttest(
         ``test="ttest_1samp"``; ``dof = n - 1``; ``effect_size`` is Cohen's d
         ``(mean - popmean) / sd`` with ``ddof=1``. NaN row with a ``note`` when n < 3 or sd = 0.
     """
+    data, _cols = as_frame(data, dv=dv, by=by)
+    dv, by = _cols["dv"], _cols["by"]
     require_columns(data, [dv])
     _check_alternative(alternative)
     require_level(level)
@@ -212,10 +222,10 @@ def ttest(
 
 
 def anova(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    dv: str,
-    between: str,
+    dv: str | Sequence[float],
+    between: str | Sequence[Any],
     by: str | Sequence[str] | None = None,
     padjust: str = "holm",
 ) -> pd.DataFrame:
@@ -223,7 +233,7 @@ def anova(
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per observation; NaN values of ``dv`` are dropped.
     dv, between : str
         Outcome and grouping factor.
@@ -240,6 +250,8 @@ def anova(
         ``alternative`` is ``"greater"`` (F is one-sided). NaN with a ``note`` when fewer than two
         groups, a group with fewer than 2 values, or zero within-group variance.
     """
+    data, _cols = as_frame(data, dv=dv, between=between, by=by)
+    dv, between, by = _cols["dv"], _cols["between"], _cols["by"]
     require_columns(data, [dv, between])
 
     def one(part: pd.DataFrame) -> list[dict]:
@@ -313,10 +325,10 @@ def _correlate(x: np.ndarray, y: np.ndarray, method: str, alternative: str, leve
 
 
 def correlation(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    x: str,
-    y: str | Sequence[str],
+    x: str | Sequence[float],
+    y: str | Sequence[str] | Sequence[float],
     method: str | Sequence[str] = "spearman",
     alternative: str = "two-sided",
     by: str | Sequence[str] | None = None,
@@ -327,7 +339,7 @@ def correlation(
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per unit; rows with NaN in either column are dropped pairwise.
     x : str
         The column correlated with each ``y``.
@@ -355,6 +367,8 @@ def correlation(
     ``sqrt(1.06/(n-3))`` for Spearman and ``sqrt(0.437/(n-4))`` for Kendall (Fieller, Hartley &
     Pearson 1957). One-sided alternatives give one-sided intervals.
     """
+    data, _cols = as_frame(data, x=x, y=y, by=by)
+    x, y, by = _cols["x"], _cols["y"], _cols["by"]
     ys = [y] if isinstance(y, str) else list(y)
     methods = [method] if isinstance(method, str) else list(method)
     unknown = [m for m in methods if m not in _CORR_FN]
@@ -383,10 +397,10 @@ def _paired_values(part: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.n
 
 
 def mcnemar(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    a: str,
-    b: str,
+    a: str | Sequence[float],
+    b: str | Sequence[float],
     exact: bool | None = None,
     correction: bool = True,
     by: str | Sequence[str] | None = None,
@@ -397,7 +411,7 @@ def mcnemar(
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per example with two boolean (0/1) correctness columns, e.g. from
         :func:`pair_models`. Rows with a missing value are dropped.
     a, b : str
@@ -418,6 +432,8 @@ def mcnemar(
         ``n(a right, b wrong) / n(a wrong, b right)`` with an exact (Clopper-Pearson) CI; extra
         columns ``n_a_only`` and ``n_b_only`` hold the discordant counts.
     """
+    data, _cols = as_frame(data, a=a, b=b, by=by)
+    a, b, by = _cols["a"], _cols["b"], _cols["by"]
     require_columns(data, [a, b])
     require_level(level)
     from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
@@ -458,10 +474,10 @@ def mcnemar(
 
 
 def paired_ttest(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    a: str,
-    b: str,
+    a: str | Sequence[float],
+    b: str | Sequence[float],
     alternative: str = "two-sided",
     by: str | Sequence[str] | None = None,
     level: float = 0.95,
@@ -476,6 +492,8 @@ def paired_ttest(
         Cohen's d_z ``mean(a - b) / sd(a - b)``. NaN with a ``note`` when n < 3 or the differences
         are constant.
     """
+    data, _cols = as_frame(data, a=a, b=b, by=by)
+    a, b, by = _cols["a"], _cols["b"], _cols["by"]
     require_columns(data, [a, b])
     _check_alternative(alternative)
     require_level(level)
@@ -499,10 +517,10 @@ def paired_ttest(
 
 
 def wilcoxon(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    a: str,
-    b: str,
+    a: str | Sequence[float],
+    b: str | Sequence[float],
     alternative: str = "two-sided",
     by: str | Sequence[str] | None = None,
     padjust: str = "holm",
@@ -517,6 +535,8 @@ def wilcoxon(
         ``n`` counts the pairs, including zero differences. NaN with a ``note`` when fewer than 3
         non-zero differences.
     """
+    data, _cols = as_frame(data, a=a, b=b, by=by)
+    a, b, by = _cols["a"], _cols["b"], _cols["by"]
     require_columns(data, [a, b])
     _check_alternative(alternative)
 

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "sweep": "kdlens.cli.sweep",
     "report": "kdlens.cli.report",
     "paper-stats": "kdlens.cli.paper_stats",
+    "cite": "kdlens.cli.cite",
 }
 
 

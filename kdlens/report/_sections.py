@@ -34,12 +34,15 @@ N_BOOT = 1000
 @dataclass
 class Table:
     """A table: ``formats`` maps a column to ``"pct"`` (fraction shown in %), ``"num"`` (3
-    significant decimals), ``"p"`` (p-value), ``"int"`` or ``"text"`` (default). A cell holding a
-    ``(value, low, high)`` tuple is shown as ``value [low, high]`` in its column's format."""
+    decimals), ``"p"`` (p-value), ``"int"`` or ``"text"`` (default). A cell holding a
+    ``(value, low, high)`` tuple is shown as ``value [low, high]`` in its column's format.
+    ``unit`` names what a test table's ``n`` counts (e.g. ``"paired examples"``, ``"runs"``);
+    the renderer states it in the caption (:func:`kdlens.report._format.table_notes`)."""
 
     caption: str
     frame: pd.DataFrame
     formats: dict[str, str] = field(default_factory=dict)
+    unit: str = ""
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Figure:
 class Code:
     caption: str
     text: str
+    language: str = "yaml"
 
 
 @dataclass

@@ -28,6 +28,7 @@ sessions of a lent GPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -38,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from kdlens._io import atomic_write_text, git_sha, read_json, sha256_json, versions
+from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
 from kdlens.sweep._tables import read_results, sweep_status, write_results
@@ -152,7 +154,8 @@ def run_sweep(
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
-                     "workers": workers, "eval": settings})
+                     "workers": workers, "eval": settings,
+                     "references": sweep_references(spec.base, map(json.loads, runs["overrides"]), evaluation=settings)})
     session = SweepSession(spec, root, settings, say, manifest, runs)
     if len(todo):
         session.prepare_teachers()
