@@ -47,7 +47,7 @@ def paradox_test(
     level: float = 0.95,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """Test whether fidelity or agreement goes with a larger accuracy gain from distillation.
+    r"""Test whether fidelity or agreement goes with a larger accuracy gain from distillation.
 
     Parameters
     ----------
@@ -87,6 +87,16 @@ def paradox_test(
         and its Fisher-z CI (``variable`` = the fidelity column). ``verdict`` is a one-line
         sentence per row for reports; ``attrs["verdict"]`` summarises the whole test, e.g.
         ``"paradox: accuracy_gain is positive but bleu, agreement do not go with it"``.
+
+    Notes
+    -----
+    The paradox paper's two questions: does KD help (one-sided one-sample t-test of the gain,
+    :math:`H_1: \mu_{\mathrm{gain}} > 0`), and does fidelity go with the gain (Spearman's :math:`\rho`
+    of the gain with each fidelity measure, Holm-adjusted)?
+
+    References: Ramesh, Sengupta and Chakraborty 2025, Findings of ACL (``ramesh2025generalization``);
+    Student 1908 (``student1908probable``); Spearman 1904 (``spearman1904proof``). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     cols = [fidelity] if isinstance(fidelity, str) else list(fidelity)
     if not cols:

@@ -67,7 +67,18 @@ def bleu_signature() -> str:
 
 
 def sentence_bleu(hypothesis: str, reference: str) -> float:
-    """Sentence BLEU of ``hypothesis`` against one ``reference``, scaled to [0, 1]."""
+    r"""Sentence BLEU of ``hypothesis`` against one ``reference``, scaled to [0, 1].
+
+    Notes
+    -----
+    :math:`\mathrm{BLEU} = \mathrm{BP}\cdot\exp\big(\sum_{n=1}^{4} w_n \log p_n\big)` with modified
+    n-gram precisions :math:`p_n`, uniform weights :math:`w_n` and brevity penalty
+    :math:`\mathrm{BP} = \min(1, e^{1 - r/c})` (reference length :math:`r`, hypothesis length :math:`c`);
+    sacrebleu's sentence settings (:data:`BLEU_SETTINGS`, signature :func:`bleu_signature`).
+
+    References: Papineni et al. 2002, ACL (``papineni2002bleu``); Post 2018, WMT, sacreBLEU
+    (``post2018call``). ``kdlens cite`` prints these entries (:mod:`kdlens.citations`).
+    """
     return float(_bleu_metric().sentence_score(hypothesis, [reference]).score) / 100.0
 
 
@@ -79,7 +90,16 @@ def _rouge_scorer():
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
-    """ROUGE-L F-measure of ``hypothesis`` against ``reference`` (rouge-score, stemmed)."""
+    r"""ROUGE-L F-measure of ``hypothesis`` against ``reference`` (rouge-score, stemmed).
+
+    Notes
+    -----
+    With :math:`L` the length of the longest common subsequence of the token sequences,
+    :math:`R = L/|\mathrm{ref}|`, :math:`P = L/|\mathrm{hyp}|` and :math:`F = 2PR/(P + R)`.
+
+    References: Lin 2004, Text Summarization Branches Out (``lin2004rouge``). ``kdlens cite`` prints
+    this entry (:mod:`kdlens.citations`).
+    """
     return float(_rouge_scorer().score(reference, hypothesis)["rougeL"].fmeasure)
 
 
@@ -113,7 +133,7 @@ def embedding_cosine(
     batch_size: int = 64,
     device: str | None = "cpu",
 ) -> np.ndarray:
-    """Row-wise cosine between sentence embeddings of ``hypotheses`` and ``references``.
+    r"""Row-wise cosine between sentence embeddings of ``hypotheses`` and ``references``.
 
     Parameters
     ----------
@@ -127,6 +147,14 @@ def embedding_cosine(
     Returns
     -------
     ndarray, shape [n]
+
+    Notes
+    -----
+    :math:`\cos(u, v) = u^\top v / (\|u\|\,\|v\|)` between all-MiniLM-L6-v2 sentence embeddings (a
+    MiniLM student trained as a Sentence-BERT encoder).
+
+    References: Reimers and Gurevych 2019, EMNLP-IJCNLP (``reimers2019sentence``); Wang et al. 2020,
+    MiniLM, NeurIPS (``wang2020minilm``). ``kdlens cite`` prints these entries (:mod:`kdlens.citations`).
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
@@ -215,6 +243,14 @@ def fidelity(
         ``kdlens._schema.FIDELITY_COLUMNS``, one row per (model_id, reference, task, example_id).
         ``attrs["bleu_signature"]`` records the sacrebleu signature and ``attrs["metrics"]`` the
         metric definitions.
+
+    Notes
+    -----
+    Reasoning fidelity, as in the paradox paper: the similarity of a student's rationale to its
+    teacher's on the same prompt (sentence BLEU as the main measure).
+
+    References: Ramesh, Sengupta and Chakraborty 2025, Findings of ACL (``ramesh2025generalization``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     if student_outputs is not None:
         if examples is not None:
@@ -281,6 +317,12 @@ def summarize_fidelity(
     DataFrame
         Columns ``model_id, reference, task, metric, value, ci_low, ci_high, n``; metrics with
         no finite value are skipped.
+
+    Notes
+    -----
+    Percentile bootstrap over examples, as in :func:`agreement`. References: Efron 1979
+    (``efron1979bootstrap``). ``kdlens cite`` prints these entries for a run that used this function
+    (:mod:`kdlens.citations`).
     """
     require_columns(fid, FIDELITY_COLUMNS, what="fidelity table")
     require_level(level)

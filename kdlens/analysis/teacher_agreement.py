@@ -136,7 +136,7 @@ def agreement(
     task: str | Sequence[str] = "task",
     example_ids: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
-    """Answer and token agreement of each student with the teacher, per task and overall.
+    r"""Answer and token agreement of each student with the teacher, per task and overall.
 
     Two call forms: a kdlens examples table and the teacher's ``model_id``
     (``agreement(examples, teacher="teacher")``), or one student's and its teacher's answers as
@@ -183,6 +183,15 @@ def agreement(
     Every value is ``sum(num_i) / sum(den_i)`` over examples ``i``; CIs are percentile bootstrap
     over examples, resampled within task for ``task="all"``. A metric with an empty denominator
     (e.g. the teacher is never wrong) has value NaN and ``n = 0``.
+
+    Each value is :math:`\hat\theta = \sum_i \mathrm{num}_i / \sum_i \mathrm{den}_i`; its interval is
+    the :math:`[\alpha/2, 1 - \alpha/2]` percentile interval of :math:`\hat\theta^*` over ``n_boot``
+    resamples of the examples (the percentile bootstrap). Agreement and the inherited errors are the
+    paradox paper's measures.
+
+    References: Ramesh, Sengupta and Chakraborty 2025, Findings of ACL (``ramesh2025generalization``);
+    Efron 1979, the bootstrap (``efron1979bootstrap``). ``kdlens cite`` prints these entries for a run
+    that used this function (:mod:`kdlens.citations`).
     """
     require_level(level)
     correct_known = True

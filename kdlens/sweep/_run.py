@@ -90,7 +90,7 @@ def run_sweep(
 
     Parameters
     ----------
-    spec : path to a YAML sweep spec, mapping or :class:`kdlens.analysis.ablations.SweepSpec`
+    spec : path to a YAML sweep spec, mapping or :class:`kdlens.sweep.SweepSpec`
     output_dir : path
         The sweep directory (layout in the module docstring); created when missing.
     evaluate : bool
@@ -103,7 +103,7 @@ def run_sweep(
         estimate is the longest train-and-evaluate time of the runs of this call; the first run
         always starts). For a device lent for a fixed time: the next call continues.
     publish_dir : path, optional
-        A folder of published result tables (:func:`kdlens.publish.publish_sweep`), e.g.
+        A folder of published result tables (:func:`kdlens.sweep.publish_sweep`), e.g.
         ``analyses/results/<name>`` in a repository: runs it already holds are neither trained nor
         evaluated again, and this call's results are merged into it. This is how a sweep goes on
         across machines that keep nothing but the repository (each session of a lent GPU).
