@@ -614,7 +614,9 @@ def directory_references(path: str | os.PathLike) -> dict[str, list[str]]:
         axes = spec.get("axes") or {}
         runs = [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
         runs += [{**run, "method": spec["baseline"]} for run in runs] if spec.get("baseline") else []
-        return sweep_references(spec.get("base") or {}, runs, evaluation=manifest.get("eval") or spec.get("eval"))
+        # the manifest says whether the sweep was evaluated (eval: null when not); without one, the spec's plan
+        evaluation = manifest["eval"] if "eval" in manifest else (spec.get("eval") or None)
+        return sweep_references(spec.get("base") or {}, runs, evaluation=evaluation)
     raise FileNotFoundError(f"{root} holds no manifest.json with references, config.yaml or spec.yaml; give a run "
                             "directory (kdlens distill) or a sweep directory (kdlens sweep)")
 

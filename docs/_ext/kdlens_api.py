@@ -59,6 +59,16 @@ def public_submodules(package: str) -> list[str]:
             if not i.name.startswith("_")]
 
 
+def _export(module, name: str):
+    """The object ``module.name`` stands for. A lazily resolved name (``kdlens.distill``, the
+    function, held in the module's ``_LAZY`` table) is looked up where it is defined: once the
+    subpackage of the same name is imported, the attribute itself is that subpackage."""
+    lazy = getattr(module, "_LAZY", {})
+    if name in lazy:
+        return getattr(importlib.import_module(lazy[name]), name)
+    return getattr(module, name)
+
+
 def _kind(obj) -> str:
     if inspect.isclass(obj):
         return "class"
@@ -122,7 +132,7 @@ def build_pages(outdir: Path) -> tuple[list[str], dict[int, str]]:
     for module_name in order:
         module = importlib.import_module(module_name)
         for name in module.__all__:
-            obj = getattr(module, name)
+            obj = _export(module, name)
             if _shared(obj):
                 home.setdefault(id(obj), f"{module_name}.{name}")
     pages = []
@@ -132,7 +142,7 @@ def build_pages(outdir: Path) -> tuple[list[str], dict[int, str]]:
                  ".. rubric:: Contents", "", ".. autosummary::", "   :nosignatures:", ""]
         entries: dict[str, list[str]] = {"function": [], "class": [], "data": []}
         for name in sorted(module.__all__, key=str.lower):
-            obj = getattr(module, name)
+            obj = _export(module, name)
             kind = _kind(obj)
             if kind == "module":
                 continue
