@@ -19,17 +19,6 @@ NUMBER_COLUMNS = {"statistic": "num", "p_val": "p", "p_adj": "p", "effect_size":
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return data.write_run_dir(tmp_path_factory.mktemp("tables") / "run")
-
-
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
-    root, _ = data.write_sweep_dir(tmp_path_factory.mktemp("tables") / "sweep")
-    return root
-
-
-@pytest.fixture(scope="module")
 def run_text(run_dir):
     """The run report in each text format, built once (figures are drawn for every build)."""
     return {fmt: build_report(run_dir, format=fmt) for fmt in ("md", "latex")}
