@@ -43,6 +43,7 @@ EXAMPLES_COLUMNS: tuple[str, ...] = (
     "gold_rationale",   # str | None
 )
 
+#: pandas dtype of each column of :data:`EXAMPLES_COLUMNS` (checked when a table is read)
 EXAMPLES_DTYPES: dict[str, str] = {
     "model_id": "string", "task": "string", "split": "string", "example_id": "string",
     "sample": "int64", "prompt": "string", "output": "string", "pred_answer": "string",
@@ -70,6 +71,7 @@ TOKENS_COLUMNS: tuple[str, ...] = (
     "student_token_prob",  # float: q_student(token)
 )
 
+#: pandas dtype of each column of :data:`TOKENS_COLUMNS` (checked when a table is read)
 TOKENS_DTYPES: dict[str, str] = {
     "model_id": "string", "teacher_id": "string", "task": "string", "example_id": "string",
     "position": "int64", "token_id": "int64", "teacher_top1": "int64", "student_top1": "int64",

@@ -1,8 +1,10 @@
 """Explain what distillation did: agreement, fidelity, statistical tests, verdicts, paper reproduction.
 
 DataFrame in, DataFrame out: every function takes tidy tables (``kdlens._schema``) and returns
-one. Nothing here loads a language model; the sentence encoder for embedding fidelity is loaded
-lazily, only when that metric is asked for.
+one. The metrics and tests also take plain columns (lists, arrays, pandas Series) instead of a
+table, e.g. ``agreement(student_answers=[...], teacher_answers=[...])`` or
+``mcnemar(a=[...], b=[...])``; :mod:`kdlens.analysis.columns` holds the adapters. Nothing here
+loads a language model; the sentence encoder for embedding fidelity is loaded lazily, only when that metric is asked for.
 
 Every test that feeds a sentence returns a three-way ``verdict`` (``supported``, ``contradicted``,
 ``inconclusive``) read from its confidence interval against a stated smallest effect of interest,
@@ -12,7 +14,7 @@ notebooks print those sentences; they never decide.
 
 from __future__ import annotations
 
-from kdlens.analysis.ablation_tests import (
+from kdlens.analysis.grid_tests import (
     DEFAULT_CENTER,
     DEFAULT_EXPECT,
     ablation_tests,
@@ -27,6 +29,7 @@ from kdlens.analysis.ablations import (
     run_metrics,
     teacher_gap,
 )
+from kdlens.analysis.columns import as_frame, examples_from_columns, tokens_from_columns
 from kdlens.analysis.mode_fit import fit_to_bimodal
 from kdlens.analysis.paper import improvements, reproduce, robustness
 from kdlens.analysis.paradox import paradox_test
@@ -87,12 +90,14 @@ __all__ = [
     "agreement",
     "anova",
     "answer_pairs",
+    "as_frame",
     "axis_contrasts",
     "axis_curve",
     "bleu_signature",
     "correlation",
     "decide",
     "embedding_cosine",
+    "examples_from_columns",
     "fidelity",
     "fit_gee",
     "fit_logistic",
@@ -121,6 +126,7 @@ __all__ = [
     "sentence_bleu",
     "summarize_fidelity",
     "teacher_gap",
+    "tokens_from_columns",
     "tost",
     "tost_correlation",
     "ttest",

@@ -182,7 +182,7 @@ def add_gain(results: pd.DataFrame, *, baseline: str = "sft", match: Sequence[st
         Method of the reference runs.
     match : list of str, optional
         Columns a run and its baseline share. Default: every axis column that is not in
-        :data:`KD_ONLY_KEYS` (e.g. ``student``, ``seed``), plus ``task``.
+        :data:`kdlens._schema.KD_ONLY_KEYS` (e.g. ``student``, ``seed``), plus ``task``.
     metrics : list of str
         Metrics whose gain is added as ``<metric>_gain`` (with ``baseline_<metric>``).
 

@@ -1,7 +1,8 @@
 """Recompute the paradox paper's statistics from its released result tables.
 
-The paper ("The Generalization-Fidelity Paradox of knowledge distillation", ACL Findings 2025)
-released per-task accuracies (``*_results*.csv``), teacher-student answer agreement
+The paper (Ramesh, Sengupta and Chakraborty, "On the Generalization vs Fidelity Paradox in Knowledge
+Distillation", Findings of ACL 2025, arXiv:2505.15442; ``kdlens.citations`` key
+``ramesh2025generalization``) released per-task accuracies (``*_results*.csv``), teacher-student answer agreement
 (``EM1*.csv``) and rationale BLEU (``BLEU.csv``, math only). :func:`improvements` turns them into
 one row per (teacher, student, method, task); :func:`reproduce` runs the authors' tests on it.
 

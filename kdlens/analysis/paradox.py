@@ -65,7 +65,7 @@ def paradox_test(
     min_n: int = MIN_CORRELATION_N,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """Is the gain positive, and does fidelity (or agreement) not go with it? Three-way verdicts.
+    r"""Is the gain positive, and does fidelity (or agreement) not go with it? Three-way verdicts.
 
     Parameters
     ----------
@@ -117,8 +117,12 @@ def paradox_test(
     -----
     Partial correlations: :func:`kdlens.analysis.partial_correlation`. Verdicts:
     :func:`kdlens.analysis.decide` on Fisher-z intervals (equivalence = the interval inside
-    ``(-margin, margin)``, Lakens 2017). The paper: Wu et al., "The Generalization-Fidelity Paradox
-    of knowledge distillation", ACL Findings 2025.
+    ``(-margin, margin)``, Lakens 2017).
+
+    References: Ramesh, Sengupta and Chakraborty 2025, Findings of ACL (``ramesh2025generalization``);
+    Student 1908 (``student1908probable``, the gain's t interval); Spearman 1904 (``spearman1904proof``);
+    Lakens 2017 (equivalence testing). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     cols = [fidelity] if isinstance(fidelity, str) else list(fidelity)
     if not cols:

@@ -90,7 +90,7 @@ def fit_logistic(
     predictors: Sequence[str] = ("bleu",),
     task_effects: bool = True,
 ):
-    """Fit ``logit P(outcome) ~ predictors + C(task)`` by maximum likelihood (statsmodels Logit).
+    r"""Fit ``logit P(outcome) ~ predictors + C(task)`` by maximum likelihood (statsmodels Logit).
 
     Parameters
     ----------
@@ -107,6 +107,11 @@ def fit_logistic(
     Returns
     -------
     statsmodels ``LogitResults``
+
+    Notes
+    -----
+    :math:`\operatorname{logit} P(y_i = 1) = x_i^\top\beta`, fitted by maximum likelihood; the examples
+    are treated as independent (use :func:`fit_gee` when they repeat within groups).
     """
     import statsmodels.formula.api as smf
 
@@ -123,7 +128,7 @@ def fit_gee(
     task_effects: bool = True,
     cov_struct: str = "exchangeable",
 ):
-    """Fit a binomial GEE (logit link) of ``outcome`` with clusters given by ``groups``.
+    r"""Fit a binomial GEE (logit link) of ``outcome`` with clusters given by ``groups``.
 
     Parameters
     ----------
@@ -140,6 +145,15 @@ def fit_gee(
     Returns
     -------
     statsmodels ``GEEResults``
+
+    Notes
+    -----
+    Generalized estimating equations: :math:`\sum_i D_i^\top V_i^{-1}(y_i - \mu_i) = 0` with
+    :math:`\operatorname{logit}\mu_{ij} = x_{ij}^\top\beta` and a working correlation within each group;
+    standard errors are the robust (sandwich) ones, valid when the working correlation is wrong.
+
+    References: Liang and Zeger 1986, Biometrika 73(1) (``liang1986longitudinal``). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     import statsmodels.api as sm
     import statsmodels.formula.api as smf
@@ -214,7 +228,13 @@ def logistic(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", 
 
 
 def gee(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **kwargs) -> pd.DataFrame:
-    """Tidy table of :func:`fit_gee` (robust standard errors), like :func:`logistic`."""
+    """Tidy table of :func:`fit_gee` (robust standard errors), like :func:`logistic`.
+
+    Notes
+    -----
+    References: Liang and Zeger 1986, Biometrika 73(1) (``liang1986longitudinal``). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
+    """
     require_level(level)
     result = fit_gee(data, **kwargs)
     return _tidy(result, f"gee({kwargs.get('groups', 'example_id')})", level, _predictors(kwargs), padjust)

@@ -5,7 +5,13 @@ Every function takes a DataFrame and column names and returns a DataFrame with a
 (``statistic, dof, p_val, p_adj, ci_low, ci_high, effect_size, n, alternative``) and a ``note``
 column. Degenerate input (n < 3, zero variance, an empty group) gives a row of NaN with the
 reason in ``note`` instead of an exception from deep inside scipy; missing columns raise a
-``ValueError`` naming them. scipy and statsmodels compute everything; this module only
+``ValueError`` naming them.
+
+Every test also takes plain columns instead of a table: leave ``data`` out and pass the values
+(lists, arrays or pandas Series) where the column names would go, e.g.
+``mcnemar(a=student_correct, b=teacher_correct)`` or ``correlation(x=gains, y=bleu)``; the
+columns are then named after the arguments (``"a"``, ``"b"``, ``"x"``, ...) in the output
+(:func:`kdlens.analysis.columns.as_frame`). scipy and statsmodels compute everything; this module only
 validates, assembles rows and documents the choices.
 """
 
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +27,7 @@ from scipy import stats as sps
 
 from kdlens._schema import STATS_COLUMNS
 from kdlens.analysis._validate import require_columns, require_level
+from kdlens.analysis.columns import as_frame
 
 __all__ = [
     "PADJUST_METHODS",
@@ -50,7 +58,7 @@ _MIN_N = 3
 
 
 def adjust_pvalues(p_values: Sequence[float] | np.ndarray, method: str = "holm") -> np.ndarray:
-    """Adjust p-values for multiple comparisons (Holm, Benjamini-Hochberg, Bonferroni).
+    r"""Adjust p-values for multiple comparisons (Holm, Benjamini-Hochberg, Bonferroni).
 
     Parameters
     ----------
@@ -63,7 +71,19 @@ def adjust_pvalues(p_values: Sequence[float] | np.ndarray, method: str = "holm")
     -------
     ndarray, shape [m]
         Adjusted p-values: ``statsmodels.stats.multitest.multipletests`` (Holm is computed in
-        numpy with the same formula, see :func:`_holm`).
+        numpy with the same formula, see ``_holm``).
+
+    Notes
+    -----
+    With the :math:`m` finite p-values sorted, :math:`p_{(1)} \le \dots \le p_{(m)}`: Holm,
+    :math:`\tilde p_{(i)} = \max_{j \le i} \min\{1, (m - j + 1)\,p_{(j)}\}`; Benjamini-Hochberg,
+    :math:`\tilde p_{(i)} = \min_{j \ge i} \min\{1, m\,p_{(j)}/j\}`; Bonferroni, :math:`\tilde p_i =
+    \min\{1, m\,p_i\}`. Holm controls the family-wise error rate, Benjamini-Hochberg the false discovery
+    rate (under independence or positive dependence).
+
+    References: Holm 1979, Scand. J. Statist. 6 (``holm1979simple``); Benjamini and Hochberg 1995, JRSS
+    B (``benjamini1995controlling``). ``kdlens cite`` prints these entries for a run that used this
+    function (:mod:`kdlens.citations`).
     """
     if method not in PADJUST_METHODS:
         raise ValueError(f"unknown padjust method {method!r}; known: {sorted(PADJUST_METHODS)}")
@@ -157,20 +177,20 @@ def _ci(result, level: float) -> tuple[float, float]:
 
 
 def ttest(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    dv: str,
+    dv: str | Sequence[float],
     popmean: float = 0.0,
     alternative: str = "greater",
     by: str | Sequence[str] | None = None,
     level: float = 0.95,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """One-sample t-test of ``mean(dv) - popmean`` (the paper's test that KD - SFT > 0).
+    r"""One-sample t-test of ``mean(dv) - popmean`` (the paper's test that KD - SFT > 0).
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per unit (e.g. per (teacher, student, method)); NaN values of ``dv`` are dropped.
     dv : str
         Column tested (e.g. ``"improvement"``).
@@ -190,7 +210,18 @@ def ttest(
     DataFrame
         ``test="ttest_1samp"``; ``dof = n - 1``; ``effect_size`` is Cohen's d
         ``(mean - popmean) / sd`` with ``ddof=1``. NaN row with a ``note`` when n < 3 or sd = 0.
+
+    Notes
+    -----
+    :math:`t = (\bar x - \mu_0)/(s/\sqrt n)` with :math:`n - 1` degrees of freedom, :math:`s` the sample
+    standard deviation (ddof 1); Cohen's :math:`d = (\bar x - \mu_0)/s`; the CI is :math:`\bar x \pm
+    t_{n-1} s/\sqrt n` (one-sided for a one-sided alternative).
+
+    References: Student 1908, Biometrika 6(1) (``student1908probable``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
+    data, _cols = as_frame(data, dv=dv, by=by)
+    dv, by = _cols["dv"], _cols["by"]
     require_columns(data, [dv])
     _check_alternative(alternative)
     require_level(level)
@@ -215,18 +246,18 @@ def ttest(
 
 
 def anova(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    dv: str,
-    between: str,
+    dv: str | Sequence[float],
+    between: str | Sequence[Any],
     by: str | Sequence[str] | None = None,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """One-way ANOVA of ``dv`` across the levels of ``between`` (the paper's test across methods).
+    r"""One-way ANOVA of ``dv`` across the levels of ``between`` (the paper's test across methods).
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per observation; NaN values of ``dv`` are dropped.
     dv, between : str
         Outcome and grouping factor.
@@ -242,7 +273,15 @@ def anova(
         within-groups df (n - k); ``effect_size`` is eta squared ``SS_between / SS_total``;
         ``alternative`` is ``"greater"`` (F is one-sided). NaN with a ``note`` when fewer than two
         groups, a group with fewer than 2 values, or zero within-group variance.
+
+    Notes
+    -----
+    :math:`F = \frac{SS_B/(k-1)}{SS_W/(n-k)}` with :math:`SS_B = \sum_g n_g(\bar x_g - \bar x)^2` and
+    :math:`SS_W = \sum_g \sum_{i \in g}(x_i - \bar x_g)^2` over :math:`k` groups of :math:`n` values;
+    :math:`\eta^2 = SS_B/(SS_B + SS_W)` (scipy's ``f_oneway``).
     """
+    data, _cols = as_frame(data, dv=dv, between=between, by=by)
+    dv, between, by = _cols["dv"], _cols["between"], _cols["by"]
     require_columns(data, [dv, between])
 
     def one(part: pd.DataFrame) -> list[dict]:
@@ -316,21 +355,21 @@ def _correlate(x: np.ndarray, y: np.ndarray, method: str, alternative: str, leve
 
 
 def correlation(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    x: str,
-    y: str | Sequence[str],
+    x: str | Sequence[float],
+    y: str | Sequence[str] | Sequence[float],
     method: str | Sequence[str] = "spearman",
     alternative: str = "two-sided",
     by: str | Sequence[str] | None = None,
     level: float = 0.95,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """Pearson, Spearman or Kendall correlation of ``x`` with each of ``y``, with CIs.
+    r"""Pearson, Spearman or Kendall correlation of ``x`` with each of ``y``, with CIs.
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per unit; rows with NaN in either column are dropped pairwise.
     x : str
         The column correlated with each ``y``.
@@ -357,7 +396,18 @@ def correlation(
     Pearson (the same interval as ``scipy.stats.pearsonr(...).confidence_interval()``),
     ``sqrt(1.06/(n-3))`` for Spearman and ``sqrt(0.437/(n-4))`` for Kendall (Fieller, Hartley &
     Pearson 1957). One-sided alternatives give one-sided intervals.
+
+    Pearson's :math:`r = \frac{\sum (x_i-\bar x)(y_i-\bar y)}{\sqrt{\sum (x_i-\bar x)^2 \sum (y_i-\bar
+    y)^2}}`; Spearman's :math:`\rho` is :math:`r` of the ranks; Kendall's :math:`\tau_b` counts
+    concordant minus discordant pairs. The CI is :math:`\tanh(z \pm q_{1-\alpha/2}\,\mathrm{se})` with
+    :math:`z = \operatorname{atanh}(r)`.
+
+    References: Spearman 1904, Am. J. Psychol. 15(1) (``spearman1904proof``); Kendall 1938, Biometrika
+    30 (``kendall1938new``); Fisher 1915, Biometrika 10, the z transform (``fisher1915frequency``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
+    data, _cols = as_frame(data, x=x, y=y, by=by)
+    x, y, by = _cols["x"], _cols["y"], _cols["by"]
     ys = [y] if isinstance(y, str) else list(y)
     methods = [method] if isinstance(method, str) else list(method)
     unknown = [m for m in methods if m not in _CORR_FN]
@@ -575,21 +625,21 @@ def _paired_values(part: pd.DataFrame, a: str, b: str) -> tuple[np.ndarray, np.n
 
 
 def mcnemar(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    a: str,
-    b: str,
+    a: str | Sequence[float],
+    b: str | Sequence[float],
     exact: bool | None = None,
     correction: bool = True,
     by: str | Sequence[str] | None = None,
     level: float = 0.95,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """McNemar's test that two models are equally often right on the same examples.
+    r"""McNemar's test that two models are equally often right on the same examples.
 
     Parameters
     ----------
-    data : DataFrame
+    data : DataFrame, optional
         One row per example with two boolean (0/1) correctness columns, e.g. from
         :func:`pair_models`. Rows with a missing value are dropped.
     a, b : str
@@ -609,7 +659,20 @@ def mcnemar(
         (min(b, c) for exact, chi-square otherwise); ``effect_size`` is the conditional odds ratio
         ``n(a right, b wrong) / n(a wrong, b right)`` with an exact (Clopper-Pearson) CI; extra
         columns ``n_a_only`` and ``n_b_only`` hold the discordant counts.
+
+    Notes
+    -----
+    With :math:`b` = examples where ``a`` is right and ``b`` wrong and :math:`c` the reverse, the chi-
+    square statistic is :math:`(|b - c| - 1)^2/(b + c)` (without ``correction``: :math:`(b - c)^2/(b +
+    c)`) on 1 degree of freedom, and the exact test is the two-sided binomial test of :math:`b`
+    successes in :math:`b + c` trials at :math:`1/2`. The effect size is :math:`b/c` with the Clopper-
+    Pearson interval of :math:`b/(b+c)` mapped by :math:`\pi \mapsto \pi/(1-\pi)`.
+
+    References: McNemar 1947, Psychometrika 12 (``mcnemar1947note``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
+    data, _cols = as_frame(data, a=a, b=b, by=by)
+    a, b, by = _cols["a"], _cols["b"], _cols["by"]
     require_columns(data, [a, b])
     require_level(level)
     from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
@@ -650,16 +713,16 @@ def mcnemar(
 
 
 def paired_ttest(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    a: str,
-    b: str,
+    a: str | Sequence[float],
+    b: str | Sequence[float],
     alternative: str = "two-sided",
     by: str | Sequence[str] | None = None,
     level: float = 0.95,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """Paired t-test of ``a - b`` (e.g. per-task accuracy of KD vs SFT on the same tasks).
+    r"""Paired t-test of ``a - b`` (e.g. per-task accuracy of KD vs SFT on the same tasks).
 
     Returns
     -------
@@ -667,7 +730,17 @@ def paired_ttest(
         ``test="ttest_paired"``; ``dof = n - 1``; CI of the mean difference; ``effect_size`` is
         Cohen's d_z ``mean(a - b) / sd(a - b)``. NaN with a ``note`` when n < 3 or the differences
         are constant.
+
+    Notes
+    -----
+    With :math:`d_i = a_i - b_i`: :math:`t = \bar d/(s_d/\sqrt n)` on :math:`n - 1` degrees of freedom
+    and Cohen's :math:`d_z = \bar d/s_d`.
+
+    References: Student 1908, Biometrika 6(1) (``student1908probable``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
+    data, _cols = as_frame(data, a=a, b=b, by=by)
+    a, b, by = _cols["a"], _cols["b"], _cols["by"]
     require_columns(data, [a, b])
     _check_alternative(alternative)
     require_level(level)
@@ -691,15 +764,15 @@ def paired_ttest(
 
 
 def wilcoxon(
-    data: pd.DataFrame,
+    data: pd.DataFrame | None = None,
     *,
-    a: str,
-    b: str,
+    a: str | Sequence[float],
+    b: str | Sequence[float],
     alternative: str = "two-sided",
     by: str | Sequence[str] | None = None,
     padjust: str = "holm",
 ) -> pd.DataFrame:
-    """Wilcoxon signed-rank test of ``a - b`` (scipy, zero differences dropped: ``"wilcox"``).
+    r"""Wilcoxon signed-rank test of ``a - b`` (scipy, zero differences dropped: ``"wilcox"``).
 
     Returns
     -------
@@ -708,7 +781,18 @@ def wilcoxon(
         ``effect_size`` is the matched-pairs rank-biserial correlation ``(W+ - W-) / (W+ + W-)``;
         ``n`` counts the pairs, including zero differences. NaN with a ``note`` when fewer than 3
         non-zero differences.
+
+    Notes
+    -----
+    With :math:`R_i` the rank of :math:`|d_i|` among the non-zero differences :math:`d_i = a_i - b_i`:
+    :math:`W^+ = \sum_{d_i > 0} R_i`, :math:`W^- = \sum_{d_i < 0} R_i`, and the rank-biserial
+    correlation :math:`r = (W^+ - W^-)/(W^+ + W^-)`.
+
+    References: Wilcoxon 1945, Biometrics Bulletin 1 (``wilcoxon1945individual``). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
+    data, _cols = as_frame(data, a=a, b=b, by=by)
+    a, b, by = _cols["a"], _cols["b"], _cols["by"]
     require_columns(data, [a, b])
     _check_alternative(alternative)
 

@@ -4,19 +4,19 @@ A verdict says whether the data support, contradict, or cannot decide a stated h
 read from a two-sided confidence interval ``[low, high]`` of the effect at ``level`` and from a
 smallest effect of interest (SESOI) ``m`` (``margin``), never from a p-value alone:
 
-==========  ===================================  ====================================  ============
-expect      supported                            contradicted                          inconclusive
-==========  ===================================  ====================================  ============
-greater     low > 0 (and high >= m)              high < m: any rise is below the SESOI otherwise
-less        high < 0 (and low <= -m)             low > -m                              otherwise
-two-sided   CI excludes 0, not within (-m, m)    CI within (-m, m) (equivalence)       otherwise
-equivalent  CI within (-m, m) (equivalence)      CI excludes 0, not within (-m, m)     otherwise
-==========  ===================================  ====================================  ============
+==========  ===================================  =======================================  ============
+expect      supported                            contradicted                             inconclusive
+==========  ===================================  =======================================  ============
+greater     low > 0 (and high >= m)              high < m: any rise is below the SESOI    otherwise
+less        high < 0 (and low <= -m)             low > -m                                 otherwise
+two-sided   CI excludes 0, not within (-m, m)    CI within (-m, m) (equivalence)          otherwise
+equivalent  CI within (-m, m) (equivalence)      CI excludes 0, not within (-m, m)        otherwise
+==========  ===================================  =======================================  ============
 
 "No relation" / "no effect" is therefore only ever claimed by an equivalence test: the interval lies
 inside ``(-m, m)``. With a 95% interval the directional decisions are one-sided tests at 2.5% and
 the equivalence decision is a TOST at 2.5% (pass ``level=0.90`` for the TOSTER convention, 5%).
-The default margins (:data:`RHO_MARGIN`, :data:`ACCURACY_MARGIN`) are conventions a user should
+The default margins (:data:`kdlens.analysis.RHO_MARGIN`, :data:`kdlens.analysis.ACCURACY_MARGIN`) are conventions a user should
 restate for their setting; every sentence names the margin it used.
 """
 
@@ -48,7 +48,7 @@ __all__ = [
 VERDICTS: tuple[str, ...] = ("supported", "contradicted", "inconclusive")
 #: directions a hypothesis can state (see the module docstring)
 EXPECTATIONS: tuple[str, ...] = ("greater", "less", "two-sided", "equivalent")
-#: default SESOI of a correlation: |rho| < 0.3 counts as no relation of interest (Cohen's "medium" is 0.3)
+#: default SESOI of a correlation: ``|rho| < 0.3`` counts as no relation of interest (Cohen's "medium" is 0.3)
 RHO_MARGIN = 0.3
 #: default SESOI of an accuracy (or agreement, BLEU) difference: 2 points on kdlens' 0-1 scale
 ACCURACY_MARGIN = 0.02

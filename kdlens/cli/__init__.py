@@ -25,10 +25,12 @@ SUBCOMMANDS: dict[str, str] = {
     "sweep": "kdlens.cli.sweep",
     "report": "kdlens.cli.report",
     "paper-stats": "kdlens.cli.paper_stats",
+    "cite": "kdlens.cli.cite",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kdlens`` argument parser with every subcommand of :data:`SUBCOMMANDS` registered."""
     from kdlens import __version__
 
     parser = argparse.ArgumentParser(
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kdlens`` command line on ``argv`` (default: ``sys.argv[1:]``) and return its exit code.
+
+    Expected user errors (a bad path, value or name) print one line naming the problem on standard
+    error and return 1 instead of raising; no subcommand prints the help and returns 2.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

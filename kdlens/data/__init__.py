@@ -33,6 +33,10 @@ from kdlens.data._gym import DEFAULT_SIZE, TaskInfo, gym_seed
 from kdlens.data._records import Record, save_records
 from kdlens.data._registry import SPLITS, load_task, load_tasks, tasks
 
+#: reasoning-gym task name -> :class:`kdlens.data.TaskInfo`: a plain dict built on first access from the
+#: reasoning-gym registry (a declaration only, resolved by the module's ``__getattr__``)
+TASKS: dict[str, TaskInfo]
+
 __all__ = [
     "ALPACA_PREAMBLE",
     "ANSWER_KINDS",

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_json, versions
+from kdlens.citations import run_references
 from kdlens.config import DistillConfig, config_to_yaml, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._lora import apply_lora
@@ -490,4 +491,5 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "lora": cfg.lora is not None,
         "trainable_parameters": trainable,
         "final": final,
+        "references": run_references(cfg),  # use -> BibTeX keys (kdlens.citations; `kdlens cite RUN_DIR`)
     }

@@ -189,8 +189,10 @@ class FixedDataRun:
 class Method(Protocol):
     """A training method: a batch loss plus what it needs from the run.
 
-    Hooks
+    Notes
     -----
+    The hooks a method implements:
+
     ``__call__(ctx: StepContext)``
         Required: the loss parts of one micro-batch.
     ``begin(ctx: RunContext) -> MethodRun``

@@ -177,6 +177,10 @@ def forward_kl(
     :math:`\mathrm{KL}(p\|q) = \sum_v p_v(\log p_v - \log q_v)` (Hinton et al. 2015; with
     ``scale_by_temperature_squared=True`` this is Hinton's soft-target loss). Finite iff every entry
     with teacher mass has student mass.
+
+    References: Kullback and Leibler 1951, the divergence (``kullback1951information``); Hinton, Vinyals
+    and Dean 2015, distillation with it (``hinton2015distilling``). ``kdlens cite`` prints these entries
+    for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: _sum_over_vocab(lambda q_, p_: _kl_terms(p_, q_), lq, lp),
@@ -207,6 +211,10 @@ def reverse_kl(
     -----
     :math:`\mathrm{KL}(q\|p) = \sum_v q_v(\log q_v - \log p_v)`, the token-level form of MiniLLM
     (Gu et al. 2023).
+
+    References: Kullback and Leibler 1951 (``kullback1951information``); Gu et al. 2024, MiniLLM, ICLR
+    (``gu2024minillm``). ``kdlens cite`` prints these entries for a run that used this function
+    (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: _sum_over_vocab(_kl_terms, lq, lp),
@@ -254,6 +262,10 @@ def jsd(
     is 0 at both ends, which would make the loss vanish; like TRL's ``generalized_jsd_loss``,
     ``beta=0`` returns the forward KL and ``beta=1`` the reverse KL exactly (the normalized limits).
     The function is therefore discontinuous at the two end points by design.
+
+    References: Lin 1991, the Jensen-Shannon divergence (``lin1991divergence``); Agarwal et al. 2024,
+    GKD, ICLR, the generalized form (``agarwal2024onpolicy``). ``kdlens cite`` prints these entries for
+    a run that used this function (:mod:`kdlens.citations`).
     """
     beta = check_unit_interval("beta", beta)
     if beta == 0.0:
@@ -300,6 +312,9 @@ def tvd(
     -----
     :math:`\mathrm{TVD}(p, q) = \tfrac12\sum_v |p_v - q_v|` (used as a KD objective e.g. in
     Wen et al. 2023, f-divergence minimization for sequence-level KD).
+
+    References: Wen et al. 2023, ACL (``wen2023fdivergence``). ``kdlens cite`` prints these entries for
+    a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: 0.5 * _sum_over_vocab(lambda q_, p_: (p_.exp() - q_.exp()).abs(), lq, lp),
@@ -337,6 +352,9 @@ def skew_forward_kl(
     :math:`\mathrm{SKL}_\alpha(p, q) = \mathrm{KL}(p\,\|\,\alpha p + (1-\alpha) q)` (Ko et al. 2024).
     The mixture keeps the value finite (at most :math:`-\log\alpha`) even when the student gives
     an entry zero mass.
+
+    References: Ko et al. 2024, DistiLLM, ICML (``ko2024distillm``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
     alpha = check_unit_interval("alpha", alpha)
     return _divergence(
@@ -373,6 +391,9 @@ def skew_reverse_kl(
     Notes
     -----
     :math:`\mathrm{SRKL}_\alpha(p, q) = \mathrm{KL}(q\,\|\,(1-\alpha) p + \alpha q)` (Ko et al. 2024).
+
+    References: Ko et al. 2024, DistiLLM, ICML (``ko2024distillm``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
     alpha = check_unit_interval("alpha", alpha)
     return _divergence(
@@ -484,6 +505,10 @@ def ab_divergence(
     (e.g. ``beta=0``) rather than tiny non-zero parameters. Negative exponents weigh an entry by
     :math:`p_v^{\alpha}` (or :math:`q_v^{\beta}`), enormous for tiny probabilities: the divergence is
     then ill-conditioned and may overflow float32 for far-apart distributions.
+
+    References: Cichocki, Cruces and Amari 2011, Entropy 13(1) (``cichocki2011generalized``); Wang et
+    al. 2025, ABKD, ICML (``wang2025abkd``). ``kdlens cite`` prints these entries for a run that used
+    this function (:mod:`kdlens.citations`).
     """
     alpha = check_finite_param("alpha", alpha)
     beta = check_finite_param("beta", beta)
@@ -516,6 +541,9 @@ def soft_cross_entropy(
     -----
     :math:`H(p, q) = -\sum_v p_v \log q_v = \mathrm{KL}(p\|q) + H(p)`: same gradient in the
     student as forward KL, but not zero when ``p == q`` (it equals the teacher's entropy).
+
+    References: Hinton, Vinyals and Dean 2015, soft targets (``hinton2015distilling``). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
 
     def terms(lq: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
@@ -555,6 +583,9 @@ def mse_soft(
     The ``tau**2`` factor is off by default here only so that the switch means the same thing for
     every loss. With ``reduction="token_mean"`` this equals ``F.mse_loss(q, p)`` over all
     ``tokens x V`` entries, which is how MPDistil computes it.
+
+    References: Sengupta et al. 2024, MPDistil, ICLR (``sengupta2024good``). ``kdlens cite`` prints
+    these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: ((lp.exp() - lq.exp()) ** 2).mean(dim=-1),
@@ -584,6 +615,9 @@ def l1_soft(
     Notes
     -----
     The lecture's :math:`\|\Phi(y_T/\tau) - \Phi(y_S/\tau)\|_1` with :math:`\Phi` = softmax.
+
+    References: Hinton, Vinyals and Dean 2015, the softened outputs compared (``hinton2015distilling``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: (lp.exp() - lq.exp()).abs().sum(dim=-1),
@@ -621,6 +655,9 @@ def l2_soft(
     The lecture's :math:`\|\Phi(y_T/\tau) - \Phi(y_S/\tau)\|_2` with :math:`\Phi` = softmax (the KD
     term of MPDistil's student objective as written on the slide). The gradient at ``p == q`` is
     defined as 0 (the norm is not differentiable there).
+
+    References: Hinton, Vinyals and Dean 2015, the softened outputs compared (``hinton2015distilling``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: _safe_sqrt(((lp.exp() - lq.exp()) ** 2).sum(dim=-1)),

@@ -56,6 +56,8 @@ def _entry(name: str, fn: Callable, **kwargs) -> tuple[str, LossEntry]:
     return name, LossEntry(name=name, fn=fn, **kwargs)
 
 
+#: divergence name -> :class:`LossEntry` (function, parameters and their ranges, properties, paper);
+#: read-only, see :func:`get_loss`
 LOSSES: Mapping[str, LossEntry] = MappingProxyType(
     dict(
         [

@@ -34,12 +34,15 @@ N_BOOT = 1000
 @dataclass
 class Table:
     """A table: ``formats`` maps a column to ``"pct"`` (fraction shown in %), ``"num"`` (3
-    significant decimals), ``"p"`` (p-value), ``"int"`` or ``"text"`` (default). A cell holding a
-    ``(value, low, high)`` tuple is shown as ``value [low, high]`` in its column's format."""
+    decimals), ``"p"`` (p-value), ``"int"`` or ``"text"`` (default). A cell holding a
+    ``(value, low, high)`` tuple is shown as ``value [low, high]`` in its column's format.
+    ``unit`` names what a test table's ``n`` counts (e.g. ``"paired examples"``, ``"runs"``);
+    the renderer states it in the caption (:func:`kdlens.report._format.table_notes`)."""
 
     caption: str
     frame: pd.DataFrame
     formats: dict[str, str] = field(default_factory=dict)
+    unit: str = ""
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Figure:
 class Code:
     caption: str
     text: str
+    language: str = "yaml"
 
 
 @dataclass
@@ -483,7 +487,7 @@ def _sweep_fidelity(src: ReportSource) -> Section:
     return sec
 
 
-_VERDICT_COLS = ["family", "comparison", "unit", "estimate", "ci_low", "ci_high", "n", "p_val", "p_adj", "mde",
+_VERDICT_COLS = ["family", "comparison", "test", "unit", "estimate", "ci_low", "ci_high", "n", "p_val", "p_adj", "mde",
                  "verdict"]
 _VERDICT_FORMATS = {"estimate": "pct", "ci_low": "pct", "ci_high": "pct", "mde": "pct", "n": "int", "p_val": "p",
                     "p_adj": "p"}
@@ -500,7 +504,7 @@ def _sweep_tests(src: ReportSource) -> Section:
     if not verdicts.empty:
         tested = True
         sec.text("Each verdict is read from a 95% confidence interval against a smallest effect of interest of "
-                 "2 accuracy points (kdlens.analysis.ablation_tests): KD against SFT is paired within student, "
+                 "2 accuracy points (kdlens.analysis.ablation_tests()): KD against SFT is paired within student, "
                  "seed and task, with the gains of runs sharing a baseline averaged within it; σ contrasts use only "
                  "the τ = 1 runs and τ contrasts only the σ = 0 runs; mde is the smallest difference the seeds at "
                  "hand detect with 80% power.")
@@ -520,7 +524,7 @@ def _sweep_tests(src: ReportSource) -> Section:
             by = "student" if _varies(runs, "student") else None
             para = paradox_test(runs, gain="accuracy_gain", fidelity=fid, by=by)
             sec.blocks.append(Table("Generalization-fidelity paradox test (KD runs, task 'all'; kdlens.analysis."
-                                    "paradox_test)", para[["variable", "adjustment", "stratum", "estimate", "ci_low",
+                                    "paradox_test)", para[["variable", "adjustment", "stratum", "test", "estimate", "ci_low",
                                                            "ci_high", "n", "p_val", "p_adj", "verdict"]],
                                     {"estimate": "num", "ci_low": "num", "ci_high": "num", "n": "int", "p_val": "p",
                                      "p_adj": "p"}))

@@ -28,6 +28,7 @@ sessions of a lent GPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -38,6 +39,7 @@ from typing import Any
 import pandas as pd
 
 from kdlens._io import atomic_write_text, git_sha, read_json, sha256_json, versions
+from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
 from kdlens.sweep._tables import read_results, sweep_status, write_results
@@ -88,7 +90,7 @@ def run_sweep(
 
     Parameters
     ----------
-    spec : path to a YAML sweep spec, mapping or :class:`kdlens.analysis.ablations.SweepSpec`
+    spec : path to a YAML sweep spec, mapping or :class:`kdlens.sweep.SweepSpec`
     output_dir : path
         The sweep directory (layout in the module docstring); created when missing.
     evaluate : bool
@@ -101,7 +103,7 @@ def run_sweep(
         estimate is the longest train-and-evaluate time of the runs of this call; the first run
         always starts). For a device lent for a fixed time: the next call continues.
     publish_dir : path, optional
-        A folder of published result tables (:func:`kdlens.publish.publish_sweep`), e.g.
+        A folder of published result tables (:func:`kdlens.sweep.publish_sweep`), e.g.
         ``analyses/results/<name>`` in a repository: runs it already holds are neither trained nor
         evaluated again, and this call's results are merged into it. This is how a sweep goes on
         across machines that keep nothing but the repository (each session of a lent GPU).
@@ -152,7 +154,8 @@ def run_sweep(
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
-                     "workers": workers, "eval": settings})
+                     "workers": workers, "eval": settings,
+                     "references": sweep_references(spec.base, map(json.loads, runs["overrides"]), evaluation=settings)})
     session = SweepSession(spec, root, settings, say, manifest, runs)
     if len(todo):
         session.prepare_teachers()

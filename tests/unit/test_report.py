@@ -14,17 +14,6 @@ from kdlens.report import SECTION_TITLES, build_report, write_report
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    return data.write_run_dir(tmp_path_factory.mktemp("report") / "run")
-
-
-@pytest.fixture(scope="module")
-def sweep_dir(tmp_path_factory):
-    root, _ = data.write_sweep_dir(tmp_path_factory.mktemp("report") / "sweep")
-    return root
-
-
-@pytest.fixture(scope="module")
 def run_html(run_dir):
     return build_report(run_dir)
 

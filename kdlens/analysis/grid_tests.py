@@ -268,7 +268,7 @@ def axis_contrasts(
     reference : optional
         Level every other level is compared with; default the axis' center (σ = 0, τ = 1), False
         for ``teacher_aware``, else the smallest level. ``"smallest"``/``"largest"`` pick a level by
-        :func:`size_key` (e.g. the largest student, ``axis="student"``).
+        ``size_key`` (e.g. the largest student, ``axis="student"``).
     expect : mapping, optional
         Direction claimed per axis, or per axis and level; default :data:`DEFAULT_EXPECT` (the
         lecture's findings); a level not listed gets ``"two-sided"``.
