@@ -57,7 +57,14 @@ from typing import Any
 
 import torch
 
-from kdlens._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_json
+from kdlens._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temporaries,
+    sha256_json,
+)
 
 __all__ = [
     "TopK",
@@ -393,6 +400,7 @@ class TeacherCache:
         if cls.is_complete(path):
             return cls.open(path, teacher_weights=teacher_weights, data_hash=data_hash)
         path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)  # shards a killed build was writing (a live builder's are kept)
         store_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
         k = min(int(top_k), int(vocab_size))
         shards = []

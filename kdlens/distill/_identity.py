@@ -266,6 +266,16 @@ def _is_local(name: str | None) -> bool:
         and Path(name).expanduser().exists()
 
 
+def _identity_config(config: Any) -> dict[str, Any]:
+    """The config part of an identity: no location keys, local models by weights, as JSON stores it."""
+    # through JSON, as the manifest stores it: a tuple and a list of the same values are one setting
+    out = json.loads(json.dumps({k: v for k, v in config.to_dict().items() if k not in LOCATION_KEYS}, default=str))
+    for key in ("teacher", "student"):
+        if _is_local(out.get(key)):
+            out[key] = LOCAL_MODEL
+    return out
+
+
 def run_identity(config: Any, *, memo: MutableMapping[str, str] | None = None) -> RunIdentity:
     """The identity of the run ``config`` describes; reads the data and the weights, writes nothing
     but the fingerprint memo.
@@ -277,10 +287,6 @@ def run_identity(config: Any, *, memo: MutableMapping[str, str] | None = None) -
     """
     from kdlens.distill._registry import METHODS
 
-    cfg_dict = {k: v for k, v in config.to_dict().items() if k not in LOCATION_KEYS}
-    for key in ("teacher", "student"):
-        if _is_local(cfg_dict.get(key)):
-            cfg_dict[key] = LOCAL_MODEL
     student = config.student
     pruned = student is not None and student.startswith("prune:")
     uses_teacher = bool(config.teacher) and (METHODS[config.method].needs_teacher or student is None or pruned)
@@ -291,8 +297,8 @@ def run_identity(config: Any, *, memo: MutableMapping[str, str] | None = None) -
         student_weights = sha256_json({"pruned_from": teacher_weights, "keep": student.split(":", 1)[1]})
     else:
         student_weights = weights_fingerprint(student)
-    return RunIdentity(config=cfg_dict, data=data_fingerprint(config, memo=memo), teacher_weights=teacher_weights,
-                       student_weights=student_weights)
+    return RunIdentity(config=_identity_config(config), data=data_fingerprint(config, memo=memo),
+                       teacher_weights=teacher_weights, student_weights=student_weights)
 
 
 # ----------------------------------------------------------------------------- a run directory against an identity
@@ -338,10 +344,9 @@ def inspect_run(run: Any, identity: RunIdentity) -> RunCheck:
 
 def _recorded_config(run: Any) -> dict[str, Any] | None:
     try:
-        config = run.config()
+        return _identity_config(run.config())
     except (OSError, ValueError, TypeError):
         return None
-    return {k: v for k, v in config.to_dict().items() if k not in LOCATION_KEYS}
 
 
 def mismatch_message(run: Any, check: RunCheck) -> str:

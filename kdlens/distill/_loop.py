@@ -226,8 +226,10 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     """Everything of :func:`distill` after the lock: check the directory and the inputs, then write and train."""
     plan = check_run_dir(run, identity, overwrite=overwrite)
     if plan == "finished" or (plan == "resume" and run.has_checkpoint):
-        if accelerator.is_main_process:  # tidy a finished run, or finish one killed while finishing
-            run.complete() if plan == "resume" else run.remove_leftovers()
+        if accelerator.is_main_process and plan == "resume":  # killed while finishing: complete it
+            run.complete()
+        elif accelerator.is_main_process:  # finished, with what a kill left behind
+            run.remove_leftovers()
         accelerator.wait_for_everyone()
         return run
     world, rank = accelerator.num_processes, accelerator.process_index

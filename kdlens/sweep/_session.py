@@ -138,7 +138,7 @@ class SweepSession:
                  manifest: dict[str, Any], runs: pd.DataFrame, *, overwrite: bool = False) -> None:
         self.spec, self.root, self.settings, self.say, self.manifest = spec, root, settings, say, manifest
         self.runs, self.overwrite = runs, overwrite
-        self.replaced: set[str] = set()  # finished runs of another identity that overwrite retrains
+        self.replaced: set[str] = set()  # runs of another identity on disk, that overwrite retrains
         self.data_memo: dict[str, str] = {}  # training-data hashes, shared by the runs' identity checks
         self.any_aware = any(bool(v) for v in runs.get("teacher_aware", pd.Series(dtype=object)).dropna())
         self.cache_dir = str((root / "teacher_cache").resolve())
@@ -191,8 +191,7 @@ class SweepSession:
                     run.remove_leftovers()
             else:
                 changed.append(mismatch_message(run, check))
-                if check.state == "finished":
-                    self.replaced.add(row.run_id)
+                self.replaced.add(row.run_id)
         if changed and not self.overwrite:
             shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
             raise ValueError(f"{len(changed)} run(s) of this sweep on disk differ from what the spec now gives: "

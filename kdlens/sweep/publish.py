@@ -121,6 +121,7 @@ def publish_sweep(sweep_dir: str | os.PathLike, publish_dir: str | os.PathLike, 
         # the same run_sweep call publishing again after its next run: one entry per session
         entry["runs"] = sorted(set(sessions[-1]["runs"]) | set(added_ids))
         entry["seconds"] = {**sessions[-1]["seconds"], **entry["seconds"]}
+        entry["identities"] = {**sessions[-1].get("identities", {}), **entry["identities"]}
         entry["published_at_first"] = sessions[-1].get("published_at_first", sessions[-1]["published_at"])
         sessions[-1] = entry
     else:

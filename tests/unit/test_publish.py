@@ -23,20 +23,6 @@ SWEEP = {"name": "tiny", "base": BASE, "axes": {"sigma": [0.0, 3.0]}, "baseline"
 METRICS = ["accuracy", "agreement", "bleu", "token_forward_kl", "accuracy_gain", "agreement_gain", "bleu_gain"]
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    import kdlens.distill
-
-    calls, real = [], kdlens.distill.distill
-
-    def counting(config, **kw):
-        calls.append(config.output_dir)
-        return real(config, **kw)
-
-    monkeypatch.setattr(kdlens.distill, "distill", counting)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def one_session(tmp_path_factory):
     from kdlens.sweep import run_sweep

@@ -212,18 +212,10 @@ def test_status_reports_partial_runs(tmp_path):
     assert sweep_status(runs, tmp_path).tolist() == ["partial", "trained", "pending"]
 
 
-def test_run_sweep_trains_missing_runs_once_skips_finished_ones_and_resumes(tmp_path, monkeypatch):
-    import kdlens.distill
+def test_run_sweep_trains_missing_runs_once_skips_finished_ones_and_resumes(tmp_path, counted):
     from kdlens.sweep import read_results, run_sweep
 
-    calls = []
-    real = kdlens.distill.distill
-
-    def counting(config, **kw):
-        calls.append(config.output_dir)
-        return real(config, **kw)
-
-    monkeypatch.setattr(kdlens.distill, "distill", counting)
+    calls = counted
     sweep = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
              "axes": {"sigma": [0.0, 3.0]},
              "eval": {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False, "n_boot": 0}}
@@ -269,66 +261,51 @@ def test_cli_sweep_dry_run_lists_the_runs(tmp_path, capsys):
 # --------------------------------------------------------------------------- run identity in sweeps
 
 
-@pytest.fixture
-def trained(monkeypatch):
-    """The output_dir of every run :func:`kdlens.distill.distill` trains (counted through the sweep)."""
-    import kdlens.distill
-
-    calls, real = [], kdlens.distill.distill
-
-    def counting(config, **kw):
-        calls.append(config.output_dir)
-        return real(config, **kw)
-
-    monkeypatch.setattr(kdlens.distill, "distill", counting)
-    return calls
-
-
 TINY = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
         "axes": {"sigma": [0.0, 3.0]}}
 
 
-def test_a_changed_base_is_refused_run_by_run_and_overwrite_retrains_only_what_changed(tmp_path, trained):
+def test_a_changed_base_is_refused_run_by_run_and_overwrite_retrains_only_what_changed(tmp_path, counted):
     from kdlens.distill import RunDir
     from kdlens.sweep import run_sweep
 
     out = tmp_path / "sweep"
     run_sweep(TINY, output_dir=out, evaluate=False)
-    assert len(trained) == 2
+    assert len(counted) == 2
     spec_file = (out / "spec.yaml").read_bytes()
     faster = {**TINY, "base": {**TINY["base"], "lr": 1e-3}}
     with pytest.raises(ValueError, match=r"2 run\(s\) of this sweep on disk differ.*\(changed: lr\).*--overwrite"):
         run_sweep(faster, output_dir=out, evaluate=False)
-    assert len(trained) == 2 and (out / "spec.yaml").read_bytes() == spec_file  # nothing trained, nothing rewritten
+    assert len(counted) == 2 and (out / "spec.yaml").read_bytes() == spec_file  # nothing trained, nothing rewritten
 
     grown = {**TINY, "axes": {"sigma": [0.0, 3.0, 5.0]}}  # a value added to an axis: the finished runs are kept
     run_sweep(grown, output_dir=out, evaluate=False)
-    assert len(trained) == 3 and trained[-1].endswith(run_id({"sigma": 5.0}))
+    assert len(counted) == 3 and counted[-1].endswith(run_id({"sigma": 5.0}))
 
     run_sweep({**grown, "base": faster["base"]}, output_dir=out, evaluate=False, overwrite=True)
-    assert len(trained) == 6
+    assert len(counted) == 6
     for rid in expand_sweep(grown)["run_id"]:
         run = RunDir(out / "runs" / rid)
         assert run.done and run.manifest()["identity"]["config"]["lr"] == 1e-3 and run.config().lr == 1e-3
     run_sweep({**grown, "base": faster["base"]}, output_dir=out, evaluate=False, overwrite=True)
-    assert len(trained) == 6  # the same identities: kept even with overwrite
+    assert len(counted) == 6  # the same identities: kept even with overwrite
 
 
-def test_a_changed_teacher_sft_is_refused_and_overwrite_retrains_it_and_its_students(tmp_path, trained):
+def test_a_changed_teacher_sft_is_refused_and_overwrite_retrains_it_and_its_students(tmp_path, counted):
     from kdlens.sweep import run_sweep
 
     aware = {**TINY, "axes": {"teacher_aware": [True]}, "teacher_sft": {"steps": 1}}
     out = tmp_path / "sweep"
     run_sweep(aware, output_dir=out, evaluate=False)
-    assert [p.split("/")[-2:] for p in trained] == [["teachers", "sft"], ["runs", run_id({"teacher_aware": True})]]
+    assert [p.split("/")[-2:] for p in counted] == [["teachers", "sft"], ["runs", run_id({"teacher_aware": True})]]
     longer = {**aware, "teacher_sft": {"steps": 2}}
     with pytest.raises(ValueError, match=r"task-aware teacher .*teachers/sft holds a finished run with different "
                                          r"settings \(changed: steps\).*--overwrite"):
         run_sweep(longer, output_dir=out, evaluate=False)
-    assert len(trained) == 2
+    assert len(counted) == 2
     run_sweep(longer, output_dir=out, evaluate=False, overwrite=True)
     # the teacher is retrained, and so is the run it taught (its teacher's weights changed)
-    assert [p.split("/")[-2:] for p in trained[2:]] == [["teachers", "sft"], ["runs", run_id({"teacher_aware": True})]]
+    assert [p.split("/")[-2:] for p in counted[2:]] == [["teachers", "sft"], ["runs", run_id({"teacher_aware": True})]]
 
 
 def test_a_run_trained_in_a_killed_call_keeps_its_provenance_and_leftovers_are_cleaned(tmp_path, monkeypatch):
