@@ -11,6 +11,7 @@ the umask), not the private modes of :mod:`tempfile`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "atomic_directory",
+    "unwritable",
     "remove_stale_temporaries",
     "stale_temporaries",
     "read_json",
@@ -76,11 +78,46 @@ def _give_umask_modes(root: Path) -> None:
             os.chmod(path, (0o777 if executable else 0o666) & ~mask)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+def unwritable(path: str | os.PathLike, err: OSError) -> ValueError | None:
+    """The one-line error for a path kdlens cannot write because of where it points, or None.
+
+    A path through a file (``-o`` naming an existing file), a directory without write permission or
+    a read-only file system is the user's to fix, not a bug: say which, and what to do.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
+    if isinstance(err, FileExistsError | NotADirectoryError) or err.errno in (errno.EEXIST, errno.ENOTDIR):
+        blocking = next((p for p in [path, *path.parents] if p.exists() and not p.is_dir()), path)
+        return ValueError(f"cannot write {path}: {blocking} is a file, not a directory; choose another path")
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = next((p for p in [path, *path.parents] if p.exists()), path)
+        why = "is on a read-only file system" if err.errno == errno.EROFS else "is not writable (permission denied)"
+        return ValueError(f"cannot write {path}: {where} {why}; choose a directory you can write to")
+    return None
+
+
+@contextlib.contextmanager
+def _writable(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as err:
+        friendly = unwritable(path, err)
+        if friendly is None:
+            raise
+        raise friendly from None
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+
+    Raises
+    ------
+    ValueError
+        ``path`` cannot be written where it points (:func:`unwritable`).
+    """
+    path = Path(path)
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), dir=path.parent)
     try:
         # mkstemp creates 0600; give the file the mode a plain open() would (0666 less the umask)
         os.fchmod(fd, 0o666 & ~_umask())
@@ -142,10 +179,11 @@ def atomic_directory(path: str | os.PathLike, *, overwrite: bool = False) -> Ite
     directory and its files get the umask's modes before the rename.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
+    with _writable(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temporary_prefix(path), dir=path.parent))
     try:
         yield tmp
         _give_umask_modes(tmp)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import errno
 import json
 import os
 import socket
@@ -23,6 +22,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from kdlens._io import unwritable
 
 __all__ = ["LOCK_NAME", "DirectoryInUseError", "exclusive_lock", "shared_lock", "holder"]
 
@@ -66,20 +67,15 @@ def _alive_here(info: dict[str, Any]) -> bool:
     return True
 
 
-def _refusal(directory: Path, what: str) -> DirectoryInUseError:
+def _refusal(directory: Path) -> DirectoryInUseError:
     info = holder(directory)
     if info and _alive_here(info):
         who = (f"pid {info.get('pid')} on {info.get('host')}, running since {info.get('started')}: "
                f"{info.get('command')}")
-        return DirectoryInUseError(f"{directory} is in use by another kdlens {what} ({who}); wait for it to "
-                                   "finish or stop it, or use another directory")
+        return DirectoryInUseError(f"{directory} is in use by another kdlens {info.get('what', 'process')} ({who}); "
+                                   "wait for it to finish or stop it, or use another directory")
     return DirectoryInUseError(f"{directory} is in use by another kdlens process (one checking that the run "
                                "is finished, or one just starting); retry in a moment")
-
-
-def _not_writable(directory: Path, err: OSError) -> ValueError:
-    why = "is on a read-only file system" if err.errno == errno.EROFS else "is not writable (permission denied)"
-    return ValueError(f"output directory {directory} {why}; choose a directory you can write to")
 
 
 def _open_locked(path: Path) -> int:
@@ -111,7 +107,7 @@ def exclusive_lock(directory: str | os.PathLike, *, what: str = "process") -> It
     directory : path
         The run or sweep directory.
     what : str
-        What a refused process is told is running there (``"run"``, ``"sweep"``).
+        What is running (``"run"``, ``"sweep"``), for the message of a process that is refused.
 
     Yields
     ------
@@ -131,8 +127,6 @@ def exclusive_lock(directory: str | os.PathLike, *, what: str = "process") -> It
     nothing else (a run that failed its checks before writing anything), it removes what it created.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise ValueError(f"output directory {directory} is a file, not a directory; choose another path")
     created = not directory.exists()
     path = directory / LOCK_NAME
     try:
@@ -144,12 +138,13 @@ def exclusive_lock(directory: str | os.PathLike, *, what: str = "process") -> It
             with contextlib.suppress(OSError):
                 directory.rmdir()
         if isinstance(err, BlockingIOError):
-            raise _refusal(directory, what) from None
-        if isinstance(err, OSError) and err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
-            raise _not_writable(directory, err) from None
+            raise _refusal(directory) from None
+        friendly = unwritable(directory, err) if isinstance(err, OSError) else None
+        if friendly is not None:
+            raise friendly from None
         raise
     try:
-        record = {"pid": os.getpid(), "host": socket.gethostname(),
+        record = {"what": what, "pid": os.getpid(), "host": socket.gethostname(),
                   "started": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
                   "command": " ".join(sys.argv) or sys.executable}
         os.ftruncate(fd, 0)
@@ -169,7 +164,7 @@ def exclusive_lock(directory: str | os.PathLike, *, what: str = "process") -> It
 
 
 @contextlib.contextmanager
-def shared_lock(directory: str | os.PathLike, *, what: str = "process") -> Iterator[Path]:
+def shared_lock(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold ``directory``'s lock for reading; creates and writes nothing.
 
     A directory without a lock file (made by a kdlens that had none) is read without a lock.
@@ -191,7 +186,7 @@ def shared_lock(directory: str | os.PathLike, *, what: str = "process") -> Itera
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise _refusal(directory, what) from None
+                raise _refusal(directory) from None
         yield directory
     finally:
         os.close(fd)

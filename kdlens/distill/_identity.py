@@ -100,15 +100,42 @@ class RunIdentity:
         return out
 
 
-def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+_MISSING = object()
+
+
+def _changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], defaults: Mapping[str, Any] | None = None,
+                  prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ. A key only one side has counts as unchanged when the other
+    side holds its default: a setting kdlens added since a run was recorded, left as it was."""
+    defaults = _config_defaults() if defaults is None else defaults
     out = []
     for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
+        a, b, default = old.get(key, _MISSING), new.get(key, _MISSING), defaults.get(key, _MISSING)
         if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b or (key in old) != (key in new):
+            out += _changed_keys(a, b, default if isinstance(default, Mapping) else {}, f"{prefix}{key}.")
+        elif a is _MISSING or b is _MISSING:
+            if (b if a is _MISSING else a) != default:
+                out.append(f"{prefix}{key}")
+        elif a != b:
             out.append(f"{prefix}{key}")
     return out
+
+
+@functools.cache
+def _config_defaults() -> dict[str, Any]:
+    """Every :class:`kdlens.config.DistillConfig` field's default (nested sections as dicts), as JSON stores it."""
+    import dataclasses
+
+    from kdlens.config import DistillConfig
+
+    def defaults(cls) -> dict[str, Any]:
+        out = {}
+        for f in dataclasses.fields(cls):
+            value = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            out[f.name] = defaults(type(value)) if dataclasses.is_dataclass(value) else value
+        return out
+
+    return json.loads(json.dumps(defaults(DistillConfig), default=str))
 
 
 # ----------------------------------------------------------------------------- weights

@@ -212,7 +212,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         raise ValueError(f"output_dir {run.path} is a file, not a directory; choose another path")
     identity = run_identity(cfg)  # reads the data and fingerprints the weights; writes nothing
     if run.done:  # the common rerun: read under a shared lock, touch nothing
-        with shared_lock(run.path, what="run"):
+        with shared_lock(run.path):
             if check_run_dir(run, identity, overwrite=overwrite) == "finished" and not run.leftovers():
                 return run
     accelerator = _accelerator(cfg)

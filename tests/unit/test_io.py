@@ -142,3 +142,23 @@ def test_atomic_writes_name_their_temporaries_with_the_writers_pid(tmp_path, mon
         (tmp / "f").write_text("")
     assert [name.split("-")[:2] for name in seen] == [[".a.json.tmp", str(os.getpid())],
                                                       [".d.tmp", str(os.getpid())]]
+
+
+def test_a_path_through_a_file_or_a_read_only_place_is_one_clear_error(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    (tmp_path / "afile").write_text("mine")
+    for target in (tmp_path / "afile" / "manifest.json", tmp_path / "afile" / "sub" / "x.json"):
+        with pytest.raises(ValueError, match=f"{tmp_path / 'afile'} is a file, not a directory; choose another path"):
+            atomic_write_text(target, "{}")
+        with pytest.raises(ValueError, match="is a file, not a directory"), atomic_directory(target):
+            pass
+    assert (tmp_path / "afile").read_text() == "mine"
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(ValueError, match=f"{tmp_path} is on a read-only file system; choose a directory"):
+        atomic_write_text(tmp_path / "x.json", "{}")

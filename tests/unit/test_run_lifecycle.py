@@ -161,6 +161,23 @@ def test_a_run_made_before_identities_were_recorded_is_never_reused(finished, ta
     assert distill(config(run.path, tasks_file), overwrite=True).manifest()["identity"]
 
 
+def test_a_setting_added_to_kdlens_since_a_run_was_made_changes_nothing_at_its_default(finished, tasks_file,
+                                                                                        tmp_path):
+    run = copy_run(finished, tmp_path / "run")
+    manifest = run.manifest()
+    del manifest["identity"]["config"]["scale_by_temperature_squared"]  # as if recorded before it existed
+    del manifest["identity"]["config"]["gkd"]["lambda_"]
+    run.manifest_path.write_text(json.dumps(manifest))
+    before = snapshot(run.path)
+    assert distill(config(run.path, tasks_file)).done and snapshot(run.path) == before
+    with pytest.raises(ValueError, match=r"\(changed: scale_by_temperature_squared\)"):
+        distill(config(run.path, tasks_file, scale_by_temperature_squared=True))
+    del manifest["identity"]["config"]["lr"]  # a missing setting that is not at its default is a change
+    run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"\(changed: lr\)"):
+        distill(config(run.path, tasks_file))
+
+
 def test_fingerprints_prune_run_dirs_and_the_memo(tmp_path, monkeypatch, tasks_file):
     import kdlens.distill._identity as identity_module
     from kdlens.distill import run_identity, weights_fingerprint
@@ -343,6 +360,17 @@ def test_output_dir_that_is_a_file_or_not_writable_is_one_clear_error(tmp_path, 
     with pytest.raises(ValueError, match="read-only file system; choose a directory you can write to"):
         distill(config(tmp_path / "ro", tasks_file))
     assert not (tmp_path / "ro").exists()
+
+
+def test_eval_output_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    from kdlens.cli import main
+
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    assert main(["eval", "--model", "m=tiny", "--task", "chain_sum:2", "--max-new-tokens", "2", "-o", str(afile)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{afile} is a file, not a directory" in err
+    assert afile.read_text() == "mine"
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through any permission")
