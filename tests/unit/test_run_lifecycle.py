@@ -237,6 +237,23 @@ def test_cli_names_the_change_in_one_line_and_overwrite_redoes(finished, tasks_f
     assert RunDir(out).manifest()["sigma"] == 1.5
 
 
+def test_a_hub_id_is_fingerprinted_by_its_local_snapshot(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from kdlens.distill import weights_fingerprint
+    from kdlens.models import ModelNotFoundError
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("c0ffee")
+    snapshot = save_tiny(repo / "snapshots" / "c0ffee")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert weights_fingerprint("org/tiny") == weights_fingerprint(snapshot)
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
+        weights_fingerprint("org/absent")
+
+
 # --------------------------------------------------------------------------- finishing
 
 
