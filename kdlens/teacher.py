@@ -57,7 +57,14 @@ from typing import Any
 
 import torch
 
-from kdlens._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_json
+from kdlens._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temporaries,
+    sha256_json,
+)
 
 __all__ = [
     "TopK",
@@ -75,7 +82,8 @@ __all__ = [
 #: Pseudo-logit margin for an empty rest bucket: exp(-1e4) == 0 in float32, so the bucket has
 #: exactly zero probability while its log stays finite (0 * log 0 would give NaN in the KL sums).
 _EMPTY_BUCKET_MARGIN = 1.0e4
-_CACHE_FORMAT = 1
+#: 2: keyed and checked by the teacher's weights fingerprint (1 was keyed by the teacher's path)
+_CACHE_FORMAT = 2
 
 
 @dataclass
@@ -282,14 +290,16 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
                    scale_by_temperature_squared=scale_by_temperature_squared, reduction="none")
 
 
-def cache_key(*, teacher_id: str, data_hash: str, max_length: int, top_k: int, dtype: str,
+def cache_key(*, teacher_weights: str, data_hash: str, max_length: int, top_k: int, dtype: str,
               vocab_size: int, precision: str = "float32") -> str:
     """Directory name of a teacher cache: a hash of what determines its content.
 
-    ``precision`` is the teacher's compute precision (``"bfloat16"`` under bf16 autocast): a cache
-    built in one precision is not read by a run in another.
+    ``teacher_weights`` is the teacher's weights fingerprint (:func:`kdlens.distill.weights_fingerprint`),
+    not its name or path: a teacher retrained in place gets a cache of its own. ``precision`` is
+    the teacher's compute precision (``"bfloat16"`` under bf16 autocast): a cache built in one
+    precision is not read by a run in another.
     """
-    return sha256_json({"teacher": teacher_id, "data_hash": data_hash, "max_length": max_length,
+    return sha256_json({"teacher_weights": teacher_weights, "data_hash": data_hash, "max_length": max_length,
                         "top_k": top_k, "dtype": dtype, "vocab_size": vocab_size, "precision": precision,
                         "format": _CACHE_FORMAT})[:20]
 
@@ -300,8 +310,8 @@ class TeacherCache:
     Layout of ``<root>/<cache_key>/``: ``shard-NNNNN.safetensors`` (each written atomically;
     tensors ``values`` [N, k], ``indices`` [N, k] int32, ``residual`` [N] float32 and
     ``lengths`` [n_examples] int64 for the examples it holds, in dataset order), ``index.json``
-    (teacher id, data hash, max_length, k, dtype, shard list) and a ``complete`` marker written
-    last. A cache without the marker is rebuilt (finished shards are kept).
+    (teacher weights fingerprint and name, data hash, max_length, k, dtype, shard list) and a
+    ``complete`` marker written last. A cache without the marker is rebuilt (finished shards are kept).
 
     Use :meth:`build` (runs the teacher) or :meth:`open` (reads an existing cache), then
     :meth:`batch` to fetch the entries of a collated batch.
@@ -329,9 +339,9 @@ class TeacherCache:
         return (Path(path) / "complete").is_file()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, teacher_id: str | None = None,
+    def open(cls, path: str | os.PathLike, *, teacher_weights: str | None = None,
              data_hash: str | None = None) -> TeacherCache:
-        """Load a complete cache, checking that it belongs to this teacher and data."""
+        """Load a complete cache, checking that it belongs to this teacher (its weights fingerprint) and data."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -339,7 +349,10 @@ class TeacherCache:
             raise FileNotFoundError(f"{path} is not a complete teacher cache (no 'complete' marker); "
                                     "run with teacher_source=cache to build it")
         index = read_json(path / "index.json")
-        for name, want in (("teacher", teacher_id), ("data_hash", data_hash)):
+        if index.get("format") != _CACHE_FORMAT:
+            raise ValueError(f"teacher cache {path} has format {index.get('format')!r}, not {_CACHE_FORMAT}; "
+                             "delete it (it is rebuilt on the next run)")
+        for name, want in (("teacher_weights", teacher_weights), ("data_hash", data_hash)):
             if want is not None and index.get(name) != want:
                 raise ValueError(f"teacher cache {path} was built for {name}={index.get(name)!r}, "
                                  f"not {want!r}; delete it or point cache_dir elsewhere")
@@ -357,9 +370,10 @@ class TeacherCache:
     @classmethod
     def build(cls, path: str | os.PathLike, *, teacher: torch.nn.Module, features: Sequence[Mapping[str, Any]],
               collate: Callable[[Sequence[Mapping[str, Any]]], Mapping[str, torch.Tensor]], top_k: int,
-              vocab_size: int, teacher_id: str, data_hash: str, max_length: int, dtype: str = "float32",
+              vocab_size: int, teacher_weights: str, data_hash: str, max_length: int, dtype: str = "float32",
               batch_size: int = 8, shard_size: int = 256, device: torch.device | str = "cpu",
-              autocast_dtype: torch.dtype | None = None, progress: bool = False) -> TeacherCache:
+              autocast_dtype: torch.dtype | None = None, progress: bool = False,
+              teacher_name: str | None = None) -> TeacherCache:
         """Run the teacher over ``features`` (in order) and store its top-k logits per response token.
 
         Parameters
@@ -376,13 +390,17 @@ class TeacherCache:
             Logits kept per token (clipped to ``vocab_size``).
         vocab_size : int
             Common logit width of teacher and student; logits are truncated to it first.
+        teacher_weights : str
+            The teacher's weights fingerprint (:func:`kdlens.distill.weights_fingerprint`), checked by
+            :meth:`open`; ``teacher_name`` is recorded for people only.
         """
         from safetensors.torch import save
 
         path = Path(path)
         if cls.is_complete(path):
-            return cls.open(path, teacher_id=teacher_id, data_hash=data_hash)
+            return cls.open(path, teacher_weights=teacher_weights, data_hash=data_hash)
         path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)  # shards a killed build was writing (a live builder's are kept)
         store_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
         k = min(int(top_k), int(vocab_size))
         shards = []
@@ -419,12 +437,13 @@ class TeacherCache:
             tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(ids).contiguous(),
                        "residual": torch.cat(res).contiguous(), "lengths": torch.cat(lengths).long()}
             atomic_write_bytes(path / name, save(tensors))
-        index = {"format": _CACHE_FORMAT, "teacher": teacher_id, "data_hash": data_hash,
+        index = {"format": _CACHE_FORMAT, "teacher_weights": teacher_weights, "teacher": teacher_name,
+                 "data_hash": data_hash,
                  "max_length": max_length, "top_k": k, "dtype": dtype, "vocab_size": int(vocab_size),
                  "n_examples": len(features), "shards": shards}
         atomic_write_json(path / "index.json", index)
         atomic_write_text(path / "complete", "")
-        return cls.open(path, teacher_id=teacher_id, data_hash=data_hash)
+        return cls.open(path, teacher_weights=teacher_weights, data_hash=data_hash)
 
     def batch(self, example_indices: Sequence[int], mask: torch.Tensor) -> TopK:
         """Cache entries of a batch, laid out on its response mask.

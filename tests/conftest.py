@@ -40,3 +40,18 @@ def smollm2():
     from kdlens.models import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The ``output_dir`` of every run ``kdlens.distill.distill`` trains from now on (e.g. inside a sweep)."""
+    import kdlens.distill
+
+    calls, real = [], kdlens.distill.distill
+
+    def counting(config, **kw):
+        calls.append(config.output_dir)
+        return real(config, **kw)
+
+    monkeypatch.setattr(kdlens.distill, "distill", counting)
+    return calls

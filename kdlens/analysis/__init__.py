@@ -14,13 +14,6 @@ notebooks print those sentences; they never decide.
 
 from __future__ import annotations
 
-from kdlens.analysis.grid_tests import (
-    DEFAULT_CENTER,
-    DEFAULT_EXPECT,
-    ablation_tests,
-    axis_contrasts,
-    kd_vs_sft,
-)
 from kdlens.analysis.ablations import (
     RESULTS_METRICS,
     add_gain,
@@ -30,6 +23,13 @@ from kdlens.analysis.ablations import (
     teacher_gap,
 )
 from kdlens.analysis.columns import as_frame, examples_from_columns, tokens_from_columns
+from kdlens.analysis.grid_tests import (
+    DEFAULT_CENTER,
+    DEFAULT_EXPECT,
+    ablation_tests,
+    axis_contrasts,
+    kd_vs_sft,
+)
 from kdlens.analysis.mode_fit import fit_to_bimodal
 from kdlens.analysis.paper import improvements, reproduce, robustness
 from kdlens.analysis.paradox import paradox_test

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-__all__ = ["add_parser", "run", "config_from_items"]
+__all__ = ["add_parser", "add_overwrite_flag", "run", "config_from_items"]
 
 _EPILOG = """\
 examples:
@@ -13,7 +13,8 @@ examples:
       loss=reverse_kl steps=4 output_dir=runs/x
   kdlens distill kdlens/configs/word_kd_smollm2.yaml sigma=1.0 output_dir=runs/noise1
 keys: see kdlens.config.DistillConfig (nested: lora.r=16, feature.layer_map=skip).
-Rerunning a finished run does nothing; rerunning an interrupted one resumes it."""
+Rerunning a finished run does nothing; rerunning an interrupted one resumes it. A run directory
+holding other settings (config, data or teacher weights) is refused; --overwrite replaces it."""
 
 
 def config_from_items(items: Sequence[str], *, method: str | None = None):
@@ -46,13 +47,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
                         help="an optional YAML config, then overrides")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="output_dir holds a run with other settings (config, data or teacher weights): delete it "
+                             "and train this one (a run with the same settings is kept)")
 
 
 def run(args: argparse.Namespace) -> int:
     from kdlens.distill import distill
 
-    run_dir = distill(config_from_items(args.items))
+    run_dir = distill(config_from_items(args.items), overwrite=args.overwrite)
     print(run_dir.path)
     return 0

@@ -1,7 +1,8 @@
 """The distillation engine: one readable training loop, methods as small objects, run directories.
 
 ``distill(config) -> RunDir`` trains a student (or fine-tunes a teacher with ``method="sft"``) and
-writes a resumable, reproducible run directory; see :mod:`kdlens.distill._loop` for the loop,
+writes a resumable, reproducible run directory, identified by its config, data and weights
+(:func:`run_identity`); see :mod:`kdlens.distill._loop` for the loop,
 :data:`METHODS` for the methods and :class:`RunDir` for the layout on disk. Generation-based
 methods (``seq_kd``, ``gkd``, ``distillm``, ``minillm``, ``blackbox``) live in one module each and
 plug into the loop through the optional ``Method.begin`` hook (see :class:`Method`).
@@ -20,6 +21,9 @@ _LAZY: dict[str, str] = {
     "distill": "kdlens.distill._loop",
     "StepCallback": "kdlens.distill._loop",
     "RunDir": "kdlens.distill._rundir",
+    "RunIdentity": "kdlens.distill._identity",
+    "run_identity": "kdlens.distill._identity",
+    "weights_fingerprint": "kdlens.distill._identity",
     "METHODS": "kdlens.distill._registry",
     "Method": "kdlens.distill._methods",
     "MethodRun": "kdlens.distill._methods",

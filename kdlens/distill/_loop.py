@@ -11,6 +11,12 @@
         clip, step, schedule; log; save a resumable state every save_every steps
     save checkpoint/ (HF format), manifest.json, then done
 
+Before any of it, :func:`distill` compares the run's identity (config, data, weights:
+:mod:`kdlens.distill._identity`) with what the directory holds, under the directory's lock
+(:mod:`kdlens._lock`): a finished run of the same identity is returned untouched, an interrupted
+one resumes, another identity is an error unless ``overwrite``. Models, data and sizes are all
+checked before the first write, so a bad input leaves the directory as it was.
+
 Normalising every micro-batch by the token count of the whole global batch (known in advance
 from the labels) makes the update a token mean over the global batch, so 2 x 4 accumulation equals
 one batch of 8 and N processes equal one at the same global batch (DDP averages gradients, so each
@@ -19,11 +25,11 @@ process's loss is multiplied by the process count).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,10 +39,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_json, versions
+from kdlens._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    git_sha,
+    sha256_json,
+    versions,
+)
+from kdlens._lock import exclusive_lock, shared_lock
 from kdlens.citations import run_references
-from kdlens.config import DistillConfig, config_to_yaml, load_config
+from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
+from kdlens.distill._identity import RunIdentity, check_run_dir, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
@@ -138,6 +153,12 @@ def _target_count(feature: Mapping[str, Sequence[int]]) -> int:
     return sum(label != -100 for label in feature["labels"][1:])
 
 
+def _steps_per_epoch(n: int, cfg: DistillConfig) -> int:
+    if n < cfg.batch_size:
+        raise ValueError(f"only {n} training examples for batch_size={cfg.batch_size}; lower batch_size or add data")
+    return n // cfg.batch_size
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=gen).tolist()
@@ -152,19 +173,8 @@ def _write_log(run: RunDir, rows: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(run.log_path, "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows))
 
 
-def _check_or_write_config(run: RunDir, cfg: DistillConfig) -> None:
-    if run.config_path.is_file():
-        previous = load_config(run.config_path)
-        if previous.to_dict() != cfg.to_dict():
-            changed = sorted(k for k, v in cfg.to_dict().items() if previous.to_dict().get(k) != v)
-            raise ValueError(f"{run.path} holds an unfinished run with a different config (changed: {changed}); "
-                             "use another output_dir, or delete the directory to start over")
-    else:
-        atomic_write_text(run.config_path, config_to_yaml(cfg))
-
-
 def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
-            callbacks: Sequence[StepCallback] = ()) -> RunDir:
+            callbacks: Sequence[StepCallback] = (), overwrite: bool = False) -> RunDir:
     """Train a student (or fine-tune a teacher) as ``config`` says; return its run directory.
 
     Parameters
@@ -173,24 +183,56 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         See :class:`kdlens.config.DistillConfig`; ``output_dir`` is required.
     callbacks : sequence of callable
         ``callback(step, logs)`` after each optimizer step (see :data:`StepCallback`).
+    overwrite : bool
+        When ``output_dir`` holds a run of another identity (or one made before kdlens recorded
+        identities), delete it and train this config there. A run of the same identity is kept.
 
     Returns
     -------
     RunDir
-        The finished run. Calling again on a finished run returns at once and writes nothing; on
-        an interrupted run it resumes from the latest saved state (same weights as an uninterrupted
-        run); on a directory holding a different config it raises ValueError.
+        The finished run. A run's identity is its resolved config (less ``output_dir`` and
+        ``cache_dir``), its training data and its models' weights (:func:`kdlens.distill.run_identity`).
+        Calling again with the same identity on a finished run returns at once and writes nothing;
+        on an interrupted run it resumes from the latest saved state (same weights as an
+        uninterrupted run), or completes a run killed while finishing.
+
+    Raises
+    ------
+    ValueError
+        ``output_dir`` holds a run of another identity (the message names the changed config keys,
+        ``data``, ``teacher weights`` or ``student weights``) and ``overwrite`` is False; or a bad
+        input (checked before anything is written); or ``output_dir`` is a file or not writable.
+    kdlens._lock.DirectoryInUseError
+        Another process is writing ``output_dir`` (the message names it).
     """
     cfg = _as_config(config)
     if not cfg.output_dir:
         raise ValueError("output_dir is not set: where should the run directory go? (output_dir=runs/NAME)")
     run = RunDir(cfg.output_dir)
-    if run.done:
-        return run
+    if run.path.exists() and not run.path.is_dir():
+        raise ValueError(f"output_dir {run.path} is a file, not a directory; choose another path")
+    identity = run_identity(cfg)  # reads the data and fingerprints the weights; writes nothing
+    if run.done:  # the common rerun: read under a shared lock, touch nothing
+        with shared_lock(run.path):
+            if check_run_dir(run, identity, overwrite=overwrite) == "finished" and not run.leftovers():
+                return run
     accelerator = _accelerator(cfg)
-    if accelerator.is_main_process:
-        _check_or_write_config(run, cfg)
-    accelerator.wait_for_everyone()
+    lock = exclusive_lock(run.path, what="run") if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+
+
+def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, callbacks: Sequence[StepCallback],
+           overwrite: bool) -> RunDir:
+    """Everything of :func:`distill` after the lock: check the directory and the inputs, then write and train."""
+    plan = check_run_dir(run, identity, overwrite=overwrite)
+    if plan == "finished" or (plan == "resume" and run.has_checkpoint):
+        if accelerator.is_main_process and plan == "resume":  # killed while finishing: complete it
+            run.complete()
+        elif accelerator.is_main_process:  # finished, with what a kill left behind
+            run.remove_leftovers()
+        accelerator.wait_for_everyone()
+        return run
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
     if rem or micro_size == 0:
@@ -208,6 +250,16 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
                                  student_vocab_size=vocab)
     features, records, dropped = _encode(cfg, tokenizer)
     data_hash = sha256_json([[f["input_ids"], f["labels"]] for f in features])
+    if cfg.lora is not None:  # before the first write: a target the model lacks is a config error
+        student = apply_lora(student, cfg.lora)
+    if not hasattr(method, "begin"):
+        _steps_per_epoch(len(features), cfg)
+    if accelerator.is_main_process:  # every input is checked: the first write
+        if plan == "replace":
+            run.clear()
+        run.remove_leftovers()
+        run.start(cfg, identity)
+    accelerator.wait_for_everyone()
     method_run = None
     if hasattr(method, "begin"):  # generation-based methods: their own training data and per-step batches
         begin = RunContext(config=cfg, run=run, features=features, records=records, tokenizer=tokenizer,
@@ -219,9 +271,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             method_run = method.begin(begin)  # reads the caches the main process wrote
         features = method_run.features
     n = len(features)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"only {n} training examples for batch_size={cfg.batch_size}; lower batch_size or add data")
+    steps_per_epoch = _steps_per_epoch(n, cfg)
     total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
 
     from kdlens.data import collate as _collate
@@ -236,21 +286,22 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if teacher is not None and cfg.teacher_source == "cache":
         root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root()
         precision = str(_autocast_dtype(accelerator) or torch.float32).removeprefix("torch.")
-        path = root / cache_key(teacher_id=teacher_id, data_hash=data_hash, max_length=cfg.max_length,
-                                top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab, precision=precision)
+        # keyed by the teacher's weights, not its path: a teacher retrained in place gets a new cache
+        path = root / cache_key(teacher_weights=identity.teacher_weights, data_hash=data_hash,
+                                max_length=cfg.max_length, top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab,
+                                precision=precision)
         if accelerator.is_main_process and not TeacherCache.is_complete(path):
             TeacherCache.build(path, teacher=teacher, features=features, collate=collate, top_k=cfg.top_k,
-                               vocab_size=vocab, teacher_id=teacher_id, data_hash=data_hash,
+                               vocab_size=vocab, teacher_weights=identity.teacher_weights, teacher_name=teacher_id,
+                               data_hash=data_hash,
                                max_length=cfg.max_length, dtype=cfg.cache_dtype, batch_size=micro_size,
                                device=accelerator.device, autocast_dtype=_autocast_dtype(accelerator),
                                progress=_progress_enabled(accelerator))
         accelerator.wait_for_everyone()
-        cache = TeacherCache.open(path, teacher_id=teacher_id, data_hash=data_hash)
+        cache = TeacherCache.open(path, teacher_weights=identity.teacher_weights, data_hash=data_hash)
         teacher = None  # the cache replaces it; free its memory
     teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
 
-    if cfg.lora is not None:
-        student = apply_lora(student, cfg.lora)
     modules: dict[str, torch.nn.Module] = {"student": student}
     if cfg.method == "feature_kd" and cfg.feature.hidden:
         projection = _projection(cfg, student, teacher)
@@ -284,7 +335,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
         atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, dropped,
-                                                       total_steps, accelerator, modules, cache, None))
+                                                       total_steps, accelerator, modules, cache, None, identity))
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -361,22 +412,18 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             log_file.close()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        merge = cfg.lora.merge if cfg.lora is not None else True
-        save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
-                        merge_lora=merge)
+    if accelerator.is_main_process:  # finishing: see kdlens.distill._rundir for why in this order
         if "projection" in wrapped:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             proj = {k: v.detach().cpu().contiguous()
                     for k, v in accelerator.unwrap_model(wrapped["projection"]).state_dict().items()}
-            save_file(proj, str(run.path / ".projection.tmp"))
-            os.replace(run.path / ".projection.tmp", run.path / "feature_projection.safetensors")
-        manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
-                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs})
-        atomic_write_json(run.manifest_path, manifest)
-        shutil.rmtree(run.state_root, ignore_errors=True)
-        atomic_write_text(run.done_path, "")
+            atomic_write_bytes(run.path / "feature_projection.safetensors", save(proj))
+        merge = cfg.lora.merge if cfg.lora is not None else True
+        save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
+                        merge_lora=merge)  # from here on a killed run is completed, not trained again
+        run.mark_done(_manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
+                                modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, identity))
     accelerator.wait_for_everyone()
     return run
 
@@ -458,10 +505,11 @@ def _progress(iterable, accelerator, *, initial: int, total: int):
 
 
 def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, dropped: int,
-              total_steps: int, accelerator, modules, cache, final) -> dict[str, Any]:
+              total_steps: int, accelerator, modules, cache, final, identity: RunIdentity) -> dict[str, Any]:
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
     return {
         "status": status,
+        "identity": identity.to_dict(),
         "versions": versions(),
         "git_sha": git_sha(),
         "seed": cfg.seed,

@@ -126,7 +126,7 @@ def test_a_different_config_in_an_unfinished_run_dir_is_an_error(tmp_path, tasks
     cfg = run_config(tmp_path, tasks_file, save_every=1)
     with pytest.raises(RuntimeError):
         distill(cfg, callbacks=[lambda step, logs: (_ for _ in ()).throw(RuntimeError("kill"))])
-    with pytest.raises(ValueError, match="different config.*sigma"):
+    with pytest.raises(ValueError, match="unfinished run with different settings.*sigma.*overwrite"):
         distill(cfg.replace(sigma=1.0))
 
 
@@ -293,4 +293,4 @@ def test_cli_distill_and_finetune(tmp_path, tasks_file, capsys):
 def test_batch_larger_than_the_data_is_an_error(tmp_path, tasks_file):
     with pytest.raises(ValueError, match="only 16 training examples"):
         distill(run_config(tmp_path, tasks_file, batch_size=32))
-    assert os.path.isdir(tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run")  # checked before anything was written

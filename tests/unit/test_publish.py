@@ -23,20 +23,6 @@ SWEEP = {"name": "tiny", "base": BASE, "axes": {"sigma": [0.0, 3.0]}, "baseline"
 METRICS = ["accuracy", "agreement", "bleu", "token_forward_kl", "accuracy_gain", "agreement_gain", "bleu_gain"]
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    import kdlens.distill
-
-    calls, real = [], kdlens.distill.distill
-
-    def counting(config, **kw):
-        calls.append(config.output_dir)
-        return real(config, **kw)
-
-    monkeypatch.setattr(kdlens.distill, "distill", counting)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def one_session(tmp_path_factory):
     from kdlens.sweep import run_sweep
@@ -77,6 +63,11 @@ def test_two_sessions_through_a_published_folder_equal_one_sweep(tmp_path, count
     manifest = json.loads((published / "manifest.json").read_text())
     assert [s["runs"] for s in manifest["sessions"]] == [sorted(runs["run_id"][:2]), [runs["run_id"].iloc[2]]]
     assert manifest["n_published"] == manifest["n_runs"] == 3 and manifest["sessions"][1]["device"] == "cpu"
+    from kdlens.distill import RunDir
+
+    for rid in runs["run_id"][:2]:  # each published run names its identity (config, data, teacher weights)
+        assert manifest["sessions"][0]["identities"][rid] == \
+            RunDir(tmp_path / "machine1" / "runs" / rid).manifest()["identity"]["hash"]
     # CPU is deterministic: the second session's teacher wrote the published teacher's outputs exactly
     assert manifest["sessions"][1]["teachers"]["teacher"]["same_output_as_published"] == 1.0
     examples = pd.read_parquet(published / "examples.parquet")

@@ -179,7 +179,7 @@ def _features():
 def test_teacher_cache_roundtrip_matches_direct_topk(tmp_path):
     model, feats = _LinearLM(), _features()
     cache = TeacherCache.build(tmp_path / "c", teacher=model, features=feats, collate=_collate, top_k=3,
-                               vocab_size=12, teacher_id="fake", data_hash="h", max_length=16,
+                               vocab_size=12, teacher_weights="fake", data_hash="h", max_length=16,
                                batch_size=2, shard_size=2)
     assert (tmp_path / "c" / "complete").is_file()
     assert len(cache.index["shards"]) == 3 and cache.top_k == 3 and cache.n_examples == 5
@@ -196,16 +196,18 @@ def test_teacher_cache_roundtrip_matches_direct_topk(tmp_path):
     # a complete cache is reused without running the teacher again
     calls = model.calls
     again = TeacherCache.build(tmp_path / "c", teacher=model, features=feats, collate=_collate, top_k=3,
-                               vocab_size=12, teacher_id="fake", data_hash="h", max_length=16)
+                               vocab_size=12, teacher_weights="fake", data_hash="h", max_length=16)
     assert model.calls == calls and again.n_examples == 5
 
 
 def test_teacher_cache_rejects_a_stale_or_foreign_cache(tmp_path):
     model, feats = _LinearLM(), _features()
     TeacherCache.build(tmp_path / "c", teacher=model, features=feats, collate=_collate, top_k=3,
-                       vocab_size=12, teacher_id="fake", data_hash="h", max_length=16)
+                       vocab_size=12, teacher_weights="fake", data_hash="h", max_length=16)
     with pytest.raises(ValueError, match="data_hash"):
-        TeacherCache.open(tmp_path / "c", teacher_id="fake", data_hash="other")
+        TeacherCache.open(tmp_path / "c", teacher_weights="fake", data_hash="other")
+    with pytest.raises(ValueError, match="teacher_weights"):  # the same path, retrained: other weights
+        TeacherCache.open(tmp_path / "c", teacher_weights="retrained", data_hash="h")
     cache = TeacherCache.open(tmp_path / "c")
     wrong = _collate([feats[1]])  # 4 response tokens, example 0 has 2
     with pytest.raises(ValueError, match="stale"):
@@ -218,13 +220,13 @@ def test_interrupted_cache_build_keeps_finished_shards(tmp_path):
     model, feats = _LinearLM(), _features()
     path = tmp_path / "c"
     TeacherCache.build(path, teacher=model, features=feats, collate=_collate, top_k=3, vocab_size=12,
-                       teacher_id="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
+                       teacher_weights="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
     first = (path / "shard-00000.safetensors").read_bytes()
     (path / "complete").unlink()
     (path / "shard-00002.safetensors").unlink()  # as if killed while writing the last shard
     calls = model.calls
     cache = TeacherCache.build(path, teacher=model, features=feats, collate=_collate, top_k=3, vocab_size=12,
-                               teacher_id="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
+                               teacher_weights="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
     assert model.calls == calls + 1  # only the missing shard (1 example, 1 batch) was recomputed
     assert (path / "shard-00000.safetensors").read_bytes() == first
     assert cache.n_examples == 5
@@ -238,7 +240,16 @@ def test_topk_dataclass_k():
 def test_cache_key_separates_compute_precisions():
     from kdlens.teacher import cache_key
 
-    common = {"teacher_id": "t", "data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
+    common = {"teacher_weights": "t", "data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
     assert cache_key(**common) == cache_key(**common, precision="float32")
     # a cache built under bf16 autocast (GPU) is not read by an fp32 run, nor the other way round
     assert cache_key(**common, precision="bfloat16") != cache_key(**common)
+
+
+def test_cache_key_is_the_teachers_weights_not_its_name():
+    from kdlens.teacher import cache_key
+
+    common = {"data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
+    assert cache_key(teacher_weights="a" * 64, **common) != cache_key(teacher_weights="b" * 64, **common)
+    with pytest.raises(TypeError):
+        cache_key(teacher_id="teachers/sft", **common)  # a path can no longer key a cache
