@@ -4,18 +4,25 @@ A verdict says whether the data support, contradict, or cannot decide a stated h
 read from a two-sided confidence interval ``[low, high]`` of the effect at ``level`` and from a
 smallest effect of interest (SESOI) ``m`` (``margin``), never from a p-value alone:
 
-==========  ===================================  ====================================  ============
-expect      supported                            contradicted                          inconclusive
-==========  ===================================  ====================================  ============
-greater     low > 0 (and high >= m)              high < m: any rise is below the SESOI otherwise
-less        high < 0 (and low <= -m)             low > -m                              otherwise
-two-sided   CI excludes 0, not within (-m, m)    CI within (-m, m) (equivalence)       otherwise
-equivalent  CI within (-m, m) (equivalence)      CI excludes 0, not within (-m, m)     otherwise
-==========  ===================================  ====================================  ============
+==========  =================================  ==========================================  ============
+expect      supported                          contradicted                                inconclusive
+==========  =================================  ==========================================  ============
+greater     low > 0 (and high >= m)            high < m: any rise is below the SESOI       otherwise
+less        high < 0 (and low <= -m)           low > -m                                    otherwise
+two-sided   CI excludes 0, not within (-m, m)  CI within (-m, m) (equivalence)             otherwise
+equivalent  CI within (-m, m) (equivalence)    CI outside (-m, m): low >= m or high <= -m  otherwise
+==========  =================================  ==========================================  ============
 
-"No relation" / "no effect" is therefore only ever claimed by an equivalence test: the interval lies
-inside ``(-m, m)``. With a 95% interval the directional decisions are one-sided tests at 2.5% and
-the equivalence decision is a TOST at 2.5% (pass ``level=0.90`` for the TOSTER convention, 5%).
+"Contradicted" always means the interval rules out every effect the hypothesis counts: a rise of
+``m`` or more for ``greater``, an effect of ``m`` or more for ``two-sided``, and every effect within
+``(-m, m)`` for ``equivalent`` (a minimum-effect test; Murphy & Myors 1999). An interval that
+excludes 0 but still reaches into ``(-m, m)`` (e.g. rho in [0.05, 0.35] with ``m = 0.3``) is
+compatible with "no relation of interest" and leaves it ``inconclusive``. "No relation" / "no
+effect" is only ever claimed by an equivalence test: the interval lies inside ``(-m, m)``.
+
+With a 95% interval the directional decisions are one-sided tests at 2.5% and the equivalence
+decision is a TOST at 2.5% (pass ``level=0.90`` for the TOSTER convention, 5%, which :func:`tost`
+uses by default).
 The default margins (:data:`RHO_MARGIN`, :data:`ACCURACY_MARGIN`) are conventions a user should
 restate for their setting; every sentence names the margin it used.
 """
@@ -90,21 +97,25 @@ def decide(ci_low: float, ci_high: float, *, expect: str, margin: float) -> str:
     excludes 0 in its direction, and contradicted when the CI excludes every effect of at least
     ``m`` in its direction; "no effect" (``equivalent``) is supported only when the CI lies inside
     ``(-m, m)``, the confidence-interval form of the two one-sided tests (Schuirmann 1987; Lakens,
-    Scheel & Isager 2018, *AMPPS* 1:259, figure 1).
+    Scheel & Isager 2018, *AMPPS* 1:259, figure 1), and contradicted only when the CI lies outside
+    ``(-m, m)`` (it rules out every effect the hypothesis allows).
     """
     _check_expect(expect, margin)
     low, high = float(ci_low), float(ci_high)
     if math.isnan(low) or math.isnan(high):
         return "inconclusive"
+    if low > high:
+        raise ValueError(f"ci_low must be <= ci_high, got [{low}, {high}]")
     if expect == "greater":
         return "contradicted" if high < margin else "supported" if low > 0 else "inconclusive"
     if expect == "less":
         return "contradicted" if low > -margin else "supported" if high < 0 else "inconclusive"
     within = -margin < low and high < margin
-    excludes_zero = low > 0 or high < 0
     if expect == "two-sided":
+        excludes_zero = low > 0 or high < 0
         return "contradicted" if within else "supported" if excludes_zero else "inconclusive"
-    return "supported" if within else "contradicted" if excludes_zero else "inconclusive"
+    outside = low >= margin or high <= -margin
+    return "supported" if within else "contradicted" if outside else "inconclusive"
 
 
 # --------------------------------------------------------------------------- sentences
@@ -124,6 +135,9 @@ def _why(low: float, high: float, expect: str, margin: float, verdict: str, m: s
             return f"the CI includes 0 and rises of {m} or more"
         if expect == "less":
             return f"the CI includes 0 and falls of {m} or more"
+        if expect == "equivalent" and (low > 0 or high < 0):
+            return (f"the CI excludes 0 but reaches both within and beyond ±{m}: the data cannot tell an effect "
+                    "smaller than the margin from one of interest")
         return f"the CI includes 0 and reaches beyond ±{m}: the data cannot tell no effect from one of interest"
     if expect == "greater":
         if verdict == "supported":
@@ -136,10 +150,9 @@ def _why(low: float, high: float, expect: str, margin: float, verdict: str, m: s
         return "the CI lies above 0: it goes the other way" if low > 0 else \
             f"the CI lies above -{m}: any fall is smaller than the smallest effect of interest"
     within = f"the CI lies within ±{m} (equivalence test)"
-    outside = f"the CI excludes 0 and reaches beyond ±{m}"
     if expect == "two-sided":
-        return outside if verdict == "supported" else within
-    return within if verdict == "supported" else outside
+        return f"the CI excludes 0 and reaches beyond ±{m}" if verdict == "supported" else within
+    return within if verdict == "supported" else f"the CI lies outside ±{m}: every effect within the margin is ruled out"
 
 
 def _sentence(row: dict, *, scale: float, units: str, label: str) -> str:

@@ -55,7 +55,9 @@ def _exact_sample(n: int, mean: float, sd: float, seed: int) -> np.ndarray:
     (-1.5, 3.0, "less", "contradicted"),
     (-4.0, 0.5, "less", "inconclusive"),
     (-1.0, 1.0, "equivalent", "supported"),    # inside +-2: no effect of interest
-    (0.5, 4.0, "equivalent", "contradicted"),
+    (2.5, 4.0, "equivalent", "contradicted"),  # every value within +-2 ruled out
+    (-4.0, -2.0, "equivalent", "contradicted"),
+    (0.5, 4.0, "equivalent", "inconclusive"),  # excludes 0, but 0.5..2 (no effect of interest) remain
     (-3.0, 1.0, "equivalent", "inconclusive"),
     (0.5, 1.5, "equivalent", "supported"),     # non-zero but trivially small
     (0.5, 4.0, "two-sided", "supported"),
@@ -65,6 +67,27 @@ def _exact_sample(n: int, mean: float, sd: float, seed: int) -> np.ndarray:
 ])
 def test_decide_reads_the_interval_against_the_margin(low, high, expect, verdict):
     assert decide(low, high, expect=expect, margin=2.0) == verdict
+
+
+def test_no_relation_is_not_contradicted_by_an_interval_that_reaches_into_the_margin():
+    # rho in [0.05, 0.35]: significantly non-zero, but every |rho| < 0.3 in it is "no relation of
+    # interest", which the hypothesis allows: the data do not contradict it
+    assert decide(0.05, 0.35, expect="equivalent", margin=0.3) == "inconclusive"
+    assert decide(0.31, 0.60, expect="equivalent", margin=0.3) == "contradicted"
+    from kdlens.analysis.verdicts import verdict_row
+
+    row = verdict_row(hypothesis="bleu does not go with the gain", test="spearman", unit="runs", estimate=0.2,
+                      ci_low=0.05, ci_high=0.35, level=0.95, expect="equivalent", margin=0.3, n=150, label="rho")
+    assert row["verdict"] == "inconclusive"
+    assert "excludes 0 but reaches both within and beyond ±0.30" in row["sentence"]
+    row = verdict_row(hypothesis="h", test="spearman", unit="runs", estimate=0.45, ci_low=0.31, ci_high=0.6,
+                      level=0.95, expect="equivalent", margin=0.3, n=150, label="rho")
+    assert "the CI lies outside ±0.30" in row["sentence"]
+
+
+def test_decide_refuses_a_reversed_interval():
+    with pytest.raises(ValueError, match="ci_low must be <= ci_high"):
+        decide(1.0, -1.0, expect="greater", margin=0.02)
 
 
 def test_decide_refuses_no_effect_without_a_margin():
