@@ -307,6 +307,43 @@ def test_a_grid_where_only_tau_varies_gives_no_sigma_test():
     assert skipped.attrs["skipped"] == ["σ varies, but not among the runs at τ = 1: no σ test"]
 
 
+def test_an_axis_held_at_one_value_off_the_center_filters_nothing():
+    # a sigma sweep run at tau = 2 throughout: tau is not confounded with sigma, so every run enters
+    grid = _grid()
+    grid = grid.loc[(grid["method"] == "sft") | (grid["temperature"] == 1.0)].assign(
+        temperature=lambda d: d["temperature"].where(d["method"] == "sft", 2.0))
+    table = ablation_tests(grid)
+    sigma = table.loc[table["family"] == "sigma"]
+    assert sigma["comparison"].tolist() == ["σ = 2 vs σ = 0 at τ = 2", "σ = 5 vs σ = 0 at τ = 2"]
+    diffs = [(0.44 + 0.002 * s * 4) - (0.50 + 0.002 * s * 2) for s in (0, 1, 2)]
+    assert sigma.iloc[0]["estimate"] == pytest.approx(np.mean(diffs)) and sigma.iloc[0]["n"] == 3
+    assert table.attrs["skipped"] == ["τ: the KD runs hold one level (τ = 2): not testable"]
+
+
+def test_a_missing_reference_level_is_named():
+    grid = _grid()
+    grid = grid.loc[~((grid["sigma"] == 0.0) & (grid["temperature"] == 1.0))]
+    grid = grid.loc[grid["temperature"] == 1.0]  # sigma 2 and 5 at tau = 1, no sigma = 0 run
+    table = axis_contrasts(grid, "sigma")
+    assert table.empty
+    assert table.attrs["skipped"].startswith("σ: no run at the reference level σ = 0 (levels σ = 2, σ = 5)")
+    assert ablation_tests(grid).attrs["skipped"][0] == table.attrs["skipped"]
+
+
+def test_a_single_matched_pair_or_a_missing_metric_is_not_called_one_seed():
+    grid = _grid()
+    lone = grid.loc[~((grid["sigma"] == 2.0) & (grid["seed"] > 0))]  # sigma = 2 matched for seed 0 only
+    row = axis_contrasts(lone, "sigma").iloc[0]
+    assert row["n"] == 1 and row["verdict"] == "inconclusive"
+    assert row["note"] == "one matched pair of runs: a contrast needs two or more to estimate their variance"
+    data = _results({"forward_kl": [0.05, 0.06, 0.07]}, seeds=(0, 1))
+    data.loc[data["run_id"] == "forward_kl-prune:1-1", "accuracy"] = np.nan  # one KD run failed its eval
+    row = kd_vs_sft(data).iloc[0]
+    assert row["n"] == 1 and not row["note"].startswith("one seed")
+    assert row["note"] == ("one baseline with a gain: a KD-vs-SFT verdict needs two or more to estimate their "
+                           "variance; 1 KD run(s) with no accuracy value left out")
+
+
 def test_ablation_tests_with_one_seed_are_inconclusive_and_say_why():
     one = _grid().query("seed == 0")
     table = ablation_tests(one)
