@@ -38,7 +38,14 @@ from scipy import stats as sps
 
 from kdlens._schema import EQUIVALENCE_COLUMNS, VERDICT_COLUMNS
 from kdlens.analysis._validate import require_columns, require_level
-from kdlens.analysis.stats import _FISHER_SE, _grouped, _numeric, adjust_pvalues, partial_rank_residuals
+from kdlens.analysis.stats import (
+    _FISHER_SE,
+    _grouped,
+    _no_spread,
+    _numeric,
+    adjust_pvalues,
+    partial_rank_residuals,
+)
 
 __all__ = [
     "ACCURACY_MARGIN",
@@ -226,7 +233,7 @@ def mean_interval(values: np.ndarray, *, level: float, expect: str, margin: floa
     sd = float(x.std(ddof=1))
     out["sd"], out["dof"] = sd, float(n - 1)
     # equal values up to rounding (e.g. 0.56 - 0.50 per seed) have no variance to build a t interval on
-    if sd <= 1e-12 * max(1.0, abs(out["estimate"])):
+    if _no_spread(x):
         out["sd"] = 0.0
         return out
     se = sd / math.sqrt(n)
@@ -401,7 +408,7 @@ def tost(
         n = len(d)
         row = {"test": test, **dict.fromkeys(EQUIVALENCE_COLUMNS, math.nan), "low_bound": low_b,
                "high_bound": high_b, "n": n, "equivalent": False, "note": ""}
-        if n < 2 or float(np.std(d, ddof=1)) == 0.0:
+        if n < 2 or _no_spread(d):
             row["note"] = f"n = {n} < 2: too few units" if n < 2 else "zero variance: t is undefined"
             row["estimate"] = float(d.mean()) if n else math.nan
             return [row]

@@ -156,6 +156,10 @@ def test_tost_inputs_fail_clearly():
     with pytest.raises(ValueError, match="low < high"):
         tost(data, dv="x", margin=(1.0, -1.0))
     assert tost(pd.DataFrame({"x": [1.0]}), dv="x", margin=1.0).iloc[0]["note"].startswith("n = 1 < 2")
+    # differences equal up to rounding (0.06 each) carry no variance: no test, not p = 4e-31
+    rounding = tost(pd.DataFrame({"a": [0.56, 0.57, 0.58], "b": [0.50, 0.51, 0.52]}), a="a", b="b", margin=0.1).iloc[0]
+    assert rounding["note"] == "zero variance: t is undefined" and not rounding["equivalent"]
+    assert math.isnan(rounding["p_val"]) and rounding["estimate"] == pytest.approx(0.06)
 
 
 # --------------------------------------------------------------------------- partial correlation
