@@ -493,3 +493,18 @@ def test_mixed_model_says_when_the_fit_is_singular():
     assert clean.attrs["warnings"] == []
     with pytest.raises(ValueError, match="outcome 'run_name' must be numeric"):
         mixed(data.assign(run_name=data["run"].astype(str)), outcome="run_name", predictors=["bleu"], groups="run")
+
+
+def test_seeds_needed_from_a_level_uses_the_sd_of_a_difference_of_two_runs():
+    data = _results({"forward_kl": [0.02, 0.06, 0.07]})
+    sd_level, _, _ = seed_sd(data, metric="accuracy")  # the spread of one run's accuracy across seeds
+    assert sd_level > 0
+    out = seeds_needed(0.02, data=data, metric="accuracy").iloc[0]
+    assert out["sd"] == pytest.approx(math.sqrt(2) * sd_level)
+    assert out["seeds_exact"] == pytest.approx(seeds_needed(0.02, sd=math.sqrt(2) * sd_level)["seeds_exact"].iloc[0])
+    assert "is a level" in out["note"]
+    # a gain is already a difference: used as it is
+    from kdlens.analysis import add_gain
+
+    gain = seeds_needed(0.02, data=add_gain(data, metrics=("accuracy",)), metric="accuracy_gain").iloc[0]
+    assert gain["note"] == "" and gain["sd"] == pytest.approx(seed_sd(add_gain(data, metrics=("accuracy",)))[0])
