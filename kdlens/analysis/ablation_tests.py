@@ -156,21 +156,27 @@ def kd_vs_sft(
         (key if isinstance(key, tuple) else (key,), g) for key, g in kd.groupby(by_cols, sort=True, dropna=False)]
     rows = []
     for key, g in groups:
-        scopes = [("all KD runs", g)]
-        if len(configs) and g[configs].astype(str).drop_duplicates().shape[0] > 1:
+        # the sentence names what it is about: the group, and the KD configuration or the pooling
+        group_text = (" for " + ", ".join(f"{c} = {k}" for c, k in zip(by_cols, key, strict=True))) if by_cols else ""
+        scopes = [("all KD runs", f"KD{group_text}", g)]
+        n_configs = g[configs].astype(str).drop_duplicates().shape[0] if len(configs) else 1
+        if n_configs > 1:
+            scopes[0] = ("all KD runs", f"KD{group_text} (averaged over its {n_configs} configurations of "
+                         f"{', '.join(configs)})", g)
             for _, cg in g.groupby(_keys(g, configs), sort=True):
                 first = cg.iloc[0]
-                scopes.append((", ".join(_describe(c, first[c]) if c in _SYMBOL else f"{c} = {first[c]}"
-                                         for c in configs), cg))
-        for label, part in scopes:
+                label = ", ".join(_describe(c, first[c]) if c in _SYMBOL else f"{c} = {first[c]}" for c in configs)
+                scopes.append((label, f"KD at {label}{group_text}", cg))
+        for label, subject, part in scopes:
             rows.append({"family": "kd_vs_sft", "comparison": f"{label} vs {baseline}",
                          **dict(zip(by_cols, key, strict=True)),
-                         **_kd_row(part, gain, metric, baseline, task, pair_text, margin, level, scale, units)})
+                         **_kd_row(part, gain, metric, baseline, task, pair_text, margin, level, scale, units,
+                                   subject)})
     return finish_verdicts(rows, [*_LEAD, *by_cols], padjust)
 
 
 def _kd_row(part: pd.DataFrame, gain: str, metric: str, baseline: str, task: str, pair_text: str,
-            margin: float, level: float, scale: float, units: str) -> dict:
+            margin: float, level: float, scale: float, units: str, subject: str) -> dict:
     with_gain = part.loc[part[gain].notna()]
     no_value = int(part[metric].isna().sum())
     no_base = int((part[gain].isna() & part[metric].notna()).sum())
@@ -192,7 +198,7 @@ def _kd_row(part: pd.DataFrame, gain: str, metric: str, baseline: str, task: str
         stats["ci_low"] = stats["ci_high"] = math.nan
     elif not math.isfinite(stats["ci_low"]):
         notes.insert(0, "the gains do not vary across baselines: no interval")
-    hypothesis = (f"KD raises {metric} over {baseline} (paired within {pair_text}; task {task}; "
+    hypothesis = (f"{subject} raises {metric} over {baseline} (paired within {pair_text}; task {task}; "
                   f"SESOI {margin * scale:g}{units})")
     return verdict_row(hypothesis=hypothesis, test="mean_t", unit="baselines", estimate=stats["estimate"],
                        ci_low=stats["ci_low"], ci_high=stats["ci_high"], level=level, expect="greater",

@@ -249,6 +249,13 @@ def test_kd_runs_sharing_a_baseline_are_averaged_within_it():
     # one row per loss, each over the 3 baselines; p_adj across the 4 rows (Holm)
     assert table["comparison"].tolist()[1:] == ["loss = forward_kl vs sft", "loss = jsd vs sft",
                                                 "loss = reverse_kl vs sft"]
+    # each sentence says what it is about: the pooling, or the configuration
+    assert pooled["sentence"].startswith("KD (averaged over its 3 configurations of loss) raises accuracy over sft")
+    assert table["sentence"].iloc[2].startswith("KD at loss = jsd raises accuracy over sft")
+    by_student = kd_vs_sft(_results(gains, students=("prune:1", "prune:2")), by="student")
+    assert by_student["sentence"].iloc[4].startswith(
+        "KD for student = prune:2 (averaged over its 3 configurations of loss) raises accuracy")
+    assert by_student["sentence"].iloc[5].startswith("KD at loss = forward_kl for student = prune:2 raises")
     assert (table["n"] == 3).all()
     from statsmodels.stats.multitest import multipletests
 
