@@ -389,7 +389,9 @@ def tost(
     Schuirmann (1987), *J. Pharmacokinet. Biopharm.* 15:657; Lakens (2017), "Equivalence tests: a
     practical primer for t tests, correlations, and meta-analyses", *SPPS* 8:355. The output
     matches R's TOSTER (``TOSTone.raw``, ``TOSTpaired.raw``, ``t_TOST``). Equivalence is shown
-    exactly when the ``1 - 2 alpha`` CI lies inside the bounds.
+    exactly when the ``1 - 2 alpha`` CI lies inside the bounds. The default ``alpha=0.05`` is
+    TOSTER's (a 90% CI); the verdict tables read "no effect" from a 95% CI, which is this test at
+    ``alpha=0.025``: the two can disagree on the same data unless ``alpha = (1 - level) / 2``.
     """
     if (dv is None) == (a is None or b is None) or (a is None) != (b is None):
         raise ValueError("give either dv= (one-sample) or both a= and b= (paired), e.g. tost(d, dv='gain', margin=0.02)")

@@ -150,6 +150,19 @@ def test_tost_correlation_matches_toster_r():
     assert bool(row["equivalent"])
 
 
+def test_tost_at_half_the_verdicts_alpha_is_the_verdicts_equivalence():
+    # a 95% CI inside +-m is a TOST at 2.5%; TOSTER's default 5% (a 90% CI) says more on the same data
+    from kdlens.analysis.verdicts import mean_verdict
+
+    x = _exact_sample(12, 0.008, 0.02, 7)
+    row = mean_verdict(x, hypothesis="h", unit="seeds", expect="equivalent", margin=0.02, level=0.95)
+    at_025 = tost(pd.DataFrame({"x": x}), dv="x", margin=0.02, alpha=0.025).iloc[0]
+    at_05 = tost(pd.DataFrame({"x": x}), dv="x", margin=0.02).iloc[0]
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx([at_025["ci_low"], at_025["ci_high"]], abs=1e-12)
+    assert row["p_val"] == pytest.approx(at_025["p_val"], rel=1e-12)
+    assert row["verdict"] == "inconclusive" and not at_025["equivalent"] and at_05["equivalent"]
+
+
 def test_tost_inputs_fail_clearly():
     data = pd.DataFrame({"x": [1.0, 2.0, 3.0]})
     with pytest.raises(ValueError, match="either dv="):
