@@ -67,12 +67,13 @@ def _kd_rows(results: pd.DataFrame, baseline: str, task: str) -> pd.DataFrame:
     return part.loc[part["method"] != baseline] if "method" in part.columns else part
 
 
-def _seed_note(frame: pd.DataFrame, what: str) -> str:
+def _seed_note(frame: pd.DataFrame, what: str, unit: str) -> str:
+    """Why a row with one unit is not tested: one seed in the sweep, or one ``unit`` left to compare."""
     seeds = frame["seed"].nunique() if "seed" in frame.columns else 1
     if seeds <= 1:
         return (f"one seed: {what} needs two or more seeds to estimate their variance "
                 "(add e.g. 'seed: [0, 1, 2]' to the sweep's axes)")
-    return f"one {what.split(' ', 1)[0]} unit: nothing to estimate a variance from"
+    return f"one {unit}: {what} needs two or more to estimate their variance"
 
 
 def _varying(frame: pd.DataFrame, columns: Sequence[str]) -> list[str]:
@@ -155,40 +156,49 @@ def kd_vs_sft(
         (key if isinstance(key, tuple) else (key,), g) for key, g in kd.groupby(by_cols, sort=True, dropna=False)]
     rows = []
     for key, g in groups:
-        scopes = [("all KD runs", g)]
-        if len(configs) and g[configs].astype(str).drop_duplicates().shape[0] > 1:
+        # the sentence names what it is about: the group, and the KD configuration or the pooling
+        group_text = (" for " + ", ".join(f"{c} = {k}" for c, k in zip(by_cols, key, strict=True))) if by_cols else ""
+        scopes = [("all KD runs", f"KD{group_text}", g)]
+        n_configs = g[configs].astype(str).drop_duplicates().shape[0] if len(configs) else 1
+        if n_configs > 1:
+            scopes[0] = ("all KD runs", f"KD{group_text} (averaged over its {n_configs} configurations of "
+                         f"{', '.join(configs)})", g)
             for _, cg in g.groupby(_keys(g, configs), sort=True):
                 first = cg.iloc[0]
-                scopes.append((", ".join(_describe(c, first[c]) if c in _SYMBOL else f"{c} = {first[c]}"
-                                         for c in configs), cg))
-        for label, part in scopes:
+                label = ", ".join(_describe(c, first[c]) if c in _SYMBOL else f"{c} = {first[c]}" for c in configs)
+                scopes.append((label, f"KD at {label}{group_text}", cg))
+        for label, subject, part in scopes:
             rows.append({"family": "kd_vs_sft", "comparison": f"{label} vs {baseline}",
                          **dict(zip(by_cols, key, strict=True)),
-                         **_kd_row(part, gain, metric, baseline, task, pair_text, margin, level, scale, units)})
+                         **_kd_row(part, gain, metric, baseline, task, pair_text, margin, level, scale, units,
+                                   subject)})
     return finish_verdicts(rows, [*_LEAD, *by_cols], padjust)
 
 
 def _kd_row(part: pd.DataFrame, gain: str, metric: str, baseline: str, task: str, pair_text: str,
-            margin: float, level: float, scale: float, units: str) -> dict:
+            margin: float, level: float, scale: float, units: str, subject: str) -> dict:
     with_gain = part.loc[part[gain].notna()]
-    dropped = len(part) - len(with_gain)
+    no_value = int(part[metric].isna().sum())
+    no_base = int((part[gain].isna() & part[metric].notna()).sum())
     clusters = with_gain.groupby(with_gain["baseline_run_id"].astype(str), sort=True)[gain].mean()
     stats = mean_interval(clusters.to_numpy(float), level=level, expect="greater", margin=margin)
     n = stats["n"]
     notes = []
     if len(with_gain) > n > 0:
         notes.append(f"{len(with_gain)} KD runs share {n} baseline(s): gains averaged within each baseline")
-    if dropped:
-        notes.append(f"{dropped} KD run(s) without a {baseline} baseline left out")
+    if no_value:
+        notes.append(f"{no_value} KD run(s) with no {metric} value left out")
+    if no_base:
+        notes.append(f"{no_base} KD run(s) without a {baseline} baseline {metric} left out")
     if n == 0:
         notes = [f"no KD run has a {metric} gain over a {baseline} baseline (agreement and BLEU gains need the "
                  "baseline evaluated against the same teacher)"]
     elif n < 2:
-        notes.insert(0, _seed_note(with_gain, "a KD-vs-SFT verdict"))
+        notes.insert(0, _seed_note(part, "a KD-vs-SFT verdict", "baseline with a gain"))
         stats["ci_low"] = stats["ci_high"] = math.nan
     elif not math.isfinite(stats["ci_low"]):
         notes.insert(0, "the gains do not vary across baselines: no interval")
-    hypothesis = (f"KD raises {metric} over {baseline} (paired within {pair_text}; task {task}; "
+    hypothesis = (f"{subject} raises {metric} over {baseline} (paired within {pair_text}; task {task}; "
                   f"SESOI {margin * scale:g}{units})")
     return verdict_row(hypothesis=hypothesis, test="mean_t", unit="baselines", estimate=stats["estimate"],
                        ci_low=stats["ci_low"], ci_high=stats["ci_high"], level=level, expect="greater",
@@ -262,9 +272,10 @@ def axis_contrasts(
     metric : str
         Compared column.
     center : mapping, optional
-        The grid's center, default :data:`DEFAULT_CENTER` (σ = 0, τ = 1): only runs at the center
-        value of every *other* axis named here enter (the σ contrasts use the τ = 1 runs, the τ
-        contrasts the σ = 0 runs).
+        The grid's center, default :data:`DEFAULT_CENTER` (σ = 0, τ = 1): when another axis named
+        here varies among the KD runs, only its runs at the center value enter (the σ contrasts use
+        the τ = 1 runs, the τ contrasts the σ = 0 runs); an axis held at one value (a σ sweep at
+        τ = 2) filters nothing and is named in the comparison ("at τ = 2").
     reference : optional
         Level every other level is compared with; default the axis' center (σ = 0, τ = 1), False
         for ``teacher_aware``, else the smallest level. ``"smallest"``/``"largest"`` pick a level by
@@ -282,7 +293,8 @@ def axis_contrasts(
     DataFrame
         ``family`` (= ``axis``), ``comparison`` (e.g. ``"σ = 2 vs σ = 0 at τ = 1"``), ``level_value``,
         then :data:`kdlens._schema.VERDICT_COLUMNS`; one row per non-reference level. Empty when
-        the axis has fewer than two levels among the runs at the center (no test).
+        the axis has fewer than two levels among the runs at the center, or no run at the reference
+        level (no test); ``attrs["skipped"]`` then says why, in words.
 
     Notes
     -----
@@ -295,22 +307,36 @@ def axis_contrasts(
     require_expect_level("greater", margin, level)
     kd = _kd_rows(results, baseline, task)
     require_columns(kd, [axis, metric], what="results")
-    where = []
+    where, filtered = [], []
     for other, value in center.items():
-        if other != axis and other in kd.columns and kd[other].notna().any():
+        if other == axis or other not in kd.columns:
+            continue
+        held = {_plain(v) for v in kd[other] if not _missing(v)}
+        if len(held) > 1:  # the other axis varies: read this one at its center, where it alone varies
             kd = kd.loc[_at(kd, other, value)]
             where.append(_describe(other, value))
+            filtered.append(_describe(other, value))
+        elif held:  # held at one value for every run: no confound, and the sentence says which value
+            where.append(_describe(other, held.pop()))
     kd = kd.loc[kd[axis].map(lambda v: not _missing(v))]
     columns = [*_LEAD, "level_value"]
     levels = sorted({_plain(v) for v in kd[axis]}, key=lambda v: (str(type(v)), v))
+    symbol = _SYMBOL.get(axis, axis)
     if len(levels) < 2:
-        return finish_verdicts([], columns, padjust)
+        out = finish_verdicts([], columns, padjust)
+        out.attrs["skipped"] = (f"{symbol} varies, but not among the runs at {', '.join(filtered)}: no {symbol} test"
+                                if filtered else f"{symbol}: the KD runs hold one level: not testable")
+        return out
     if reference in ("smallest", "largest"):
         ref = sorted(levels, key=size_key)[0 if reference == "smallest" else -1]
     else:
         ref = reference if reference is not None else center.get(axis, _REFERENCE.get(axis, levels[0]))
     if not any(_same(ref, v) for v in levels):
-        return finish_verdicts([], columns, padjust)
+        out = finish_verdicts([], columns, padjust)
+        out.attrs["skipped"] = (f"{symbol}: no run at the reference level {_describe(axis, ref)} (levels "
+                                f"{', '.join(_describe(axis, v) for v in levels)}): no {symbol} test; pass "
+                                "reference= (or center=) to axis_contrasts")
+        return out
     pair_cols = [c for c in _config_columns(kd, "seed") if c != axis] + (["seed"] if "seed" in kd.columns else [])
     varying = _varying(kd, pair_cols)
     keyed = kd.assign(_key=_keys(kd, varying))
@@ -331,7 +357,7 @@ def axis_contrasts(
         if n == 0:
             note = f"no run at {_describe(axis, value)} has a matching run at {_describe(axis, ref)}"
         elif n < 2:
-            note = _seed_note(keyed, "a contrast")
+            note = _seed_note(keyed, "a contrast", "matched pair of runs")
             stats["ci_low"] = stats["ci_high"] = math.nan
         elif not math.isfinite(stats["ci_low"]):
             note = "the differences do not vary across units: no interval"
@@ -398,10 +424,7 @@ def ablation_tests(
         table = axis_contrasts(results, axis, metric=metric, center=center, expect=expect, baseline=baseline,
                                task=task, margin=margin, level=level, padjust=padjust)
         if table.empty:
-            others = [f"{_SYMBOL.get(c, c)} = {v:g}" for c, v in (DEFAULT_CENTER if center is None else center).items()
-                      if c != axis and c in kd.columns]
-            skipped.append(f"{_SYMBOL.get(axis, axis)} varies, but not among the runs at "
-                           f"{', '.join(others) or 'its reference'}: no {_SYMBOL.get(axis, axis)} test")
+            skipped.append(table.attrs["skipped"])
         frames.append(table)
     frames = [f for f in frames if not f.empty]
     if not frames:

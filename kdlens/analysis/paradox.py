@@ -137,6 +137,7 @@ def paradox_test(
         cluster = "baseline_run_id" if "baseline_run_id" in runs.columns else None
     require_columns(runs, [gain, *cols, *controls, *by_cols, *([cluster] if cluster else [])], what="runs")
     require_nonempty(runs, what="runs")
+    runs = runs.reset_index(drop=True)  # strata are located by position (a concatenated table repeats labels)
     gains = pd.to_numeric(runs[gain], errors="coerce")
     if gain_margin < 1 and (gains.abs() > 1).any():
         raise ValueError(f"{gain} has values beyond +-1 (up to {gains.abs().max():g}): it looks like percentage "

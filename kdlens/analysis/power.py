@@ -127,7 +127,10 @@ def seeds_needed(
     effect : float or list of float
         True differences to detect, in the metric's units (0.02 = 2 accuracy points).
     data : DataFrame, optional
-        A results table: the seed standard deviation is :func:`seed_sd` of ``metric`` in it.
+        A results table: the seed standard deviation is :func:`seed_sd` of ``metric`` in it. For a
+        gain (``*_gain``, already a difference of two runs) it is the sd of one seed's difference;
+        for a level (``"accuracy"``) the difference of two runs with independent seed noise has
+        ``sqrt(2)`` times its sd, which is what the power calculation uses (and ``note`` says).
     sd : float, optional
         The standard deviation of one seed's difference, instead of ``data``.
     metric, seed, task
@@ -138,9 +141,10 @@ def seeds_needed(
     Returns
     -------
     DataFrame
-        :data:`kdlens._schema.POWER_COLUMNS`, one row per effect: ``seeds`` = the smallest integer
-        ``n >= 2`` with power at least ``power`` (``seeds_exact`` the real-valued solution);
-        NaN with a ``note`` when the data hold no configuration with two seeds.
+        :data:`kdlens._schema.POWER_COLUMNS`, one row per effect: ``sd`` is the standard deviation
+        of one seed's difference used; ``seeds`` = the smallest integer ``n >= 2`` with power at
+        least ``power`` (``seeds_exact`` the real-valued solution); NaN with a ``note`` when the
+        data hold no configuration with two seeds.
 
     Notes
     -----
@@ -154,8 +158,14 @@ def seeds_needed(
     effects = [float(effect)] if np.isscalar(effect) else [float(e) for e in effect]
     if not effects or any(not math.isfinite(e) or e == 0 for e in effects):
         raise ValueError(f"effect must be one or more finite non-zero differences, got {effect!r}")
+    level_note = ""
     if data is not None:
         sd_value, dof, groups = seed_sd(data, metric=metric, seed=seed, task=task)
+        if not metric.endswith("_gain") and math.isfinite(sd_value):
+            # a level's seed sd is that of one run; a paired difference of two runs carries two runs' noise
+            level_note = (f"{metric!r} is a level (seed sd {sd_value:.4g}): the difference of two runs has "
+                          f"sd sqrt(2) x {sd_value:.4g} (independent seed noise; less if the pairs share noise)")
+            sd_value *= math.sqrt(2)
     else:
         if not (math.isfinite(sd) and sd > 0):
             raise ValueError(f"sd must be a positive number, got {sd}")
@@ -165,7 +175,7 @@ def seeds_needed(
     rows = []
     for e in effects:
         row = {"effect": e, "sd": sd_value, "sd_dof": dof, "n_groups": groups, "level": level, "power": power,
-               "seeds": math.nan, "seeds_exact": math.nan, "note": ""}
+               "seeds": math.nan, "seeds_exact": math.nan, "note": level_note}
         if not math.isfinite(sd_value):
             row["note"] = f"no configuration has two seeds of {metric!r}: the seed variance is unknown"
         else:

@@ -266,18 +266,51 @@ def fit_mixed(
         Random-effects formula, e.g. ``"~Days"`` for a random intercept and slope; default a
         random intercept.
     reml : bool
-        Restricted maximum likelihood (lme4's default) or maximum likelihood.
+        Restricted maximum likelihood (lme4's default; use it for the fixed effects' Wald tests) or
+        maximum likelihood (``reml=False``: needed to compare models that differ in their fixed
+        effects by likelihood ratio).
 
     Returns
     -------
     statsmodels ``MixedLMResults``
 
+    Warns
+    -----
+    UserWarning
+        When the fit lies on the boundary (a random-effect variance estimated at 0: lme4's
+        "boundary (singular) fit") or statsmodels warned about the chosen fit (a Hessian that is not
+        positive definite, a singular random-effects covariance). :func:`mixed` also puts these in
+        its ``note`` column and ``attrs["warnings"]``.
+
     Notes
     -----
     ``y = X beta + Z b + e`` with ``b ~ N(0, G)`` per group and ``e ~ N(0, sigma^2 I)``
     (Laird & Ware 1982); statsmodels' REML estimates match lme4's ``lmer`` (Bates et al. 2015,
-    *J. Stat. Softw.* 67(1)), checked on ``sleepstudy`` in the tests.
+    *J. Stat. Softw.* 67(1)), checked on ``sleepstudy`` in the tests. statsmodels' default
+    gradient optimizer can stop short of the optimum, or report convergence at an infinite
+    likelihood with wrong fixed effects, when a variance is near 0 (common for correctness of
+    examples nested in runs), so the model is also fitted with Powell's derivative-free method and
+    the converged fit with the highest finite (restricted) likelihood is kept.
     """
+    result, notes = _fit_mixed(data, outcome=outcome, predictors=predictors, groups=groups, re_formula=re_formula,
+                               reml=reml)
+    _warn_fit(notes)
+    return result
+
+
+#: statsmodels' messages about its own optimizer retries: they describe fits that were not kept
+_RETRY_CHATTER = ("Retrying MixedLM optimization", "Maximum Likelihood optimization failed to converge",
+                  "MixedLM optimization failed, trying a different optimizer", "Gradient optimization failed")
+
+
+def _warn_fit(notes: Sequence[str]) -> None:
+    if notes:
+        warnings.warn(f"mixed model: {'; '.join(notes)}", UserWarning, stacklevel=3)
+
+
+def _fit_mixed(data: pd.DataFrame, *, outcome: str, predictors: Sequence[str], groups: str,
+               re_formula: str | None, reml: bool):
+    """:func:`fit_mixed` without the warning: ``(result, notes)``, the notes in words."""
     import statsmodels.formula.api as smf
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
 
@@ -296,14 +329,36 @@ def fit_mixed(
         raise ValueError(f"groups={groups!r} has {n_groups} level(s): a mixed model needs several groups")
     if frame[outcome].dtype == bool:
         frame[outcome] = frame[outcome].astype(float)
+    if not pd.api.types.is_numeric_dtype(frame[outcome]):
+        raise ValueError(f"outcome {outcome!r} must be numeric or boolean, got values like "
+                         f"{list(pd.unique(frame[outcome]))[:3]}")
     model = smf.mixedlm(f"{outcome} ~ {' + '.join(predictors)}", frame, groups=frame[groups],
                         re_formula=re_formula)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        result = model.fit(reml=reml)
-    if not result.converged:
-        raise ValueError("the mixed model did not converge; simplify re_formula or rescale the predictors")
-    return result
+    fits, errors = [], []
+    for method in (None, ["powell"]):  # None: statsmodels' default (BFGS, retried with L-BFGS and CG)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                result = model.fit(reml=reml, **({} if method is None else {"method": method}))
+            except (np.linalg.LinAlgError, ValueError) as err:
+                errors.append(str(err))
+                continue
+        usable = result.converged and np.isfinite(result.llf) and np.isfinite(np.asarray(result.bse_fe)).all()
+        if usable:
+            said = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)
+                    and not str(w.message).startswith(_RETRY_CHATTER)]
+            fits.append((float(result.llf), result, list(dict.fromkeys(said))))
+    if not fits:
+        why = f" ({errors[0]})" if errors else ""
+        raise ValueError(f"the mixed model did not converge{why}; simplify re_formula or rescale the predictors")
+    _, result, notes = max(fits, key=lambda fit: fit[0])  # ties keep the default optimizer's fit
+    variances = np.diag(np.asarray(result.cov_re, dtype=float))
+    for name, var in zip(result.cov_re.columns, variances, strict=True):
+        if var <= 1e-6 * float(result.scale):
+            notes.insert(0, f"singular fit: the variance of the random {name} per {groups} is estimated at 0 "
+                            "(on the boundary; lme4's 'boundary (singular) fit'), so the groups share nothing "
+                            "beyond the fixed effects here and the Wald tests assume an interior optimum")
+    return result, notes
 
 
 def mixed(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **kwargs) -> pd.DataFrame:
@@ -317,7 +372,8 @@ def mixed(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **k
         matrix and ``attrs["scale"]`` the residual variance, ``attrs["n_groups"]`` the groups.
     """
     require_level(level)
-    result = fit_mixed(data, **kwargs)
+    result, notes = _fit_mixed(data, **{"re_formula": None, "reml": True, **kwargs})
+    _warn_fit(notes)
     k = len(result.fe_params)
     ci = np.asarray(result.conf_int(alpha=1 - level))[:k]
     terms = list(result.fe_params.index)
@@ -329,8 +385,8 @@ def mixed(data: pd.DataFrame, *, level: float = 0.95, padjust: str = "holm", **k
         "std_err": np.asarray(result.bse_fe, dtype=float), "statistic": np.asarray(result.tvalues, float)[:k],
         "p_val": p_val, "p_adj": p_adj, "ci_low": ci[:, 0], "ci_high": ci[:, 1],
         "effect_size": result.fe_params.to_numpy(float), "n": int(result.nobs),
-        "note": "effect_size = the coefficient; random effects in attrs",
+        "note": "; ".join(["effect_size = the coefficient; random effects in attrs", *notes]),
     })[list(MODEL_COLUMNS)]
     table.attrs.update(random_effects=result.cov_re, scale=float(result.scale),
-                       n_groups=int(len(result.random_effects)))
+                       n_groups=int(len(result.random_effects)), warnings=notes)
     return table

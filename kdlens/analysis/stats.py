@@ -168,6 +168,16 @@ def _numeric(data: pd.DataFrame, column: str) -> np.ndarray:
         raise ValueError(f"column {column!r} must be numeric: {err}") from err
 
 
+def _no_spread(x: np.ndarray) -> bool:
+    """Whether values are equal up to floating-point rounding (sd <= 1e-12 of their scale).
+
+    Differences such as 0.56 - 0.50 and 0.57 - 0.51 are both 0.06 but differ in the 17th digit: an
+    exact ``sd == 0`` check lets them through and the t statistic becomes ~1e15 (p ~ 1e-30).
+    """
+    x = np.asarray(x, dtype=float)
+    return float(np.std(x, ddof=1)) <= 1e-12 * max(1.0, float(np.abs(x).max()))
+
+
 def _ci(result, level: float) -> tuple[float, float]:
     ci = result.confidence_interval(confidence_level=level)
     return float(ci.low), float(ci.high)
@@ -233,7 +243,7 @@ def ttest(
         if n < _MIN_N:
             return [_nan_row("ttest_1samp", n, alternative, f"n = {n} < {_MIN_N}: too few values")]
         sd = float(np.std(x, ddof=1))
-        if sd == 0.0:
+        if _no_spread(x):
             return [_nan_row("ttest_1samp", n, alternative, "zero variance: t is undefined")]
         res = sps.ttest_1samp(x, popmean, alternative=alternative)
         low, high = _ci(res, level)
@@ -752,7 +762,7 @@ def paired_ttest(
             return [_nan_row("ttest_paired", n, alternative, f"n = {n} < {_MIN_N}: too few pairs")]
         d = av - bv
         sd = float(np.std(d, ddof=1))
-        if sd == 0.0:
+        if _no_spread(d):
             return [_nan_row("ttest_paired", n, alternative, "the differences are constant: t is undefined")]
         res = sps.ttest_rel(av, bv, alternative=alternative)
         low, high = _ci(res, level)

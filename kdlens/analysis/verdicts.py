@@ -4,7 +4,6 @@ A verdict says whether the data support, contradict, or cannot decide a stated h
 read from a two-sided confidence interval ``[low, high]`` of the effect at ``level`` and from a
 smallest effect of interest (SESOI) ``m`` (``margin``), never from a p-value alone:
 
-==========  ===================================  =======================================  ============
 expect      supported                            contradicted                             inconclusive
 ==========  ===================================  =======================================  ============
 greater     low > 0 (and high >= m)              high < m: any rise is below the SESOI    otherwise
@@ -16,6 +15,27 @@ equivalent  CI within (-m, m) (equivalence)      CI excludes 0, not within (-m, 
 "No relation" / "no effect" is therefore only ever claimed by an equivalence test: the interval lies
 inside ``(-m, m)``. With a 95% interval the directional decisions are one-sided tests at 2.5% and
 the equivalence decision is a TOST at 2.5% (pass ``level=0.90`` for the TOSTER convention, 5%).
+The default margins (:data:`kdlens.analysis.RHO_MARGIN`, :data:`kdlens.analysis.ACCURACY_MARGIN`) are conventions a user should
+=======
+==========  =================================  ==========================================  ============
+expect      supported                          contradicted                                inconclusive
+==========  =================================  ==========================================  ============
+greater     low > 0 (and high >= m)            high < m: any rise is below the SESOI       otherwise
+less        high < 0 (and low <= -m)           low > -m                                    otherwise
+two-sided   CI excludes 0, not within (-m, m)  CI within (-m, m) (equivalence)             otherwise
+equivalent  CI within (-m, m) (equivalence)    CI outside (-m, m): low >= m or high <= -m  otherwise
+==========  =================================  ==========================================  ============
+
+"Contradicted" always means the interval rules out every effect the hypothesis counts: a rise of
+``m`` or more for ``greater``, an effect of ``m`` or more for ``two-sided``, and every effect within
+``(-m, m)`` for ``equivalent`` (a minimum-effect test; Murphy & Myors 1999). An interval that
+excludes 0 but still reaches into ``(-m, m)`` (e.g. rho in [0.05, 0.35] with ``m = 0.3``) is
+compatible with "no relation of interest" and leaves it ``inconclusive``. "No relation" / "no
+effect" is only ever claimed by an equivalence test: the interval lies inside ``(-m, m)``.
+
+With a 95% interval the directional decisions are one-sided tests at 2.5% and the equivalence
+decision is a TOST at 2.5% (pass ``level=0.90`` for the TOSTER convention, 5%, which :func:`tost`
+uses by default).
 The default margins (:data:`kdlens.analysis.RHO_MARGIN`, :data:`kdlens.analysis.ACCURACY_MARGIN`) are conventions a user should
 restate for their setting; every sentence names the margin it used.
 """
@@ -31,7 +51,14 @@ from scipy import stats as sps
 
 from kdlens._schema import EQUIVALENCE_COLUMNS, VERDICT_COLUMNS
 from kdlens.analysis._validate import require_columns, require_level
-from kdlens.analysis.stats import _FISHER_SE, _grouped, _numeric, adjust_pvalues, partial_rank_residuals
+from kdlens.analysis.stats import (
+    _FISHER_SE,
+    _grouped,
+    _no_spread,
+    _numeric,
+    adjust_pvalues,
+    partial_rank_residuals,
+)
 
 __all__ = [
     "ACCURACY_MARGIN",
@@ -90,21 +117,25 @@ def decide(ci_low: float, ci_high: float, *, expect: str, margin: float) -> str:
     excludes 0 in its direction, and contradicted when the CI excludes every effect of at least
     ``m`` in its direction; "no effect" (``equivalent``) is supported only when the CI lies inside
     ``(-m, m)``, the confidence-interval form of the two one-sided tests (Schuirmann 1987; Lakens,
-    Scheel & Isager 2018, *AMPPS* 1:259, figure 1).
+    Scheel & Isager 2018, *AMPPS* 1:259, figure 1), and contradicted only when the CI lies outside
+    ``(-m, m)`` (it rules out every effect the hypothesis allows).
     """
     _check_expect(expect, margin)
     low, high = float(ci_low), float(ci_high)
     if math.isnan(low) or math.isnan(high):
         return "inconclusive"
+    if low > high:
+        raise ValueError(f"ci_low must be <= ci_high, got [{low}, {high}]")
     if expect == "greater":
         return "contradicted" if high < margin else "supported" if low > 0 else "inconclusive"
     if expect == "less":
         return "contradicted" if low > -margin else "supported" if high < 0 else "inconclusive"
     within = -margin < low and high < margin
-    excludes_zero = low > 0 or high < 0
     if expect == "two-sided":
+        excludes_zero = low > 0 or high < 0
         return "contradicted" if within else "supported" if excludes_zero else "inconclusive"
-    return "supported" if within else "contradicted" if excludes_zero else "inconclusive"
+    outside = low >= margin or high <= -margin
+    return "supported" if within else "contradicted" if outside else "inconclusive"
 
 
 # --------------------------------------------------------------------------- sentences
@@ -124,6 +155,9 @@ def _why(low: float, high: float, expect: str, margin: float, verdict: str, m: s
             return f"the CI includes 0 and rises of {m} or more"
         if expect == "less":
             return f"the CI includes 0 and falls of {m} or more"
+        if expect == "equivalent" and (low > 0 or high < 0):
+            return (f"the CI excludes 0 but reaches both within and beyond ±{m}: the data cannot tell an effect "
+                    "smaller than the margin from one of interest")
         return f"the CI includes 0 and reaches beyond ±{m}: the data cannot tell no effect from one of interest"
     if expect == "greater":
         if verdict == "supported":
@@ -136,10 +170,9 @@ def _why(low: float, high: float, expect: str, margin: float, verdict: str, m: s
         return "the CI lies above 0: it goes the other way" if low > 0 else \
             f"the CI lies above -{m}: any fall is smaller than the smallest effect of interest"
     within = f"the CI lies within ±{m} (equivalence test)"
-    outside = f"the CI excludes 0 and reaches beyond ±{m}"
     if expect == "two-sided":
-        return outside if verdict == "supported" else within
-    return within if verdict == "supported" else outside
+        return f"the CI excludes 0 and reaches beyond ±{m}" if verdict == "supported" else within
+    return within if verdict == "supported" else f"the CI lies outside ±{m}: every effect within the margin is ruled out"
 
 
 def _sentence(row: dict, *, scale: float, units: str, label: str) -> str:
@@ -213,7 +246,7 @@ def mean_interval(values: np.ndarray, *, level: float, expect: str, margin: floa
     sd = float(x.std(ddof=1))
     out["sd"], out["dof"] = sd, float(n - 1)
     # equal values up to rounding (e.g. 0.56 - 0.50 per seed) have no variance to build a t interval on
-    if sd <= 1e-12 * max(1.0, abs(out["estimate"])):
+    if _no_spread(x):
         out["sd"] = 0.0
         return out
     se = sd / math.sqrt(n)
@@ -369,7 +402,9 @@ def tost(
     Schuirmann (1987), *J. Pharmacokinet. Biopharm.* 15:657; Lakens (2017), "Equivalence tests: a
     practical primer for t tests, correlations, and meta-analyses", *SPPS* 8:355. The output
     matches R's TOSTER (``TOSTone.raw``, ``TOSTpaired.raw``, ``t_TOST``). Equivalence is shown
-    exactly when the ``1 - 2 alpha`` CI lies inside the bounds.
+    exactly when the ``1 - 2 alpha`` CI lies inside the bounds. The default ``alpha=0.05`` is
+    TOSTER's (a 90% CI); the verdict tables read "no effect" from a 95% CI, which is this test at
+    ``alpha=0.025``: the two can disagree on the same data unless ``alpha = (1 - level) / 2``.
     """
     if (dv is None) == (a is None or b is None) or (a is None) != (b is None):
         raise ValueError("give either dv= (one-sample) or both a= and b= (paired), e.g. tost(d, dv='gain', margin=0.02)")
@@ -388,7 +423,7 @@ def tost(
         n = len(d)
         row = {"test": test, **dict.fromkeys(EQUIVALENCE_COLUMNS, math.nan), "low_bound": low_b,
                "high_bound": high_b, "n": n, "equivalent": False, "note": ""}
-        if n < 2 or float(np.std(d, ddof=1)) == 0.0:
+        if n < 2 or _no_spread(d):
             row["note"] = f"n = {n} < 2: too few units" if n < 2 else "zero variance: t is undefined"
             row["estimate"] = float(d.mean()) if n else math.nan
             return [row]

@@ -505,8 +505,9 @@ def _sweep_tests(src: ReportSource) -> Section:
         tested = True
         sec.text("Each verdict is read from a 95% confidence interval against a smallest effect of interest of "
                  "2 accuracy points (kdlens.analysis.ablation_tests()): KD against SFT is paired within student, "
-                 "seed and task, with the gains of runs sharing a baseline averaged within it; σ contrasts use only "
-                 "the τ = 1 runs and τ contrasts only the σ = 0 runs; mde is the smallest difference the seeds at "
+                 "seed and task, with the gains of runs sharing a baseline averaged within it; where both axes vary, σ "
+                 "contrasts use only the τ = 1 runs and τ contrasts only the σ = 0 runs; mde is the smallest "
+                 "difference the seeds at "
                  "hand detect with 80% power.")
         sec.blocks.append(Table("Verdicts on the sweep's claims (task 'all'; differences in points)",
                                 verdicts[_VERDICT_COLS], _VERDICT_FORMATS))

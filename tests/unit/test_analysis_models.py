@@ -115,6 +115,15 @@ def test_paradox_test_holds_a_confounder_fixed():
     assert stratified.loc[2, "dof"] == 240 - 2 - 3
 
 
+def test_paradox_test_strata_of_a_concatenated_table():
+    # two teachers' runs concatenated keep their row labels 0..n-1 twice: strata are still found by position
+    a, b = runs(seed=1, n=15).assign(teacher="a"), runs(seed=2, n=15).assign(teacher="b")
+    out = paradox_test(pd.concat([a, b]), fidelity="bleu", by="teacher")
+    fresh = paradox_test(pd.concat([a, b], ignore_index=True), fidelity="bleu", by="teacher")
+    pd.testing.assert_frame_equal(out, fresh)
+    assert out.loc[3, "estimate"] == pytest.approx(sps.spearmanr(a["accuracy_gain"], a["bleu"]).statistic, abs=1e-12)
+
+
 def test_paradox_test_small_or_bad_input():
     out = paradox_test(runs(n=1), fidelity="bleu")
     assert out["verdict"].tolist() == ["inconclusive", "inconclusive"]

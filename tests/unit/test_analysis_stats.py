@@ -166,6 +166,11 @@ def test_padjust_holm_and_bh_hand_values():
          "have < 2 values"),
         (lambda: stats.paired_ttest(pd.DataFrame({"a": [1.0, 2], "b": [0.0, 1]}), a="a", b="b"), "too few pairs"),
         (lambda: stats.wilcoxon(pd.DataFrame({"a": [1.0, 2, 3], "b": [1.0, 2, 3]}), a="a", b="b"), "non-zero"),
+        # 0.56 - 0.50, 0.57 - 0.51, 0.58 - 0.52: all 0.06 up to the 17th digit, not a t of 1.6e15
+        (lambda: stats.paired_ttest(pd.DataFrame({"a": [0.56, 0.57, 0.58], "b": [0.50, 0.51, 0.52]}), a="a", b="b"),
+         "constant"),
+        (lambda: stats.ttest(pd.DataFrame({"x": np.array([0.56, 0.57, 0.58]) - [0.50, 0.51, 0.52]}), dv="x"),
+         "zero variance"),
     ],
 )
 def test_degenerate_input_gives_nan_with_a_reason(call, note):

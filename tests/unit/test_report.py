@@ -86,7 +86,8 @@ def test_sweep_report_has_the_sweep_figures_and_tests(sweep_html):
     assert "σ = 5 vs σ = 0" in tests and "significantly" not in tests
     assert ("σ = 5 lowers accuracy against σ = 0 (SESOI 2 points): inconclusive (one seed: a contrast needs two "
             "or more seeds") in tests
-    assert "KD raises accuracy over sft" in tests and "τ = 2" not in tests
+    assert "KD (averaged over its 4 configurations of sigma) raises accuracy over sft" in tests
+    assert "KD at σ = 5 raises accuracy over sft" in tests and "τ = 2" not in tests
     assert "The generalization-fidelity paradox" in tests and "McNemar: KD run vs its SFT baseline" in tests
     # sigma 0 run: right on 5 examples where the baseline (3/10) is wrong, never the reverse
     assert "is right on more examples than its baseline (5 vs 0 discordant" in tests
