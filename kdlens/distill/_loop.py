@@ -19,6 +19,7 @@ process's loss is multiplied by the process count).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -190,6 +191,9 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if accelerator.is_main_process:
         _check_or_write_config(run, cfg)
     accelerator.wait_for_everyone()
+    if hasattr(METHODS[cfg.method], "drive"):  # a method that runs its own stages (see Method.drive)
+        METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill)
+        return run
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
     if rem or micro_size == 0:
@@ -471,6 +475,7 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "teacher": teacher_id,
         "student": cfg.trained_model,
         "method": cfg.method,
+        "method_settings": _method_settings(cfg),
         "loss": cfg.loss if METHODS[cfg.method].needs_teacher else None,
         "loss_params": cfg.loss_params,
         "alpha": cfg.alpha,
@@ -491,3 +496,9 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "trainable_parameters": trainable,
         "final": final,
     }
+
+
+def _method_settings(cfg: DistillConfig) -> dict[str, Any] | None:
+    """The method's own config section (e.g. ``metadistil``), as recorded in the manifest."""
+    section = getattr(cfg, cfg.method, None)
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else None
