@@ -120,6 +120,18 @@ def test_pilot_hypergradient_matches_central_finite_differences_on_the_tiny_mode
     assert float(run.hypergradient(0, batch, indices, student)[2]) == float(quiz)  # the teacher was restored
 
 
+def test_the_pilot_step_honours_the_runs_teacher_noise(tmp_path, tasks_file):
+    """sigma reaches the look-ahead's KD loss (and so the teacher's update), as it does the real step."""
+    values = {}
+    for sigma in (0.0, 3.0):
+        cfg = config(tmp_path, tasks_file, sigma=sigma)
+        ctx, student = _context(cfg, torch.float32)
+        run = MetaDistil().begin(ctx)
+        values[sigma] = run.hypergradient(0, run.features[:4], [0, 1, 2, 3], student)
+    assert float(values[3.0][1]) > 2 * float(values[0.0][1])  # noisier targets, larger KD loss
+    assert not torch.allclose(values[3.0][0][0], values[0.0][0][0])
+
+
 def test_quiz_set_is_held_out_of_the_training_data(tmp_path, tasks_file):
     cfg = config(tmp_path, tasks_file)
     ctx, _ = _context(cfg, torch.float32)

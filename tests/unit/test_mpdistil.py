@@ -197,7 +197,10 @@ def test_an_encoder_run_writes_every_stage_the_curriculum_and_a_manifest(encoder
     run = encoder_run
     stages = run.path / "stages"
     assert all((stages / s / "done").is_file() for s in STAGES)
-    assert (stages / "data" / "quiz.jsonl").read_text().count("\n") == 16
+    quiz = [json.loads(x) for x in (stages / "data" / "quiz.jsonl").read_text().splitlines()]
+    train = [json.loads(x) for x in (stages / "data" / "train.jsonl").read_text().splitlines()]
+    assert len(quiz) == 16 and len(train) == 64  # 8 of each task's 40 held out; stages 1-2 train on the rest
+    assert not {(r["task"], r["id"]) for r in quiz} & {(r["task"], r["id"]) for r in train}
     rows = [json.loads(line) for line in (stages / "4_curriculum" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and [r["episode"] for r in rows] == [0, 0, 0, 1, 1, 1]
     for row in rows:
