@@ -65,6 +65,7 @@ from kdlens._io import (
     remove_stale_temporaries,
     sha256_json,
 )
+from kdlens.losses._common import compute_dtype
 
 __all__ = [
     "TopK",
@@ -120,24 +121,24 @@ def noise_seed(seed: int, *parts: int) -> int:
 
 
 def add_noise(logits: torch.Tensor, sigma: float, *, seed: int) -> torch.Tensor:
-    """Return ``logits + sigma * N(0, 1)`` (float32), drawn from a generator seeded with ``seed``.
+    """Return ``logits + sigma * N(0, 1)`` (float32; float64 kept), drawn from a generator seeded with ``seed``.
 
     Parameters
     ----------
     logits : Tensor, float [..., V]
         Raw teacher logits (before temperature).
     sigma : float
-        Noise standard deviation, >= 0; 0 returns the logits unchanged (as float32).
+        Noise standard deviation, >= 0; 0 returns the logits unchanged (as float32, or float64).
     seed : int
         Generator seed, usually :func:`noise_seed` of the run seed and the step.
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0, got {sigma}")
-    logits = logits.float()
+    logits = logits.to(compute_dtype(logits.dtype))
     if sigma == 0:
         return logits
     gen = torch.Generator(device=logits.device).manual_seed(seed)
-    noise = torch.randn(logits.shape, generator=gen, device=logits.device, dtype=torch.float32)
+    noise = torch.randn(logits.shape, generator=gen, device=logits.device, dtype=torch.float32).to(logits.dtype)
     return logits + sigma * noise
 
 
@@ -284,7 +285,7 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
     elif isinstance(teacher, TopK):
         raise ValueError(f"tail={tail!r} is not one of ['uniform', 'bucket']")
     else:
-        student, teacher_logits = student_logits, teacher.float()
+        student, teacher_logits = student_logits, teacher.to(compute_dtype(teacher.dtype))
     teacher_logits = add_noise(teacher_logits, sigma, seed=seed)
     return loss_fn(student, teacher_logits, mask=mask, temperature=temperature,
                    scale_by_temperature_squared=scale_by_temperature_squared, reduction="none")

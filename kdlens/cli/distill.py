@@ -12,7 +12,8 @@ examples:
   kdlens distill teacher=tiny student=prune:1 tasks=chain_sum:64 method=word_kd \\
       loss=reverse_kl steps=4 output_dir=runs/x
   kdlens distill kdlens/configs/word_kd_smollm2.yaml sigma=1.0 output_dir=runs/noise1
-keys: see kdlens.config.DistillConfig (nested: lora.r=16, feature.layer_map=skip).
+keys: see kdlens.config.DistillConfig (nested: lora.r=16, feature.layer_map=skip,
+mpdistil.curriculum=none).
 Rerunning a finished run does nothing; rerunning an interrupted one resumes it. A run directory
 holding other settings (config, data or teacher weights) is refused; --overwrite replaces it."""
 
@@ -42,7 +43,7 @@ def config_from_items(items: Sequence[str], *, method: str | None = None):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "distill", help="distill a teacher into a student (word-level, feature, sequence-level, on-policy or black-box KD)",
+        "distill", help="distill a teacher into a student (word-level, feature, sequence-level, on-policy, black-box or meta KD)",
         description="Distill a teacher into a student and write a run directory.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",

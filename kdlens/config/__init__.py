@@ -20,7 +20,9 @@ from kdlens.config._sections import (
     FeatureConfig,
     GKDConfig,
     LoraConfig,
+    MetaDistilConfig,
     MiniLLMConfig,
+    MPDistilConfig,
     SeqKDConfig,
 )
 
@@ -33,6 +35,8 @@ __all__ = [
     "DistiLLMConfig",
     "MiniLLMConfig",
     "BlackboxConfig",
+    "MetaDistilConfig",
+    "MPDistilConfig",
     "load_config",
     "apply_overrides",
     "parse_overrides",

@@ -20,7 +20,9 @@ from kdlens.config._sections import (
     FeatureConfig,
     GKDConfig,
     LoraConfig,
+    MetaDistilConfig,
     MiniLLMConfig,
+    MPDistilConfig,
     SeqKDConfig,
     _known,
 )
@@ -127,6 +129,9 @@ class DistillConfig:
         Settings of the generation-based methods (:class:`SeqKDConfig`, :class:`GKDConfig`,
         :class:`DistiLLMConfig`, :class:`MiniLLMConfig`, :class:`BlackboxConfig`), e.g.
         ``gkd.lambda_=1.0``.
+    metadistil, mpdistil : dataclass
+        Settings of the meta-distillation methods (:class:`MetaDistilConfig`, :class:`MPDistilConfig`),
+        e.g. ``mpdistil.curriculum=uniform``.
     """
 
     teacher: str | None = None
@@ -172,6 +177,8 @@ class DistillConfig:
     distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
     minillm: MiniLLMConfig = field(default_factory=MiniLLMConfig)
     blackbox: BlackboxConfig = field(default_factory=BlackboxConfig)
+    metadistil: MetaDistilConfig = field(default_factory=MetaDistilConfig)
+    mpdistil: MPDistilConfig = field(default_factory=MPDistilConfig)
 
     def __post_init__(self) -> None:
         # Accept the shapes YAML and the command line naturally produce.
@@ -266,6 +273,19 @@ class DistillConfig:
                              "does not hold; use teacher_source=online")
         if self.method == "feature_kd" and self.beta == 0:
             raise ValueError("method=feature_kd with beta=0 is word_kd; set beta > 0 (feature weight)")
+        self._validate_model_kinds(spec)
+        if hasattr(spec, "check_config"):  # the method's own cross-field rules (see kdlens.distill.Method)
+            spec.check_config(self)
+
+    def _validate_model_kinds(self, spec) -> None:
+        from kdlens.models._encoder import is_encoder
+
+        if getattr(spec, "trains_encoders", False):
+            return
+        for role, name in (("teacher", self.teacher), ("student", self.student)):
+            if is_encoder(name):
+                raise ValueError(f"{role}={name!r} is an encoder classifier, but method={self.method} distills causal "
+                                 "LMs; only method=mpdistil trains encoder classifiers")
 
     def _validate_generation_methods(self) -> None:
         if self.method in ON_POLICY and self.teacher_source != "online":

@@ -4,8 +4,9 @@
 writes a resumable, reproducible run directory, identified by its config, data and weights
 (:func:`run_identity`); see :mod:`kdlens.distill._loop` for the loop,
 :data:`METHODS` for the methods and :class:`RunDir` for the layout on disk. Generation-based
-methods (``seq_kd``, ``gkd``, ``distillm``, ``minillm``, ``blackbox``) live in one module each and
-plug into the loop through the optional ``Method.begin`` hook (see :class:`Method`).
+methods (``seq_kd``, ``gkd``, ``distillm``, ``minillm``, ``blackbox``) and ``metadistil`` live in one
+module each and plug into the loop through the optional ``Method.begin`` hook; ``mpdistil`` (a
+subpackage) runs its own stages through ``Method.drive`` (see :class:`Method`).
 
 Names resolve lazily on first access, so ``from kdlens.distill import RunDir`` (what a report
 needs to read a run directory) does not import torch.
@@ -37,6 +38,8 @@ _LAZY: dict[str, str] = {
     "OpenAIChatTeacher": "kdlens.distill.blackbox",
     "AdaptiveSchedule": "kdlens.distill.distillm",
     "policy_gradient_loss": "kdlens.distill.minillm",
+    "teacher_hypergradient": "kdlens.distill.metadistil",
+    "evaluate_classifier": "kdlens.distill.mpdistil",
 }
 
 __all__ = sorted(_LAZY)

@@ -26,6 +26,7 @@ process's loss is multiplied by the process count).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -232,6 +233,16 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         elif accelerator.is_main_process:  # finished, with what a kill left behind
             run.remove_leftovers()
         accelerator.wait_for_everyone()
+        return run
+    if hasattr(METHODS[cfg.method], "drive"):  # a method that runs its own stages (see Method.drive)
+        if accelerator.is_main_process:
+            if plan == "replace":
+                run.clear()
+            run.remove_leftovers()
+            run.start(cfg, identity)
+        accelerator.wait_for_everyone()
+        METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
+                                  manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
         return run
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
@@ -520,6 +531,7 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "teacher": teacher_id,
         "student": cfg.trained_model,
         "method": cfg.method,
+        "method_settings": _method_settings(cfg),
         "loss": cfg.loss if METHODS[cfg.method].needs_teacher else None,
         "loss_params": cfg.loss_params,
         "alpha": cfg.alpha,
@@ -541,3 +553,9 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "final": final,
         "references": run_references(cfg),  # use -> BibTeX keys (kdlens.citations; `kdlens cite RUN_DIR`)
     }
+
+
+def _method_settings(cfg: DistillConfig) -> dict[str, Any] | None:
+    """The method's own config section (e.g. ``metadistil``), as recorded in the manifest."""
+    section = getattr(cfg, cfg.method, None)
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else None

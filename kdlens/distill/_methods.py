@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from kdlens.losses._common import compute_dtype
 from kdlens.teacher import TopK, kd_token_loss, noise_seed, response_mask
 
 __all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "SFT",
@@ -201,6 +202,22 @@ class Method(Protocol):
         the teacher's decodings; DistiLLM holds out a validation split), and its ``prepare_step``
         may replace each step's gold batch by generated sequences (on-policy methods). Its
         ``state_dict`` (phi, replay buffer, ...) is saved and restored with the training state.
+        ``RunContext.teacher`` is the loop's online teacher itself, so a method may train it
+        (``metadistil`` updates it in ``prepare_step``, before the student's step).
+    ``check_config(config)``
+        Optional, called at the end of :class:`kdlens.config.DistillConfig` validation: raise
+        ``ValueError`` for settings the method cannot honour (e.g. a teacher cache for a method
+        that trains its teacher), before anything is loaded or written.
+    ``drive(config, *, run, callbacks, distill, manifest)``
+        Optional: the method runs its own stages instead of the loop (``mpdistil``). The loop has
+        checked the run's identity and written ``config.yaml``; ``drive`` trains, writes
+        ``checkpoint/``, ``manifest.json`` (with the entries of ``manifest``: the run's identity and
+        references, which the loop computes) and ``done`` of ``run`` (a :class:`RunDir`), calls each
+        callback after each step of every stage, and may call ``distill`` (this function, passed in
+        so that method modules never import the loop) for a stage that is an ordinary run of its own.
+    ``trains_encoders``
+        Optional attribute, default False: the method accepts encoder classifiers
+        (:func:`kdlens.models._encoder.is_encoder`) as teacher and student.
     """
 
     name: str
@@ -229,7 +246,7 @@ def _ce_tokens(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *
     """
     target = labels[:, 1:].clamp_min(0)
     with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
-        ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+        ce = F.cross_entropy(logits.to(compute_dtype(logits.dtype)).transpose(1, 2), target, reduction="none")
     return ce * mask
 
 

@@ -24,7 +24,8 @@ __all__ = ["step_generator", "step_seed", "sample_rows", "kd_loss"]
 
 # purposes of the per-step random streams; distinct so that, e.g., the GKD draw and the sampling
 # seed of the same step are independent
-PURPOSES = {"gkd_draw": 1, "sample": 2, "distillm_draw": 3, "replay": 4, "holdout": 5}
+PURPOSES = {"gkd_draw": 1, "sample": 2, "distillm_draw": 3, "replay": 4, "holdout": 5, "quiz": 6, "curriculum": 7,
+            "order": 8, "reward": 9}
 
 
 def step_seed(seed: int, step: int, purpose: str) -> int:
