@@ -10,11 +10,16 @@ subpackage) runs its own stages through ``Method.drive`` (see :class:`Method`).
 
 Names resolve lazily on first access, so ``from kdlens.distill import RunDir`` (what a report
 needs to read a run directory) does not import torch.
+
+The package itself is callable: ``kdlens.distill(config)`` is :func:`distill` whether the name
+``kdlens.distill`` resolves to this function or, once any submodule was imported, to this package.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 # public name -> submodule that defines it
@@ -56,3 +61,13 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY))
+
+
+class _CallablePackage(types.ModuleType):
+    """``kdlens.distill`` the package, callable as ``kdlens.distill(config)`` (the training function)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.distill(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
