@@ -45,6 +45,11 @@ _LAZY: dict[str, str] = {
     "policy_gradient_loss": "kdlens.distill.minillm",
     "teacher_hypergradient": "kdlens.distill.metadistil",
     "evaluate_classifier": "kdlens.distill.mpdistil",
+    "CurriculumPolicy": "kdlens.distill.mpdistil",
+    "meta_teacher_loss": "kdlens.distill.mpdistil",
+    "curriculum_reward": "kdlens.distill.mpdistil",
+    "discounted_returns": "kdlens.distill.mpdistil",
+    "reinforce_loss": "kdlens.distill.mpdistil",
 }
 
 __all__ = sorted(_LAZY)

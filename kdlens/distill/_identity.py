@@ -5,7 +5,7 @@ that holds another identity is never reused in silence (:func:`check_run_dir`). 
 the hash of three parts, recorded in the run's ``manifest.json`` under ``"identity"``:
 
 * ``config`` — the resolved :class:`kdlens.config.DistillConfig` without the keys that say where
-  things live (:data:`LOCATION_KEYS`); a teacher or student given as a local path is identified
+  things live (``LOCATION_KEYS``); a teacher or student given as a local path is identified
   by its weights, not by the path, so a moved sweep directory keeps its runs;
 * ``data`` — the hash of the training records (:func:`data_fingerprint`), read before anything
   is written;
@@ -60,8 +60,8 @@ class RunIdentity:
     Attributes
     ----------
     config : dict
-        The resolved config without :data:`LOCATION_KEYS` (local model paths replaced by
-        :data:`LOCAL_MODEL`).
+        The resolved config without ``LOCATION_KEYS`` (local model paths replaced by
+        ``LOCAL_MODEL``).
     data : str
         sha256 of the training records.
     teacher_weights, student_weights : str or None

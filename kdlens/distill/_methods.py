@@ -217,7 +217,7 @@ class Method(Protocol):
         so that method modules never import the loop) for a stage that is an ordinary run of its own.
     ``trains_encoders``
         Optional attribute, default False: the method accepts encoder classifiers
-        (:func:`kdlens.models._encoder.is_encoder`) as teacher and student.
+        (:func:`kdlens.models.is_encoder`) as teacher and student.
     """
 
     name: str

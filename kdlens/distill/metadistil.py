@@ -1,6 +1,6 @@
 """``metadistil``: the teacher learns to teach from a look-ahead student (Zhou et al., ACL 2022).
 
-Every ``metadistil.update_every`` steps, before the student's step (:meth:`MethodRun.prepare_step`):
+Every ``metadistil.update_every`` steps, before the student's step (:meth:`kdlens.distill.MethodRun.prepare_step`):
 
 1. **pilot update**: a functional copy of the student takes one SGD step of size ``pilot_lr`` on
    the run's KD loss of the step's global batch, ``theta' = theta - eta * grad_theta L_KD(theta, phi)``

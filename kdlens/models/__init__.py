@@ -8,6 +8,7 @@ checks that teacher and student share the one vocabulary logit KD needs.
 
 from kdlens.models._builtin import BUILTINS, Builtin, cache_root, find_smollm2_gguf, prepare_builtin
 from kdlens.models._compat import check_compatible
+from kdlens.models._encoder import ENCODERS, is_encoder, load_encoder_classifier, prune_encoder
 from kdlens.models._gguf import convert_gguf
 from kdlens.models._load import ModelNotFoundError, load_model
 from kdlens.models._prune import evenly_spaced, prune_layers
@@ -16,14 +17,18 @@ from kdlens.models._tiny import tiny_config, tiny_model, tiny_tokenizer
 __all__ = [
     "BUILTINS",
     "Builtin",
+    "ENCODERS",
     "ModelNotFoundError",
     "cache_root",
     "check_compatible",
     "convert_gguf",
     "evenly_spaced",
     "find_smollm2_gguf",
+    "is_encoder",
+    "load_encoder_classifier",
     "load_model",
     "prepare_builtin",
+    "prune_encoder",
     "prune_layers",
     "tiny_config",
     "tiny_model",

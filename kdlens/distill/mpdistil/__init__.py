@@ -8,8 +8,8 @@
    ``tau = 5, alpha = 0.5, beta = 100``;
 3. **meta-teacher**: a copy of the teacher with its body frozen and its head trained on the quiz
    sets from the hidden states of teacher and student, with the collaborative or the competitive
-   loss (:func:`meta_teacher_loss`);
-4. **curriculum**: a policy (:class:`CurriculumPolicy`: a learned summary of the student, one
+   loss (:func:`kdlens.distill.meta_teacher_loss`);
+4. **curriculum**: a policy (:class:`kdlens.distill.CurriculumPolicy`: a learned summary of the student, one
    linear layer and a softmax over tasks) picks the task whose quiz batch the student trains on
    next; the reward is the number (binary) or the sum (real) of quiz examples where the student's
    true-class probability beats the meta-teacher's; REINFORCE with discount 0.99.

@@ -142,7 +142,7 @@ class CurriculumPolicy(nn.Module):
     """MPDistil's task-choice policy: a learned summary of the student, then one linear layer and a softmax.
 
     The state is ``summary(W)``: a ``Linear(d_in, 1)`` applied to every row of a student weight
-    matrix ``W [d_out, d_in]`` (:func:`summary_weight`), giving ``[d_out]``; the policy is
+    matrix ``W [d_out, d_in]`` (``summary_weight``), giving ``[d_out]``; the policy is
     ``softmax(Linear(d_out, n_tasks)(state))``. Both layers learn from REINFORCE. ``W`` enters
     detached: the student learns only from its own loss (the paper's code also let the policy
     gradient reach the student's pooler).
