@@ -315,7 +315,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
                 ctx = StepContext(student=wrapped["student"], batch=batch,
                                   example_indices=[global_batch[j] for j in mine], n_tokens=n_tokens,
                                   config=cfg, teacher=teacher_fn, loss_fn=loss_fn, vocab_size=vocab,
-                                  step=step, micro=micro, rank=rank, batch_source=source,
+                                  step=step, batch_source=source,
                                   modules={k: v for k, v in wrapped.items() if k != "student"})
                 sync = micro == cfg.grad_accum - 1
                 with _maybe_no_sync(accelerator, list(wrapped.values()), sync):

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from kdlens.teacher import TopK, kd_token_loss, noise_seed, response_mask
+from kdlens.teacher import NoiseKey, TopK, kd_token_loss, response_mask
 
 __all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "SFT",
            "WordKD", "FeatureKD"]
@@ -64,8 +64,8 @@ class StepContext:
         The KD divergence (``kdlens.losses.get_loss(config.loss, **config.loss_params)``).
     vocab_size : int
         Common logit width of teacher and student.
-    step, micro, rank : int
-        Optimizer step, micro-batch index within it, process rank (seed the teacher noise).
+    step : int
+        Optimizer step (0-based); with the seed and the example indices it keys the teacher noise.
     modules : dict
         Extra trainable modules owned by the run (e.g. ``"projection"`` of feature KD).
     batch_source : {"gold", "fresh", "replay"}
@@ -82,14 +82,13 @@ class StepContext:
     loss_fn: Callable[..., torch.Tensor] | None = None
     vocab_size: int | None = None
     step: int = 0
-    micro: int = 0
-    rank: int = 0
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)
     batch_source: str = "gold"
 
     @property
-    def noise_seed(self) -> int:
-        return noise_seed(self.config.seed, self.step, self.micro, self.rank)
+    def noise_key(self) -> NoiseKey:
+        """The teacher noise of this micro-batch: a function of (seed, step, example, position) only."""
+        return NoiseKey(self.config.seed, self.step, list(self.example_indices))
 
 
 @dataclass
@@ -237,7 +236,7 @@ def _kd_tokens(ctx: StepContext, student_logits: torch.Tensor, teacher: TeacherO
     return kd_token_loss(ctx.loss_fn, student_logits, teacher.logits, mask=mask,
                          temperature=cfg.temperature,
                          scale_by_temperature_squared=cfg.scale_by_temperature_squared,
-                         sigma=cfg.sigma, seed=ctx.noise_seed, tail=cfg.cache_tail)
+                         sigma=cfg.sigma, noise=ctx.noise_key, tail=cfg.cache_tail)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ import torch
 from kdlens.distill._methods import RunContext, StepContext, StepData
 from kdlens.distill._onpolicy import kd_loss, sample_rows, step_generator, step_seed
 from kdlens.distill._replay import ReplayBuffer
-from kdlens.teacher import kd_token_loss, response_mask
+from kdlens.teacher import NoiseKey, kd_token_loss, response_mask
 
 __all__ = ["DistiLLM", "AdaptiveSchedule"]
 
@@ -103,8 +103,13 @@ class _DistiLLMRun:
     buffer: ReplayBuffer
 
     @torch.no_grad()
-    def validation_loss(self, student: torch.nn.Module) -> float:
-        """Token-mean divergence of student vs teacher on the held-out gold examples."""
+    def validation_loss(self, student: torch.nn.Module, step: int) -> float:
+        """Token-mean divergence of student vs teacher on the held-out gold examples.
+
+        The teacher signal is the training one (noise sigma, temperature tau, the tau^2 factor): the
+        schedule reacts to the loss the student is trained on. Validation example ``j`` draws its
+        noise as example ``len(train) + j`` of step ``step``, apart from every training example.
+        """
         from kdlens.data import collate
         from kdlens.losses import get_loss
 
@@ -123,8 +128,10 @@ class _DistiLLMRun:
                 s = student(**kw).logits[:, :-1, :vocab]
                 t = teacher(**kw).logits[:, :-1, :vocab]
                 mask = response_mask(batch["labels"])
+                ids = [len(self.features) + start + j for j in range(batch["input_ids"].shape[0])]
                 loss = kd_token_loss(loss_fn, s, t, mask=mask, temperature=cfg.temperature,
-                                     scale_by_temperature_squared=cfg.scale_by_temperature_squared)
+                                     scale_by_temperature_squared=cfg.scale_by_temperature_squared,
+                                     sigma=cfg.sigma, noise=NoiseKey(cfg.seed, step, ids))
                 total += float(loss.sum())
                 count += int(mask.sum())
         finally:
@@ -136,7 +143,7 @@ class _DistiLLMRun:
         cfg, dcfg = self.ctx.config, self.ctx.config.distillm
         logs: dict[str, Any] = {}
         if self.val and step % dcfg.eval_every == 0:
-            logs["val_loss"] = self.validation_loss(student)
+            logs["val_loss"] = self.validation_loss(student, step)
             self.schedule.update(logs["val_loss"])
         r = float(torch.rand((), generator=step_generator(cfg.seed, step, "distillm_draw"), dtype=torch.float64))
         source = self.schedule.choose(r, step, total_steps, self.buffer.full)

@@ -138,6 +138,15 @@ def test_gradient_accumulation_2x4_equals_8x1(tmp_path, tasks_file, baseline):
     assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
 
 
+def test_teacher_noise_is_decided_by_the_data_not_by_grad_accum(tmp_path, tasks_file):
+    """At sigma = 2 a batch of 8 x 1 and 4 x 2 end with the same weights (issue 12, item 4)."""
+    whole = distill(run_config(tmp_path, tasks_file, name="8x1", sigma=2.0, steps=3))
+    halves = distill(run_config(tmp_path, tasks_file, name="4x2", sigma=2.0, steps=3, grad_accum=2))
+    assert losses(halves) == pytest.approx(losses(whole), abs=1e-5)
+    want, got = checkpoint_weights(whole), checkpoint_weights(halves)
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+
 def test_sigma_zero_is_no_noise_and_sigma_is_seeded_noise(tmp_path, tasks_file, baseline):
     explicit_zero = distill(run_config(tmp_path, tasks_file, name="zero", sigma=0.0))
     assert losses(explicit_zero) == losses(baseline)

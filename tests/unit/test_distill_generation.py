@@ -244,7 +244,7 @@ def test_distillm_run_follows_the_schedule_and_logs_phi_and_sources(tmp_path, ta
     from kdlens.distill import distillm
 
     scripted = iter([1.0, 1.2, 1.4, 1.4, 1.4, 1.4])  # phi: 0, .5, 1, 1, 1, 1
-    monkeypatch.setattr(distillm._DistiLLMRun, "validation_loss", lambda self, student: next(scripted))
+    monkeypatch.setattr(distillm._DistiLLMRun, "validation_loss", lambda self, student, step: next(scripted))
     run = distill(config(tmp_path, tasks_file, "distillm", method="distillm", loss="skew_forward_kl", steps=6,
                          distillm={"val_size": 4, "eval_every": 1, "phi_increment": 0.5, "replay_capacity": 4,
                                    "max_new_tokens": 5}))
