@@ -264,7 +264,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     wrapped = dict(zip(names, prepared[:-1], strict=True))
     optimizer = prepared[-1]
     loss_fn = None
-    if method.needs_teacher:
+    if cfg.loss is not None:  # methods with a KD term on teacher logits
         from kdlens.losses import get_loss
 
         loss_fn = get_loss(cfg.loss, **cfg.loss_params)
@@ -471,10 +471,10 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "teacher": teacher_id,
         "student": cfg.trained_model,
         "method": cfg.method,
-        "loss": cfg.loss if METHODS[cfg.method].needs_teacher else None,
-        "loss_params": cfg.loss_params,
-        "alpha": cfg.alpha,
-        "beta": cfg.beta,
+        "loss": cfg.loss,
+        "loss_params": _loss_params_used(cfg),
+        "kd_weight": cfg.kd_weight,
+        "feature_weight": cfg.feature_weight,
         "sigma": cfg.sigma,
         "temperature": cfg.temperature,
         "scale_by_temperature_squared": cfg.scale_by_temperature_squared,
@@ -491,3 +491,10 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "trainable_parameters": trainable,
         "final": final,
     }
+
+
+def _loss_params_used(cfg: DistillConfig) -> dict[str, Any]:
+    """Every parameter of the divergence the run trains with: the loss's defaults, then the config's."""
+    from kdlens.losses import LOSSES
+
+    return {**LOSSES[cfg.loss].params, **cfg.loss_params} if cfg.loss is not None else {}

@@ -11,6 +11,9 @@ The teacher is either
   (a list of user-turn strings in, one string per prompt out), or
 * ``blackbox.url="http://host:port/v1"``: an OpenAI-compatible chat endpoint
   (``POST {url}/chat/completions``), see :class:`OpenAIChatTeacher`.
+
+With text only there is no teacher logit to add noise to or to soften: ``sigma``, ``temperature``
+and ``scale_by_temperature_squared`` (and ``loss``, ``kd_weight``) are refused at config time.
 """
 
 from __future__ import annotations
@@ -192,6 +195,8 @@ class BlackBoxKD:
     needs_teacher: bool = False
     needs_hidden_states: bool = False
     description: str = "black-box KD: CE on a text-only teacher's answers (Python callable or OpenAI-compatible URL)"
+    default_loss: str | None = None
+    without_kd_term: str = "has only its teacher's text, no logits"
 
     def begin(self, ctx: RunContext) -> FixedDataRun:
         return FixedDataRun(teacher_features(ctx, resolve_teacher(ctx.config)))

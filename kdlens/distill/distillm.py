@@ -15,7 +15,7 @@ trains on is chosen each step by the adaptive off-policy schedule (REFERENCE.md 
   ``r < phi`` the batch is sampled from the buffer; else the gold batch is used.
 
 Fresh and replayed batches are scored by the teacher with the divergence alone; gold batches use
-``(1 - alpha) * CE + alpha * D`` as in ``word_kd``. The train log records ``phi``, ``distillm_draw``
+``(1 - kd_weight) * CE + kd_weight * D`` as in ``word_kd``. The train log records ``phi``, ``distillm_draw``
 (r), ``batch_source`` (gold, fresh, replay), ``replay_size``, ``val_loss`` (when measured) and
 ``gen_tokens_per_s`` (fresh batches).
 """
@@ -182,6 +182,8 @@ class DistiLLM:
     needs_teacher: bool = True
     needs_hidden_states: bool = False
     description: str = "skew KL/RKL with an adaptive share of student outputs and a replay buffer"
+    default_loss: str | None = "forward_kl"
+    without_kd_term: str = ""
 
     def begin(self, ctx: RunContext) -> _DistiLLMRun:
         dcfg = ctx.config.distillm

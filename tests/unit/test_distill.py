@@ -65,7 +65,7 @@ def test_four_step_run_is_finite_changes_every_parameter_and_writes_the_run_dir(
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row in rows:
         assert all(math.isfinite(row[k]) for k in ("loss", "ce", "kd", "lr", "tokens_per_s"))
-        assert row["loss"] == pytest.approx(row["kd"])  # alpha = 1: pure KD
+        assert row["loss"] == pytest.approx(row["kd"])  # kd_weight = 1: pure KD
         assert row["target_tokens"] > 0
     before, after = initial_student(), checkpoint_weights(run)
     tied = {"lm_head.weight"} - set(after)  # tied to the embeddings: saved once
@@ -235,26 +235,39 @@ def test_bf16_autocast_as_on_cuda_stays_close_to_fp32(tmp_path, tasks_file, base
         assert losses(run) == pytest.approx(losses(baseline), rel=5e-2, abs=1e-4)
 
 
-def test_alpha_mixes_ce_and_kd(tmp_path, tasks_file):
-    run = distill(run_config(tmp_path, tasks_file, alpha=0.3, steps=2))
+def test_kd_weight_mixes_ce_and_kd(tmp_path, tasks_file):
+    run = distill(run_config(tmp_path, tasks_file, kd_weight=0.3, steps=2))
     for row in run.log():
         assert row["loss"] == pytest.approx(0.7 * row["ce"] + 0.3 * row["kd"], rel=1e-5)
-    sft_like = distill(run_config(tmp_path, tasks_file, name="a0", alpha=0.0, steps=1))
+    sft_like = distill(run_config(tmp_path, tasks_file, name="a0", kd_weight=0.0, steps=1))
     assert sft_like.log()[0]["loss"] == pytest.approx(sft_like.log()[0]["ce"], rel=1e-6)
 
 
-def test_sft_trains_without_teacher_and_matches_alpha_zero(tmp_path, tasks_file):
+def test_loss_jsd_beta_runs_that_beta_and_the_manifest_records_the_loss_parameters_used(tmp_path, tasks_file):
+    """``loss=jsd beta=0.9`` was JSD(0.5) with a feature weight of 0.9 (issue 12, item 5)."""
+    asked = distill(run_config(tmp_path, tasks_file, name="b9", loss="jsd", beta=0.9, steps=1))
+    explicit = distill(run_config(tmp_path, tasks_file, name="lp9", loss="jsd", loss_params={"beta": 0.9}, steps=1))
+    default = distill(run_config(tmp_path, tasks_file, name="b5", loss="jsd", steps=1))
+    assert losses(asked) == losses(explicit)
+    assert losses(asked)[0] != pytest.approx(losses(default)[0], rel=1e-3)
+    assert asked.manifest()["loss_params"] == {"beta": 0.9}
+    assert default.manifest()["loss_params"] == {"beta": 0.5}  # the default it ran with, recorded
+    assert asked.manifest()["kd_weight"] == 1.0 and asked.manifest()["feature_weight"] == 0.0
+    assert "alpha" not in asked.manifest() and "beta" not in asked.manifest()
+
+
+def test_sft_trains_without_teacher_and_matches_kd_weight_zero(tmp_path, tasks_file):
     sft = distill(run_config(tmp_path, tasks_file, name="sft", method="sft", teacher=None, student="tiny",
-                             steps=2))
+                             loss=None, steps=2))
     assert sft.manifest()["loss"] is None and sft.manifest()["teacher"] is None
     assert set(sft.log()[0]) >= {"loss", "ce"} and "kd" not in sft.log()[0]
-    # sft on a 2-layer tiny student == word_kd with alpha = 0 on the same student
-    kd0 = distill(run_config(tmp_path, tasks_file, name="kd0", student="tiny", alpha=0.0, steps=2))
+    # sft on a 2-layer tiny student == word_kd with kd_weight = 0 on the same student
+    kd0 = distill(run_config(tmp_path, tasks_file, name="kd0", student="tiny", kd_weight=0.0, steps=2))
     assert losses(sft) == pytest.approx(losses(kd0), abs=1e-6)
 
 
-def test_feature_kd_adds_beta_times_the_feature_terms(tmp_path, tasks_file):
-    run = distill(run_config(tmp_path, tasks_file, method="feature_kd", alpha=0.5, beta=2.0, steps=2,
+def test_feature_kd_adds_feature_weight_times_the_feature_terms(tmp_path, tasks_file):
+    run = distill(run_config(tmp_path, tasks_file, method="feature_kd", kd_weight=0.5, feature_weight=2.0, steps=2,
                              feature={"attention": True, "projection": True}))
     for row in run.log():
         assert row["feature"] > 0 and row["hidden"] > 0 and row["attention"] > 0

@@ -333,8 +333,10 @@ def test_minillm_pg_and_token_forms_run_and_need_reverse_kl(tmp_path, tasks_file
                            minillm={"form": "token"}))
     word = distill(config(tmp_path, tasks_file, "wrkl", method="word_kd", loss="reverse_kl", steps=2))
     assert [r["loss"] for r in token.log()] == [r["loss"] for r in word.log()]
+    # a method that fixes its loss sets it; another loss is an error naming the right one
+    assert config(tmp_path, tasks_file, "default", method="minillm").loss == "reverse_kl"
     with pytest.raises(ValueError, match="loss=reverse_kl"):
-        config(tmp_path, tasks_file, "bad", method="minillm")
+        config(tmp_path, tasks_file, "bad", method="minillm", loss="forward_kl")
     with pytest.raises(ValueError, match="teacher_source=online"):
         config(tmp_path, tasks_file, "bad", method="gkd", teacher_source="cache")
 
