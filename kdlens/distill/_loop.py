@@ -114,22 +114,13 @@ def _logit_width(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def _encode(cfg: DistillConfig, tokenizer) -> tuple[list[dict[str, list[int]]], list[Any], int]:
-    """Encoded training examples that have at least one target token, their records, and how many were dropped."""
-    from kdlens.data import encode_for_training, load_tasks
+def _encode(cfg: DistillConfig, tokenizer):
+    """The training examples within max_length (whole prompts; see :mod:`kdlens.distill._examples`)."""
+    from kdlens.data import load_tasks
+    from kdlens.distill._examples import encode_examples
 
     records = load_tasks(cfg.tasks, split=cfg.split, seed=cfg.seed, n=cfg.n_examples)
-    features, kept, dropped = [], [], 0
-    for record in records:
-        feat = encode_for_training(tokenizer, record, max_length=cfg.max_length, system=cfg.system_prompt)
-        if _target_count(feat):
-            features.append({k: list(feat[k]) for k in ("input_ids", "attention_mask", "labels")})
-            kept.append(record)
-        else:
-            dropped += 1  # the response was truncated away: nothing to learn from it
-    if not features:
-        raise ValueError(f"tasks {cfg.tasks} gave no example with a response within max_length={cfg.max_length}")
-    return features, kept, dropped
+    return encode_examples(tokenizer, records, max_length=cfg.max_length, system=cfg.system_prompt)
 
 
 def _target_count(feature: Mapping[str, Sequence[int]]) -> int:
@@ -205,7 +196,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
 
         vocab = check_compatible(teacher_tok, tokenizer, teacher_vocab_size=_logit_width(teacher),
                                  student_vocab_size=vocab)
-    features, records, dropped = _encode(cfg, tokenizer)
+    encoded = _encode(cfg, tokenizer)
+    features, records = encoded.features, encoded.records
     data_hash = sha256_json([[f["input_ids"], f["labels"]] for f in features])
     method_run = None
     if hasattr(method, "begin"):  # generation-based methods: their own training data and per-step batches
@@ -282,7 +274,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         log_rows = []
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
-        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, dropped,
+        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded,
                                                        total_steps, accelerator, modules, cache, None))
     started = time.perf_counter()
 
@@ -371,7 +363,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
                     for k, v in accelerator.unwrap_model(wrapped["projection"]).state_dict().items()}
             save_file(proj, str(run.path / ".projection.tmp"))
             os.replace(run.path / ".projection.tmp", run.path / "feature_projection.safetensors")
-        manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
+        manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
                              modules, cache, {"wall_s": time.perf_counter() - started, **last_logs})
         atomic_write_json(run.manifest_path, manifest)
         shutil.rmtree(run.state_root, ignore_errors=True)
@@ -456,7 +448,7 @@ def _progress(iterable, accelerator, *, initial: int, total: int):
     return tqdm(iterable, initial=initial, total=total, desc="distill", unit="step")
 
 
-def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, dropped: int,
+def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, encoded,
               total_steps: int, accelerator, modules, cache, final) -> dict[str, Any]:
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
     return {
@@ -467,7 +459,9 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "data_hash": data_hash,
         "tasks": cfg.tasks,
         "n_examples": n,
-        "n_dropped_examples": dropped,
+        "n_dropped_examples": encoded.n_dropped,
+        "dropped_examples": encoded.dropped,  # reason -> count (kdlens.distill._examples.DROP_REASONS)
+        "n_truncated_responses": encoded.truncated,
         "teacher": teacher_id,
         "student": cfg.trained_model,
         "method": cfg.method,

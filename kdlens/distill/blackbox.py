@@ -158,7 +158,7 @@ def _read_cache(path, records) -> dict[int, str]:
 
 def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[str]]) -> list[dict[str, list[int]]]:
     """Query the teacher for every record (cached, resumable); encode its answers as training data."""
-    from kdlens.data import encode_for_training
+    from kdlens.distill._examples import encode_examples
 
     cfg = ctx.config
     path = ctx.run.path / CACHE_NAME
@@ -178,13 +178,10 @@ def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[st
             done[i] = text
         atomic_write_text(path, "".join(json.dumps({"index": i, "prompt_sha": sha256_json(ctx.records[i].prompt),
                                                     "text": done[i]}) + "\n" for i in sorted(done)))
-    features = [encode_for_training(ctx.tokenizer, replace(record, rationale=done[i]), max_length=cfg.max_length,
-                                    system=cfg.system_prompt) for i, record in enumerate(ctx.records)]
-    # an answer truncated away entirely leaves nothing to learn from (as in the loop's own encoding)
-    features = [f for f in features if any(label != -100 for label in f["labels"][1:])]
-    if not features:
-        raise ValueError(f"no teacher answer fits within max_length={cfg.max_length} after its prompt; raise it")
-    return features
+    # the loop's own rules: whole prompts, long answers cut at their end, the rest counted and said
+    answered = [replace(record, rationale=done[i]) for i, record in enumerate(ctx.records)]
+    return encode_examples(ctx.tokenizer, answered, max_length=cfg.max_length, system=cfg.system_prompt,
+                           what="teacher answers").features
 
 
 @dataclass(frozen=True)

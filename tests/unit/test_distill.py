@@ -316,3 +316,43 @@ def test_batch_larger_than_the_data_is_an_error(tmp_path, tasks_file):
     with pytest.raises(ValueError, match="only 16 training examples"):
         distill(run_config(tmp_path, tasks_file, batch_size=32))
     assert os.path.isdir(tmp_path / "run")
+
+
+def test_max_length_keeps_whole_prompts_and_counts_and_says_what_it_drops(tmp_path, caplog):
+    """max_length once cut prompts from the left and reported 0 dropped examples (issue 12, item 7)."""
+    from kdlens.data import encode_for_training, load_task
+    from kdlens.models import tiny_model
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"instruction": f"What is {i} + 1?", "input": "", "output": f"{i} plus 1 is {i + 1}. The answer is {i + 1}",
+             "answer": str(i + 1)} for i in range(4)]
+    rows += [{"instruction": "Please read this long preamble carefully before you answer. " * 3 + f"What is {i} + 2?",
+              "input": "", "output": f"The answer is {i + 2}", "answer": str(i + 2)} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, tok = tiny_model(seed=0)
+    full = [encode_for_training(tok, r, max_length=None) for r in load_task(str(path), split="train")]
+    prompt_len = [f["labels"].index(next(x for x in f["labels"] if x != -100)) for f in full]
+    short, long_ = max(prompt_len[:4]), min(prompt_len[4:])
+    assert short + 5 < long_ and all(len(f["input_ids"]) > short + 5 for f in full[:4])
+    with caplog.at_level("WARNING", logger="kdlens.distill"):
+        run = distill(run_config(tmp_path, str(path), name="cut", max_length=short + 5, batch_size=4, steps=1))
+    manifest = run.manifest()
+    assert manifest["n_examples"] == 4 and manifest["n_dropped_examples"] == 4
+    assert manifest["dropped_examples"] == {"prompt_too_long": 4} and manifest["n_truncated_responses"] == 4
+    assert "4 dropped (the prompt alone fills max_length)" in caplog.text
+    assert "4 kept with the response cut at its end" in caplog.text
+
+    from kdlens.distill._examples import encode_examples
+
+    kept = encode_examples(tok, load_task(str(path), split="train"), max_length=short + 5)
+    for feat, whole in zip(kept.features, full[:4], strict=True):
+        p = whole["labels"].index(next(x for x in whole["labels"] if x != -100))
+        assert feat["input_ids"][:p] == whole["input_ids"][:p]  # the whole prompt, from its first token
+        assert len(feat["input_ids"]) == short + 5 and sum(x != -100 for x in feat["labels"]) >= 5
+
+
+def test_a_max_length_no_prompt_fits_in_is_one_line_naming_max_length(tmp_path, tasks_file):
+    with pytest.raises(ValueError, match=r"all 16 training examples were dropped at max_length=5: .*raise max_length") \
+            as err:
+        distill(run_config(tmp_path, tasks_file, name="five", max_length=5))
+    assert "\n" not in str(err.value)
