@@ -70,7 +70,7 @@ def _accelerator(cfg: DistillConfig):
 
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"

@@ -84,8 +84,17 @@ class AdaptiveSchedule:
         self.history = [float(x) for x in state["history"]]
 
 
-def _holdout(n: int, size: int, seed: int) -> tuple[list[int], list[int]]:
-    """(train positions, validation positions), a seeded split of ``range(n)``."""
+def _holdout(n: int, size: int | None, seed: int, batch_size: int) -> tuple[list[int], list[int]]:
+    """(train positions, validation positions), a seeded split of ``range(n)``.
+
+    ``size=None`` holds out ``min(16, n // 5)`` examples, at most ``n - batch_size``.
+    """
+    if size is None:
+        size = min(16, n // 5, n - batch_size)
+        if size < 1:
+            raise ValueError(f"method=distillm holds out examples for the validation loss that drives phi, but "
+                             f"{n} training examples with batch_size={batch_size} leave none: add data, lower "
+                             "batch_size, or set distillm.val_size=0 (phi then stays 0: gold batches only)")
     if size == 0:
         return list(range(n)), []
     if size >= n:
@@ -187,7 +196,7 @@ class DistiLLM:
 
     def begin(self, ctx: RunContext) -> _DistiLLMRun:
         dcfg = ctx.config.distillm
-        train, val = _holdout(len(ctx.features), dcfg.val_size, ctx.config.seed)
+        train, val = _holdout(len(ctx.features), dcfg.val_size, ctx.config.seed, ctx.config.batch_size)
         schedule = AdaptiveSchedule(increment=dcfg.phi_increment, threshold=dcfg.threshold, max_phi=dcfg.phi_max)
         return _DistiLLMRun(ctx, [ctx.features[i] for i in train], [ctx.features[i] for i in val], schedule,
                             ReplayBuffer(dcfg.replay_capacity))

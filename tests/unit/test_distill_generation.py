@@ -386,3 +386,15 @@ def test_seq_kd_interpolated_trains_on_the_best_bleu_beam(tmp_path, tasks_file):
         assert len(line["bleu"]) == 3 and line["bleu"][line["chosen"]] == max(line["bleu"])
     with pytest.raises(ValueError, match="num_beams >= 2"):
         config(tmp_path, tasks_file, "bad", method="seq_kd", seq_kd={"interpolated": True, "num_beams": 1})
+
+
+def test_distillm_default_validation_split_fits_small_data():
+    """The default held out 16 examples, so 8 examples failed (issue 12): now min(16, n // 5), at most n - batch."""
+    from kdlens.distill.distillm import _holdout
+
+    assert [len(_holdout(n, None, 0, 4)[1]) for n in (8, 40, 100, 1000)] == [1, 8, 16, 16]
+    train, val = _holdout(8, None, 0, 4)
+    assert sorted(train + val) == list(range(8)) and len(train) >= 4
+    with pytest.raises(ValueError, match="leave none: .*distillm.val_size=0"):
+        _holdout(8, None, 0, 8)
+    assert _holdout(8, 0, 0, 8) == (list(range(8)), [])

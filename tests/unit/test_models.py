@@ -159,7 +159,7 @@ def test_load_model_bad_device():
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         load_model("tiny", device="gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             load_model("tiny", device="cuda")
 
 

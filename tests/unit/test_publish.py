@@ -205,7 +205,7 @@ def test_cli_sweep_publish_flags(tmp_path, capsys):
     assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--dry-run"]) == 0
     out = capsys.readouterr()
     assert out.out.count("published") == 1 and "1 not started" in out.err
-    assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--no-eval"]) == 2
+    assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--no-eval"]) == 1
     assert "--publish needs evaluated runs" in capsys.readouterr().err
 
 
