@@ -260,6 +260,12 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         from kdlens.losses import get_loss
 
         loss_fn = get_loss(cfg.loss, **cfg.loss_params)
+    from kdlens.distill._preflight import preflight
+
+    checks = preflight(cfg, student=accelerator.unwrap_model(wrapped["student"]), teacher_fn=teacher_fn,
+                       loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=teacher_tok,
+                       features=features if cache is not None else encoded.features, records=encoded.records,
+                       collate=collate, vocab=vocab, device=accelerator.device, log=accelerator.is_main_process)
 
     start = 0
     state = run.latest_state()
@@ -275,7 +281,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
         atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded,
-                                                       total_steps, accelerator, modules, cache, None))
+                                                       total_steps, accelerator, modules, cache, None, checks))
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -364,7 +370,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             save_file(proj, str(run.path / ".projection.tmp"))
             os.replace(run.path / ".projection.tmp", run.path / "feature_projection.safetensors")
         manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
-                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs})
+                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks)
         atomic_write_json(run.manifest_path, manifest)
         shutil.rmtree(run.state_root, ignore_errors=True)
         atomic_write_text(run.done_path, "")
@@ -449,7 +455,7 @@ def _progress(iterable, accelerator, *, initial: int, total: int):
 
 
 def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, encoded,
-              total_steps: int, accelerator, modules, cache, final) -> dict[str, Any]:
+              total_steps: int, accelerator, modules, cache, final, preflight) -> dict[str, Any]:
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
     return {
         "status": status,
@@ -483,6 +489,7 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "mixed_precision": str(accelerator.mixed_precision),
         "lora": cfg.lora is not None,
         "trainable_parameters": trainable,
+        "preflight": preflight,  # kdlens.distill._preflight: the checks on the first batch
         "final": final,
     }
 
