@@ -196,4 +196,5 @@ def _is_damaged_file_error(err: BaseException) -> bool:
 
     if type(err).__name__ == "SafetensorError" or isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
         return True
-    return isinstance(err, OSError) and "Unable to load weights" in str(err)
+    return isinstance(err, OSError) and any(sign in str(err) for sign in ("Unable to load weights",
+                                                                          "is not a valid JSON file"))

@@ -101,7 +101,7 @@ CATALOGUE = [
     ("teacher-corrupt", ["distill", "teacher={root}/corrupt", "student=prune:1", "tasks={root}/arith.jsonl",
                          "output_dir={root}/o9"], 1, "corrupt or incomplete"),
     ("teacher-bad-config", ["distill", "teacher={root}/garbled", "student=prune:1", "tasks={root}/arith.jsonl",
-                            "output_dir={root}/o10"], 1, "config.json"),
+                            "output_dir={root}/o10"], 1, "garbled are corrupt or incomplete"),
     ("distillm-8-examples", ["distill", *RUN, "batch_size=8", "tasks={root}/arith.jsonl", "method=distillm",
                              "output_dir={root}/o11"], 1, "distillm.val_size"),
     ("blackbox-bad-callable", ["distill", "student=tiny", "tasks={root}/arith.jsonl", "method=blackbox",

@@ -22,13 +22,8 @@ PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [20]]
 
 
 @pytest.fixture(scope="module")
-def tasks_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen_data") / "arith.jsonl"
-    rows = [{"instruction": f"What is {3 + i} + {7 + 2 * i}?", "input": "",
-             "output": f"{3 + i} plus {7 + 2 * i} is {10 + 3 * i}. The answer is {10 + 3 * i}",
-             "answer": str(10 + 3 * i)} for i in range(16)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+def tasks_file(arith_tasks):
+    return arith_tasks
 
 
 def config(tmp_path, tasks_file, name, **kw):

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_distill_generation import config
 
 from kdlens import losses as L
-from kdlens.config import load_config
 from kdlens.distill import distill
 from kdlens.distill._preflight import (
     check_descent,
@@ -134,23 +133,12 @@ def test_teacher_nll_names_a_teacher_worse_than_the_student():
 # ---------------------------------------------------------------- in a run
 
 
-@pytest.fixture(scope="module")
-def tasks_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("preflight") / "arith.jsonl"
-    path.write_text("".join(json.dumps({"instruction": f"What is {i} + 5?", "input": "",
-                                        "output": f"{i} plus 5 is {i + 5}. The answer is {i + 5}",
-                                        "answer": str(i + 5)}) + "\n" for i in range(8)))
-    return str(path)
+def _run_config(tmp_path, tasks, name, **kw):
+    return config(tmp_path, tasks, name, **{"steps": 1, **kw})
 
 
-def _run_config(tmp_path, tasks_file, name, **kw):
-    base = dict(teacher="tiny", student="prune:1", tasks=[tasks_file], steps=1, batch_size=4, lr=1e-2,
-                device="cpu", output_dir=str(tmp_path / name))
-    return load_config(None, {**base, **kw})
-
-
-def test_a_sound_run_records_every_check_in_its_manifest(tmp_path, tasks_file):
-    checks = distill(_run_config(tmp_path, tasks_file, "ok", loss="jsd", beta=0.9, temperature=2.0)).manifest()[
+def test_a_sound_run_records_every_check_in_its_manifest(tmp_path, arith_tasks):
+    checks = distill(_run_config(tmp_path, arith_tasks, "ok", loss="jsd", beta=0.9, temperature=2.0)).manifest()[
         "preflight"]
     assert checks["self_divergence"] == {"ok": True, "applies": True, "value": 0.0}
     assert checks["descent"]["ok"] and checks["descent"]["slope"] < 0
@@ -158,25 +146,25 @@ def test_a_sound_run_records_every_check_in_its_manifest(tmp_path, tasks_file):
     assert set(checks) == {"self_divergence", "descent", "tokenizers", "teacher_nll", "warnings"}
 
 
-def test_a_broken_loss_stops_the_run_before_its_first_step(tmp_path, tasks_file, monkeypatch):
+def test_a_broken_loss_stops_the_run_before_its_first_step(tmp_path, arith_tasks, monkeypatch):
     import kdlens.losses
 
     monkeypatch.setattr(kdlens.losses, "get_loss", lambda name, **params: tau_on_the_student_only)
     with pytest.raises(ValueError, match=r"pre-flight: loss=forward_kl .* against itself is .*, not 0"):
-        distill(_run_config(tmp_path, tasks_file, "tau", temperature=2.0))
+        distill(_run_config(tmp_path, arith_tasks, "tau", temperature=2.0))
     monkeypatch.setattr(kdlens.losses, "get_loss", lambda name, **params: maximised_kl)
     with pytest.raises(ValueError, match="does not fall when the student moves toward the teacher"):
-        distill(_run_config(tmp_path, tasks_file, "sign"))
+        distill(_run_config(tmp_path, arith_tasks, "sign"))
     assert not (tmp_path / "sign" / "train_log.jsonl").exists() or \
         (tmp_path / "sign" / "train_log.jsonl").read_text() == ""
 
 
-def test_a_teacher_worse_than_its_student_is_a_warning_naming_it(tmp_path, tasks_file, caplog):
+def test_a_teacher_worse_than_its_student_is_a_warning_naming_it(tmp_path, arith_tasks, caplog):
     """A student fine-tuned on the task, distilled from the untrained teacher (a task-unaware one)."""
-    sft = distill(_run_config(tmp_path, tasks_file, "sft", method="sft", teacher=None, student="tiny", steps=8,
+    sft = distill(_run_config(tmp_path, arith_tasks, "sft", method="sft", teacher=None, student="tiny", steps=8,
                               lr=3e-2))
     with caplog.at_level("WARNING", logger="kdlens.distill"):
-        run = distill(_run_config(tmp_path, tasks_file, "kd", student=str(sft.path)))
+        run = distill(_run_config(tmp_path, arith_tasks, "kd", student=str(sft.path)))
     nll = run.manifest()["preflight"]["teacher_nll"]
     assert not nll["ok"] and nll["teacher"] > nll["student"]
     assert "a task-unaware or broken teacher" in caplog.text

@@ -3,12 +3,10 @@ config time (issue 12, item 3): a one-step run per method and setting on the tin
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from test_distill_generation import config
 
-from kdlens.config import load_config
 from kdlens.distill import METHODS, distill
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -31,25 +29,12 @@ SETTINGS = {"sigma": {"sigma": 2.0}, "temperature": {"temperature": 2.0},
             "scale_by_temperature_squared": {"temperature": 2.0, "scale_by_temperature_squared": True}}
 
 
-@pytest.fixture(scope="module")
-def tasks_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("signal_data") / "arith.jsonl"
-    rows = [{"instruction": f"What is {3 + i} + {4 + i}?", "input": "",
-             "output": f"{3 + i} plus {4 + i} is {7 + 2 * i}. The answer is {7 + 2 * i}",
-             "answer": str(7 + 2 * i)} for i in range(12)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-def _config(tmp_path, tasks_file, name, **kw):
-    base = dict(teacher="tiny", student="prune:1", tasks=[tasks_file], steps=1, batch_size=4, lr=1e-2, seed=0,
-                device="cpu", output_dir=str(tmp_path / name))
-    base.update(kw)
-    return load_config(None, base)
+def _config(tmp_path, tasks, name, **kw):
+    return config(tmp_path, tasks, name, **{"steps": 1, **kw})
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tasks_file):
+def runs(tmp_path_factory, arith_tasks):
     """One-step runs, built on first use: (method, setting) -> run directory."""
     root = tmp_path_factory.mktemp("signal_runs")
     done = {}
@@ -57,7 +42,7 @@ def runs(tmp_path_factory, tasks_file):
     def get(method: str, setting: str):
         if (method, setting) not in done:
             kw = {**HONOURING[method][0], **(SETTINGS[setting] if setting != "plain" else {})}
-            done[method, setting] = distill(_config(root, tasks_file, f"{method}-{setting}", **kw))
+            done[method, setting] = distill(_config(root, arith_tasks, f"{method}-{setting}", **kw))
         return done[method, setting]
 
     return get
@@ -101,26 +86,26 @@ def test_tau_squared_multiplies_the_kd_term_of_every_kd_method(runs, method):
 
 @pytest.mark.parametrize("method", sorted(REFUSING))
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
-def test_methods_without_a_kd_term_refuse_teacher_signal_settings(tmp_path, tasks_file, method, setting):
+def test_methods_without_a_kd_term_refuse_teacher_signal_settings(tmp_path, arith_tasks, method, setting):
     with pytest.raises(ValueError, match=f"method={method} .*would be ignored: drop") as err:
-        _config(tmp_path, tasks_file, "bad", **REFUSING[method], **SETTINGS[setting])
+        _config(tmp_path, arith_tasks, "bad", **REFUSING[method], **SETTINGS[setting])
     assert "\n" not in str(err.value)
     # and without them the same config is fine
-    assert _config(tmp_path, tasks_file, "ok", **REFUSING[method]).loss is None
+    assert _config(tmp_path, arith_tasks, "ok", **REFUSING[method]).loss is None
 
 
-def test_seq_kd_refusal_says_how_to_soften_the_teacher_decoding(tmp_path, tasks_file):
+def test_seq_kd_refusal_says_how_to_soften_the_teacher_decoding(tmp_path, arith_tasks):
     with pytest.raises(ValueError, match="seq_kd.do_sample=true seq_kd.temperature=T"):
-        _config(tmp_path, tasks_file, "bad", method="seq_kd", temperature=2.0)
+        _config(tmp_path, arith_tasks, "bad", method="seq_kd", temperature=2.0)
     for extra in ({"loss": "reverse_kl"}, {"kd_weight": 0.5}, {"loss_params": {"beta": 0.2}}):
         with pytest.raises(ValueError, match="would be ignored"):
-            _config(tmp_path, tasks_file, "bad", method="seq_kd", **extra)
+            _config(tmp_path, arith_tasks, "bad", method="seq_kd", **extra)
 
 
-def test_a_gold_ce_weight_is_refused_where_every_batch_is_generated(tmp_path, tasks_file):
+def test_a_gold_ce_weight_is_refused_where_every_batch_is_generated(tmp_path, arith_tasks):
     with pytest.raises(ValueError, match="kd_weight=0.5 .*only on generated sequences"):
-        _config(tmp_path, tasks_file, "bad", method="minillm", kd_weight=0.5)
+        _config(tmp_path, arith_tasks, "bad", method="minillm", kd_weight=0.5)
     with pytest.raises(ValueError, match="kd_weight=0.5 .*only on generated sequences"):
-        _config(tmp_path, tasks_file, "bad", method="gkd", kd_weight=0.5, gkd={"lambda_": 1.0})
-    assert _config(tmp_path, tasks_file, "ok", method="minillm", kd_weight=0.5,
+        _config(tmp_path, arith_tasks, "bad", method="gkd", kd_weight=0.5, gkd={"lambda_": 1.0})
+    assert _config(tmp_path, arith_tasks, "ok", method="minillm", kd_weight=0.5,
                    minillm={"form": "token"}).kd_weight == 0.5
