@@ -93,15 +93,15 @@ class OpenAIChatTeacher:
             except urllib.error.HTTPError as err:
                 detail = err.read()[:300].decode(errors="replace")
                 if err.code not in _RETRY_STATUS:
-                    raise RuntimeError(f"black-box teacher at {self.endpoint} answered HTTP {err.code}: "
+                    raise ConnectionError(f"black-box teacher at {self.endpoint} answered HTTP {err.code}: "
                                        f"{detail}") from err
-                last = RuntimeError(f"HTTP {err.code}: {detail}")
+                last = ConnectionError(f"HTTP {err.code}: {detail}")
                 continue
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 last = err
                 continue
             return _content(raw, self.endpoint)
-        raise RuntimeError(f"black-box teacher at {self.endpoint} failed after {self.retries + 1} attempts "
+        raise ConnectionError(f"black-box teacher at {self.endpoint} failed after {self.retries + 1} attempts "
                            f"(last error: {last}); is the server running? check blackbox.url") from last
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:

@@ -107,6 +107,10 @@ CATALOGUE = [
     ("blackbox-bad-callable", ["distill", "student=tiny", "tasks={root}/arith.jsonl", "method=blackbox",
                                "blackbox.teacher=no_such_module:fn", "steps=1", "batch_size=4", "device=cpu",
                                "output_dir={root}/o12"], 1, "is not an importable"),
+    ("blackbox-unreachable", ["distill", "student=tiny", "tasks={root}/arith.jsonl", "method=blackbox",
+                              "blackbox.url=http://127.0.0.1:9/v1", "blackbox.retries=0", "blackbox.timeout=2",
+                              "steps=1", "batch_size=4", "device=cpu", "output_dir={root}/o13"], 1,
+     "failed after 1 attempts"),
     # finetune
     ("finetune-method", ["finetune", "student=tiny", "tasks={root}/arith.jsonl", "method=word_kd"], 1,
      "this command trains with method=sft"),

@@ -297,7 +297,7 @@ def test_a_failing_worker_run_does_not_stop_the_others(tmp_path):
     from kdlens.sweep import read_results, run_sweep
 
     broken = {**SWEEP, "axes": {"student": ["prune:1", "prune:9"]}, "baseline": None}  # tiny has 2 layers
-    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed in their workers.*prune9"):
+    with pytest.raises(ChildProcessError, match=r"1 run\(s\) failed in their workers.*prune9"):
         run_sweep(broken, output_dir=tmp_path / "s", workers=2)
     kept = read_results(tmp_path / "s")
     assert kept["student"].unique().tolist() == ["prune:1"] and kept["accuracy"].notna().all()
