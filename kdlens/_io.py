@@ -167,6 +167,8 @@ def read_yaml(path: str | os.PathLike, *, what: str = "file") -> Any:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from err
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte at offset {err.start}); re-save it as UTF-8") from None
     return {} if data is None else data
 
 

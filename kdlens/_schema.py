@@ -148,10 +148,10 @@ POWER_COLUMNS: tuple[str, ...] = (
 RUNS_COLUMNS: tuple[str, ...] = ("run_id", "overrides", "run_dir", "status")
 
 #: config keys (and run-table axis columns) that only matter when a teacher is distilled: an SFT run
-#: ignores them, so SFT rows of a grid drop them (the baseline runs once per student and seed) and a
-#: run is matched with its baseline on every other axis
+#: refuses them, so SFT rows of a grid drop them (the baseline runs once per student and seed) and a
+#: run is matched with its baseline on every other axis. ``alpha``/``beta`` are the loss-parameter
+#: shorthands of ``loss=jsd beta=0.9``.
 KD_ONLY_KEYS: tuple[str, ...] = (
-    "sigma", "temperature", "loss", "loss_params", "alpha", "beta", "feature", "teacher_source", "top_k",
-    "cache_dtype", "scale_by_temperature_squared", "teacher_aware",
+    "sigma", "temperature", "loss", "loss_params", "alpha", "beta", "kd_weight", "feature_weight", "feature",
+    "teacher_source", "top_k", "cache_dtype", "scale_by_temperature_squared", "teacher_aware",
 )
-

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from kdlens._schema import EXAMPLES_COLUMNS, EXAMPLES_DTYPES, TOKENS_COLUMNS, TOKENS_DTYPES
-from kdlens.analysis._answers import same_answer
+from kdlens.data import infer_kind, same_answer
 
 __all__ = ["as_frame", "examples_from_columns", "tokens_from_columns"]
 
@@ -109,7 +109,8 @@ def examples_from_columns(
         if given[f"{model}_correct"] is not None:
             correct = pd.Series([bool(v) for v in cols[f"{model}_correct"]])
         elif gold_answers is not None:
-            correct = same_answer(pred.str.strip(), frame["gold_answer"].astype("string").str.strip())
+            # scored as kdlens.data.score scores extracted answers: one definition of "the same answer"
+            correct = pd.Series([_same_as_gold(p, g) for p, g in zip(pred, frame["gold_answer"], strict=True)])
         else:
             correct = pd.Series([False] * n)  # unknown; see attrs["correct_known"]
         frames.append(frame.assign(correct=correct.to_numpy(bool)))
@@ -207,3 +208,9 @@ def _is_names(value: Any) -> bool:
         return True
     return isinstance(value, Sequence) and not isinstance(value, Mapping) and all(isinstance(v, str) for v in value) \
         and len(value) > 0
+
+
+def _same_as_gold(pred, gold) -> bool:
+    if pred is None or pd.isna(pred) or gold is None or pd.isna(gold) or not str(gold).strip():
+        return False
+    return same_answer(str(pred), str(gold), infer_kind(str(gold)))

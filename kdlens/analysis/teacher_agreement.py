@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 
 from kdlens._schema import AGREEMENT_COLUMNS
-from kdlens.analysis._answers import NUMERIC_TOLERANCE, same_answer
 from kdlens.analysis._bootstrap import ratio_bootstrap_ci
 from kdlens.analysis._validate import require_columns, require_level, require_nonempty
 from kdlens.analysis.columns import TEACHER, examples_from_columns
+from kdlens.data import NUMERIC_TOLERANCE, infer_kind, same_answer
 
 __all__ = ["ANSWER_METRICS", "NUMERIC_TOLERANCE", "TOKEN_METRICS", "agreement", "answer_pairs"]
 
@@ -44,7 +44,6 @@ TOKEN_METRICS: dict[str, str] = {
 _KEYS = ["task", "example_id"]
 
 
-
 def answer_pairs(examples: pd.DataFrame, *, teacher: str) -> pd.DataFrame:
     """Pair each student's greedy answer with the teacher's on the same (task, example_id).
 
@@ -60,10 +59,13 @@ def answer_pairs(examples: pd.DataFrame, *, teacher: str) -> pd.DataFrame:
     -------
     DataFrame
         One row per (model_id, task, example_id) with ``student_pred, teacher_pred,
-        student_correct, teacher_correct, agree``. Two answers agree when they are equal after
-        stripping whitespace, or when both parse as numbers (commas removed) within
-        ``NUMERIC_TOLERANCE`` = 1e-3, the math scoring rule. A missing prediction (no answer
-        extracted) never agrees, not even with another missing one.
+        student_correct, teacher_correct, agree``. Two answers agree when they are the same answer
+        by :func:`kdlens.data.same_answer`, the very rule that scores them against the gold answer
+        (numbers within ``NUMERIC_TOLERANCE`` = 1e-3, ``"1/2"`` = ``"0.5"``; the same choice letter,
+        ``"(B)"`` = ``"B"``; strings equal up to case, whitespace and a final period), under the
+        answer kind of the example's ``gold_answer`` (inferred from the two answers when the table
+        has no gold answer). A missing prediction (no answer extracted) never agrees, not even with
+        another missing one.
     """
     require_columns(examples, ["model_id", *_KEYS, "sample", "pred_answer", "correct"], what="examples")
     greedy = examples.loc[examples["sample"] == 0]
@@ -73,18 +75,32 @@ def answer_pairs(examples: pd.DataFrame, *, teacher: str) -> pd.DataFrame:
         raise ValueError(f"teacher {teacher!r} is not a model_id of the examples; known: {models}")
     if greedy.duplicated(["model_id", *_KEYS]).any():
         raise ValueError("examples have duplicate (model_id, task, example_id) rows at sample 0")
+    gold = ["gold_answer"] if "gold_answer" in greedy.columns else []
     cols = [*_KEYS, "pred_answer", "correct"]
-    t = greedy.loc[greedy["model_id"] == teacher, cols].rename(
+    t = greedy.loc[greedy["model_id"] == teacher, cols + gold].rename(
         columns={"pred_answer": "teacher_pred", "correct": "teacher_correct"})
     s = greedy.loc[greedy["model_id"] != teacher, ["model_id", *cols]].rename(
         columns={"pred_answer": "student_pred", "correct": "student_correct"})
     pairs = s.merge(t, on=_KEYS, how="inner")
     for col in ("student_pred", "teacher_pred"):
         pairs[col] = pairs[col].astype("string").str.strip()
-    pairs["agree"] = same_answer(pairs["student_pred"], pairs["teacher_pred"])
+    kinds = [_kind(g) for g in pairs["gold_answer"]] if gold else [None] * len(pairs)
+    pairs["agree"] = [same_answer(_text(a), _text(b), k)
+                      for a, b, k in zip(pairs["student_pred"], pairs["teacher_pred"], kinds, strict=True)]
+    pairs["agree"] = pairs["agree"].astype(bool)
+    pairs = pairs.drop(columns=gold)
     for col in ("student_correct", "teacher_correct"):
         pairs[col] = pairs[col].astype(bool)
     return pairs.sort_values(["model_id", *_KEYS]).reset_index(drop=True)
+
+
+def _text(value) -> str | None:
+    return None if value is None or pd.isna(value) else str(value)
+
+
+def _kind(gold) -> str | None:
+    text = _text(gold)
+    return infer_kind(text) if text is not None and text.strip() else None
 
 
 def _answer_indicators(p: pd.DataFrame) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -53,8 +53,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(runs)} run(s); {int((runs['status'] == 'pending').sum())} not started", file=sys.stderr)
         return 0
     if args.publish and args.no_eval:
-        print("kdlens sweep: --publish needs evaluated runs; drop --no-eval", file=sys.stderr)
-        return 2
+        raise ValueError("--publish needs evaluated runs; drop --no-eval")
     results = run_sweep(args.spec, output_dir=args.output_dir, evaluate=not args.no_eval, max_runs=args.max_runs,
                         time_budget_s=args.time_budget, publish_dir=args.publish, workers=args.workers,
                         overwrite=args.overwrite,

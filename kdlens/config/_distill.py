@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from kdlens._io import read_yaml
@@ -70,14 +71,22 @@ class DistillConfig:
         Number of examples per task (None = the task's own default).
     method : str
         Name in :data:`kdlens.distill.METHODS`.
-    loss : str
-        Divergence name in :data:`kdlens.losses.LOSSES`, used by KD methods.
+    loss : str or None
+        Divergence name in :data:`kdlens.losses.LOSSES`, used by KD methods. None = the method's
+        own (``reverse_kl`` for ``minillm``, ``forward_kl`` for the others); methods without a KD
+        term on teacher logits (``sft``, ``seq_kd``, ``blackbox``) keep None and refuse a loss.
     loss_params : dict
-        Extra parameters of the divergence (e.g. ``{"beta": 0.5}`` for ``jsd``).
-    alpha : float
-        KD weight in ``(1 - alpha) * CE + alpha * KD``; 1 = pure KD (the paradox paper's setting).
-    beta : float
-        Weight of the feature term in ``feature_kd``.
+        Parameters of the divergence (e.g. ``{"beta": 0.9}`` for ``jsd``), checked now.
+    kd_weight : float
+        ``w`` in ``(1 - w) * CE + w * KD`` on gold batches, in [0, 1]; 1 = pure KD (the paradox
+        paper's setting). Generated batches of on-policy methods use the KD term alone.
+    feature_weight : float
+        Weight of the feature term of ``feature_kd`` (> 0 there, 0 for every other method).
+    alpha, beta : float, optional (init only)
+        Shorthands for the chosen loss's own parameters, as TRL users write them: ``loss=jsd
+        beta=0.9`` is ``loss_params.beta=0.9``, ``loss=skew_forward_kl alpha=0.2`` is
+        ``loss_params.alpha=0.2``. For a loss without that parameter they are an error naming
+        ``kd_weight`` / ``feature_weight`` (no top-level name shadows a loss parameter).
     feature : FeatureConfig
         Layer map and feature terms of ``feature_kd``.
     sigma : float
@@ -86,6 +95,11 @@ class DistillConfig:
         Softmax temperature tau applied to both teacher and student in the KD term, > 0.
     scale_by_temperature_squared : bool
         Multiply the KD term by tau^2 (Hinton); recorded in the manifest.
+
+        Every method honours sigma, tau and the tau^2 switch or refuses them here: ``word_kd``,
+        ``feature_kd``, ``gkd``, ``distillm`` (its validation loss too) and both forms of ``minillm``
+        apply them to the teacher logits they train on; ``sft``, ``seq_kd`` (cross-entropy on the
+        teacher's decoded text) and ``blackbox`` (text only) have no KD term and refuse them.
     teacher_source : {"online", "cache"}
         Run the teacher each step, or read its top-k logits from a cache built in a first pass.
     cache_dir : str or None
@@ -105,9 +119,10 @@ class DistillConfig:
     grad_accum : int
         Micro-batches per optimizer step; must divide ``batch_size`` (times the process count).
     lr, weight_decay, warmup_steps, scheduler, max_grad_norm
-        AdamW and its learning-rate schedule (``max_grad_norm`` 0 disables clipping).
+        AdamW and its learning-rate schedule (``max_grad_norm`` 0 disables clipping; finite).
     max_length : int
-        Maximum tokens per training sequence (prompts are cut from the left).
+        Maximum tokens per training sequence: the whole prompt is kept and a long response cut at
+        its end; an example whose prompt alone fills ``max_length`` is dropped (and counted).
     lora : LoraConfig or None
         LoRA adapters; None = full fine-tuning. ``lora=true`` or any ``lora.KEY=...`` enables it.
     seed : int
@@ -140,10 +155,10 @@ class DistillConfig:
     split: str = "train"
     n_examples: int | None = None
     method: str = "word_kd"
-    loss: str = "forward_kl"
+    loss: str | None = None
     loss_params: dict[str, Any] = field(default_factory=dict)
-    alpha: float = 1.0
-    beta: float = 0.0
+    kd_weight: float = 1.0
+    feature_weight: float = 0.0
     feature: FeatureConfig = field(default_factory=FeatureConfig)
     sigma: float = 0.0
     temperature: float = 1.0
@@ -179,11 +194,17 @@ class DistillConfig:
     blackbox: BlackboxConfig = field(default_factory=BlackboxConfig)
     metadistil: MetaDistilConfig = field(default_factory=MetaDistilConfig)
     mpdistil: MPDistilConfig = field(default_factory=MPDistilConfig)
+    alpha: InitVar[float | None] = None
+    beta: InitVar[float | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, alpha: float | None, beta: float | None) -> None:
         # Accept the shapes YAML and the command line naturally produce.
+        if self.tasks is None:  # "tasks=" on the command line
+            self.tasks = []
         if isinstance(self.tasks, str):
             self.tasks = [t.strip() for t in self.tasks.split(",") if t.strip()]
+        if not isinstance(self.tasks, (list, tuple)) or not all(isinstance(t, str) for t in self.tasks):
+            raise ValueError(f"tasks={self.tasks!r} must be task specs (tasks=chain_sum:200,path/to/data.json)")
         self.tasks = list(self.tasks)
         for key, cls in METHOD_SECTIONS.items():
             if isinstance(getattr(self, key), Mapping):
@@ -196,8 +217,17 @@ class DistillConfig:
             self.lora = LoraConfig()
         elif self.lora is False:
             self.lora = None
-        self.loss_params = dict(self.loss_params or {})
+        elif self.lora is not None and not isinstance(self.lora, LoraConfig):
+            raise ValueError(f"lora={self.lora!r} must be true, false or a section (lora.r=16 lora.alpha=32)")
+        if self.loss_params is None:
+            self.loss_params = {}
+        if not isinstance(self.loss_params, Mapping):
+            raise ValueError(f"loss_params={self.loss_params!r} must be a mapping, e.g. loss_params.beta=0.9")
+        self.loss_params = dict(self.loss_params)
+        self._check_types()
         self._validate()
+        self._loss_shorthands(alpha, beta)
+        self._validate_teacher_signal()
 
     def _validate(self) -> None:
         from kdlens.distill._registry import METHODS  # lazy: the method table imports torch
@@ -217,21 +247,28 @@ class DistillConfig:
             n = self.student.split(":", 1)[1]
             if not n.isdigit() or int(n) < 1:
                 raise ValueError(f"student={self.student!r}: expected prune:N with N >= 1 layers to keep")
-        if spec.needs_teacher:
+        if self.loss is None:
+            self.loss = spec.default_loss
+        if self.loss is not None:
             from kdlens.losses import LOSSES
 
             if self.loss not in LOSSES:
                 hint = difflib.get_close_matches(self.loss, list(LOSSES), n=1)
                 extra = f" (did you mean {hint[0]!r}?)" if hint else ""
                 raise ValueError(f"unknown loss {self.loss!r}{extra}; known losses: {sorted(LOSSES)}")
+        for name in ("sigma", "temperature", "kd_weight", "feature_weight", "lr", "weight_decay", "max_grad_norm"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}={getattr(self, name)} is not a finite number; give a real value")
         if self.sigma < 0:
             raise ValueError(f"sigma must be >= 0 (std of the teacher-logit noise), got {self.sigma}")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1] (loss = (1-alpha)*CE + alpha*KD), got {self.alpha}")
-        if self.beta < 0:
-            raise ValueError(f"beta (feature-loss weight) must be >= 0, got {self.beta}")
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1] (loss = (1-kd_weight)*CE + kd_weight*KD), got "
+                             f"{self.kd_weight}")
+        if self.feature_weight < 0:
+            raise ValueError(f"feature_weight (weight of the feature terms of feature_kd) must be >= 0, got "
+                             f"{self.feature_weight}")
         _known("teacher_source", self.teacher_source, _TEACHER_SOURCES)
         _known("scheduler", self.scheduler, _SCHEDULERS)
         _known("mixed_precision", self.mixed_precision, _MIXED_PRECISION)
@@ -241,7 +278,7 @@ class DistillConfig:
         _known("cache_tail", self.cache_tail, _CACHE_TAILS)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.teacher_source == "cache" and not cache_is_faithful(self.loss, self.temperature):
+        if self.teacher_source == "cache" and not cache_is_faithful(str(self.loss), self.temperature):
             warnings.warn(f"teacher_source=cache with loss={self.loss} at temperature={self.temperature:g}: a top-k "
                           "teacher cache was measured faithful only for forward_kl at temperature 1 (benchmarks/"
                           "RESULTS.md); use teacher_source=online, or a top_k as large as the vocabulary",
@@ -271,8 +308,11 @@ class DistillConfig:
         if spec.needs_hidden_states and self.teacher_source == "cache":
             raise ValueError(f"method={self.method} needs the teacher's hidden states, which a logit cache "
                              "does not hold; use teacher_source=online")
-        if self.method == "feature_kd" and self.beta == 0:
-            raise ValueError("method=feature_kd with beta=0 is word_kd; set beta > 0 (feature weight)")
+        if self.method == "feature_kd" and self.feature_weight == 0:
+            raise ValueError("method=feature_kd with feature_weight=0 is word_kd; set feature_weight > 0")
+        if self.method != "feature_kd" and self.feature_weight != 0:
+            raise ValueError(f"feature_weight={self.feature_weight} weighs the feature terms of method=feature_kd; "
+                             f"method={self.method} has none: drop feature_weight (or use method=feature_kd)")
         self._validate_model_kinds(spec)
         if hasattr(spec, "check_config"):  # the method's own cross-field rules (see kdlens.distill.Method)
             spec.check_config(self)
@@ -292,7 +332,8 @@ class DistillConfig:
             raise ValueError(f"method={self.method} scores generated sequences with the teacher, which a logit "
                              "cache cannot hold; use teacher_source=online")
         if self.method == "minillm" and self.loss != "reverse_kl":
-            raise ValueError(f"method=minillm minimises reverse KL; set loss=reverse_kl (got loss={self.loss})")
+            raise ValueError(f"method=minillm minimises reverse KL (its default loss): drop loss={self.loss} or set "
+                             "loss=reverse_kl")
         if self.method == "distillm" and self.distillm.replay_capacity < self.batch_size:
             raise ValueError(f"distillm.replay_capacity={self.distillm.replay_capacity} is smaller than one "
                              f"batch (batch_size={self.batch_size}); raise it")
@@ -302,6 +343,73 @@ class DistillConfig:
                                  "or blackbox.teacher=package.module:function")
             if self.student is None:
                 raise ValueError("method=blackbox trains a student: set student=NAME_OR_PATH (or prune:N of teacher=)")
+
+    def _check_types(self) -> None:
+        """Plain fields hold values of their annotated type (``steps=1.5`` is an error, not a crash later)."""
+        kinds = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+        hints = {"steps": int, "batch_size": int, "grad_accum": int, "max_length": int, "log_every": int,
+                 "save_every": int, "warmup_steps": int, "top_k": int, "seed": int, "n_examples": int,
+                 "epochs": float, "lr": float, "weight_decay": float, "max_grad_norm": float, "sigma": float,
+                 "temperature": float, "kd_weight": float, "feature_weight": float,
+                 "scale_by_temperature_squared": bool, "method": str, "split": str, "teacher_source": str,
+                 "scheduler": str, "mixed_precision": str, "device": str, "dtype": str, "cache_dtype": str,
+                 "cache_tail": str, "teacher": str, "student": str, "loss": str, "output_dir": str,
+                 "cache_dir": str, "system_prompt": str}
+        optional = {"steps", "epochs", "n_examples", "teacher", "student", "loss", "output_dir", "cache_dir",
+                    "system_prompt"}
+        for name, kind in hints.items():
+            value = getattr(self, name)
+            if value is None and name in optional:
+                continue
+            ok = isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, float(value))
+                ok = True
+            if not ok:
+                raise ValueError(f"{name}={value!r} must be {kinds[kind]}")
+
+    def _loss_shorthands(self, alpha: float | None, beta: float | None) -> None:
+        """Top-level ``alpha=``/``beta=``: the loss's own parameter, or an error naming the new keys."""
+        from kdlens.losses import LOSSES, get_loss
+
+        renamed = {"alpha": "the KD weight of (1-w)*CE + w*KD is kd_weight", "beta": "the weight of the "
+                   "feature terms of feature_kd is feature_weight"}
+        params = dict(LOSSES[self.loss].params) if self.loss is not None else {}
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name}={value!r} must be a number")
+            if name not in params:
+                new_key = "kd_weight" if name == "alpha" else "feature_weight"
+                raise ValueError(f"{name}={value} is not a parameter of loss={self.loss} ({renamed[name]}): for "
+                                 f"that set {new_key}={value}; for a loss parameter choose a loss that has one "
+                                 f"(jsd: beta; skew_forward_kl, skew_reverse_kl: alpha; ab_divergence: both)")
+            if name in self.loss_params and float(self.loss_params[name]) != float(value):
+                raise ValueError(f"{name}={value} and loss_params.{name}={self.loss_params[name]} disagree; give one")
+            self.loss_params[name] = float(value)
+        if self.loss is not None:
+            get_loss(self.loss, **self.loss_params)  # unknown or out-of-range loss parameters fail now
+
+    def _validate_teacher_signal(self) -> None:
+        """A method honours sigma, tau, tau^2 and the KD settings, or they are refused here (never ignored)."""
+        from kdlens.distill._registry import METHODS
+
+        spec = METHODS[self.method]
+        if spec.default_loss is None:  # no KD term on teacher logits
+            defaults = {"sigma": 0.0, "temperature": 1.0, "scale_by_temperature_squared": False, "kd_weight": 1.0,
+                        "loss": None, "loss_params": {}}
+            given = [f"{k}={getattr(self, k)}" for k, v in defaults.items() if getattr(self, k) != v]
+            if given:
+                hint = ("; for a noisier or softer teacher decoding sample it: seq_kd.do_sample=true "
+                        "seq_kd.temperature=T") if self.method == "seq_kd" else ""
+                raise ValueError(f"method={self.method} {spec.without_kd_term}, so {', '.join(given)} would be "
+                                 f"ignored: drop {'it' if len(given) == 1 else 'them'}{hint}")
+        if self.kd_weight != 1.0 and (
+                (self.method == "minillm" and self.minillm.form == "pg")
+                or (self.method == "gkd" and self.gkd.lambda_ == 1.0)):
+            raise ValueError(f"kd_weight={self.kd_weight} mixes in a gold cross-entropy, but method={self.method} "
+                             "here trains only on generated sequences (the KD term alone): drop kd_weight")
 
     @property
     def trained_model(self) -> str:
@@ -314,8 +422,20 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> DistillConfig:
-        """Build from a mapping, rejecting unknown keys with close-match suggestions."""
-        return cls(**coerce_fields(cls, checked_keys(data, cls, "")))
+        """Build from a mapping, rejecting unknown keys with close-match suggestions.
+
+        ``alpha`` and ``beta`` are the chosen loss's parameters (see the class docstring).
+        """
+        data = dict(data)
+        shorthands = {}
+        for name in ("alpha", "beta"):
+            if name in data:
+                value = data.pop(name)
+                try:
+                    shorthands[name] = None if value is None else float(value)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"{name}={value!r} is not a number") from err
+        return cls(**coerce_fields(cls, checked_keys(data, cls, "")), **shorthands)
 
     def replace(self, **changes: Any) -> DistillConfig:
         """A validated copy with some fields changed."""

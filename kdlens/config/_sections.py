@@ -186,8 +186,10 @@ class DistiLLMConfig:
         ``>= threshold`` over the last recorded value.
     eval_every : int
         Steps between validation-loss measurements.
-    val_size : int
-        Training examples held out for the validation loss (0 = none: phi stays 0).
+    val_size : int or None
+        Training examples held out for the validation loss (0 = none: phi stays 0). None (default)
+        holds out ``min(16, n // 5)`` of the ``n`` examples, and never so many that fewer than one
+        global batch is left to train on.
     replay_capacity : int
         Sequences kept in the replay buffer (oldest evicted).
     temperature : float
@@ -199,7 +201,7 @@ class DistiLLMConfig:
     threshold: float = 0.1
     phi_max: float = 1.0
     eval_every: int = 20
-    val_size: int = 16
+    val_size: int | None = None
     replay_capacity: int = 1000
     temperature: float = 1.0
     max_new_tokens: int = 64
@@ -209,7 +211,7 @@ class DistiLLMConfig:
         if not 0.0 <= self.phi_max <= 1.0 or self.phi_increment < 0 or self.threshold < 0:
             raise ValueError(f"distillm: need 0 <= phi_max <= 1, phi_increment >= 0 and threshold >= 0, got "
                              f"{self.phi_max}, {self.phi_increment}, {self.threshold}")
-        if self.eval_every < 1 or self.val_size < 0 or self.replay_capacity < 1:
+        if self.eval_every < 1 or (self.val_size is not None and self.val_size < 0) or self.replay_capacity < 1:
             raise ValueError(f"distillm: need eval_every >= 1, val_size >= 0, replay_capacity >= 1, got "
                              f"{self.eval_every}, {self.val_size}, {self.replay_capacity}")
 

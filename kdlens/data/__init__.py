@@ -16,6 +16,7 @@ from kdlens.data._answers import (
     answers_equal,
     extract_answer,
     infer_kind,
+    same_answer,
     score,
 )
 from kdlens.data._files import row_to_record
@@ -60,6 +61,7 @@ __all__ = [
     "load_tasks",
     "response_text",
     "row_to_record",
+    "same_answer",
     "save_records",
     "score",
 ]

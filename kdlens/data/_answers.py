@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from kdlens.data._records import Record
 
-__all__ = ["ANSWER_KINDS", "extract_answer", "answers_equal", "infer_kind", "score", "NUMERIC_TOLERANCE"]
+__all__ = ["ANSWER_KINDS", "extract_answer", "answers_equal", "same_answer", "infer_kind", "score", "NUMERIC_TOLERANCE"]
 
 #: Absolute tolerance of a correct numeric answer (the paradox paper's protocol).
 NUMERIC_TOLERANCE = 1e-3
@@ -194,24 +194,74 @@ def _normalize_exact(value: str) -> str:
     return " ".join(value.split()).casefold().rstrip(".").strip()
 
 
+def _choice_letter(value: str) -> str:
+    return value.strip().strip("()").strip().upper()
+
+
+def same_answer(a: str | None, b: str | None, kind: str | None = None) -> bool:
+    """Whether two extracted answers are the same answer: THE definition, shared by scoring and agreement.
+
+    Parameters
+    ----------
+    a, b : str or None
+        Extracted answers (a prediction and a gold answer, or a student's and a teacher's prediction).
+    kind : {"numeric", "choice", "exact"} or None
+        The task's answer kind (:func:`infer_kind` of its gold answer). None infers it from the two
+        answers alone: numeric when both parse as numbers, choice when both are one letter A-E,
+        else exact.
+
+    Returns
+    -------
+    bool
+        numeric: ``|a - b| <= 1e-3`` when both parse (fractions, thousands commas, ``$`` and ``%``
+        understood: ``"1/2"`` equals ``"0.5"``), else the exact rule; choice: the same letter
+        (``"(B)"`` equals ``"B"``); exact: equal after whitespace collapse, case-folding and
+        dropping a trailing period. ``None`` never equals anything, not even ``None``. Symmetric.
+
+    Notes
+    -----
+    Two predictions that each lie within the tolerance of a gold answer may lie 2e-3 apart and so
+    not be "the same answer" as each other; extracted answers that close are rare.
+    """
+    if a is None or b is None:
+        return False
+    if kind is None:
+        if _to_float(a) is not None and _to_float(b) is not None:
+            kind = "numeric"
+        elif _CHOICE_GOLD.fullmatch(a.strip()) and _CHOICE_GOLD.fullmatch(b.strip()):
+            kind = "choice"
+        else:
+            kind = "exact"
+    _check_kind(kind)
+    if kind == "numeric":
+        x, y = _to_float(a), _to_float(b)
+        if x is not None and y is not None:
+            return abs(x - y) <= NUMERIC_TOLERANCE
+    elif kind == "choice":
+        return _choice_letter(a) == _choice_letter(b)
+    return _normalize_exact(a) == _normalize_exact(b)
+
+
 def answers_equal(pred: str | None, gold: str, kind: str = "numeric") -> bool:
-    """Whether an extracted answer matches a gold one under the kind's rule.
+    """Whether an extracted answer matches a gold one under the kind's rule (:func:`same_answer`).
 
     numeric: ``|pred - gold| <= 1e-3`` (fractions and thousands commas understood); choice: same
     letter; exact: equal after whitespace collapse, case-folding and dropping a trailing period.
-    ``pred=None`` is never correct. Symmetric, so it also measures teacher–student agreement.
+    ``pred=None`` is never correct.
+
+    Raises
+    ------
+    ValueError
+        ``kind="numeric"`` with a gold answer that is not a number.
     """
     _check_kind(kind)
+    if kind == "numeric" and _to_float(gold) is None:
+        raise ValueError(f"gold answer {gold!r} is not a number; use kind='exact' or 'choice'")
     if pred is None:
         return False
-    if kind == "numeric":
-        a, b = _to_float(pred), _to_float(gold)
-        if b is None:
-            raise ValueError(f"gold answer {gold!r} is not a number; use kind='exact' or 'choice'")
-        return a is not None and abs(a - b) <= NUMERIC_TOLERANCE
-    if kind == "choice":
-        return pred.strip().strip("()").upper() == gold.strip().strip("()").upper()
-    return _normalize_exact(pred) == _normalize_exact(gold)
+    if kind == "numeric" and _to_float(pred) is None:
+        return False  # a gold number is matched only by a number
+    return same_answer(pred, gold, kind)
 
 
 def infer_kind(answer: str) -> str:

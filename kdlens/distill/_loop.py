@@ -87,7 +87,7 @@ def _accelerator(cfg: DistillConfig):
 
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
@@ -131,22 +131,13 @@ def _logit_width(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def _encode(cfg: DistillConfig, tokenizer) -> tuple[list[dict[str, list[int]]], list[Any], int]:
-    """Encoded training examples that have at least one target token, their records, and how many were dropped."""
-    from kdlens.data import encode_for_training, load_tasks
+def _encode(cfg: DistillConfig, tokenizer):
+    """The training examples within max_length (whole prompts; see :mod:`kdlens.distill._examples`)."""
+    from kdlens.data import load_tasks
+    from kdlens.distill._examples import encode_examples
 
     records = load_tasks(cfg.tasks, split=cfg.split, seed=cfg.seed, n=cfg.n_examples)
-    features, kept, dropped = [], [], 0
-    for record in records:
-        feat = encode_for_training(tokenizer, record, max_length=cfg.max_length, system=cfg.system_prompt)
-        if _target_count(feat):
-            features.append({k: list(feat[k]) for k in ("input_ids", "attention_mask", "labels")})
-            kept.append(record)
-        else:
-            dropped += 1  # the response was truncated away: nothing to learn from it
-    if not features:
-        raise ValueError(f"tasks {cfg.tasks} gave no example with a response within max_length={cfg.max_length}")
-    return features, kept, dropped
+    return encode_examples(tokenizer, records, max_length=cfg.max_length, system=cfg.system_prompt)
 
 
 def _target_count(feature: Mapping[str, Sequence[int]]) -> int:
@@ -259,12 +250,32 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
 
         vocab = check_compatible(teacher_tok, tokenizer, teacher_vocab_size=_logit_width(teacher),
                                  student_vocab_size=vocab)
-    features, records, dropped = _encode(cfg, tokenizer)
+    encoded = _encode(cfg, tokenizer)
+    features, records = encoded.features, encoded.records
     data_hash = sha256_json([[f["input_ids"], f["labels"]] for f in features])
     if cfg.lora is not None:  # before the first write: a target the model lacks is a config error
         student = apply_lora(student, cfg.lora)
     if not hasattr(method, "begin"):
         _steps_per_epoch(len(features), cfg)
+    loss_fn = None
+    if cfg.loss is not None:  # methods with a KD term on teacher logits
+        from kdlens.losses import get_loss
+
+        loss_fn = get_loss(cfg.loss, **cfg.loss_params)
+    from kdlens.data import collate as _collate
+    from kdlens.distill._preflight import preflight
+
+    pad_id = tokenizer.pad_token_id
+
+    def collate(feats):
+        return _collate(list(feats), pad_token_id=pad_id, padding_side="right")
+
+    # on the first batch, with the online teacher (a logit cache is built only after the first write)
+    student.to(accelerator.device)  # where accelerate would put it; the teacher is there already
+    checks = preflight(cfg, student=student, teacher_fn=_make_teacher_fn(teacher, None, vocab, accelerator),
+                       loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=teacher_tok, features=encoded.features,
+                       records=encoded.records, collate=collate, vocab=vocab, device=accelerator.device,
+                       log=accelerator.is_main_process)
     if accelerator.is_main_process:  # every input is checked: the first write
         if plan == "replace":
             run.clear()
@@ -284,13 +295,6 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     n = len(features)
     steps_per_epoch = _steps_per_epoch(n, cfg)
     total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-
-    from kdlens.data import collate as _collate
-
-    pad_id = tokenizer.pad_token_id
-
-    def collate(feats):
-        return _collate(list(feats), pad_token_id=pad_id, padding_side="right")
 
     teacher_id = _teacher_id(cfg.teacher) if cfg.teacher else None
     cache = None
@@ -326,11 +330,6 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     prepared = accelerator.prepare(*modules.values(), optimizer)
     wrapped = dict(zip(names, prepared[:-1], strict=True))
     optimizer = prepared[-1]
-    loss_fn = None
-    if method.needs_teacher:
-        from kdlens.losses import get_loss
-
-        loss_fn = get_loss(cfg.loss, **cfg.loss_params)
 
     start = 0
     state = run.latest_state()
@@ -345,8 +344,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         log_rows = []
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
-        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, dropped,
-                                                       total_steps, accelerator, modules, cache, None, identity))
+        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded,
+                                                       total_steps, accelerator, modules, cache, None, checks, identity))
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -378,7 +377,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
                 ctx = StepContext(student=wrapped["student"], batch=batch,
                                   example_indices=[global_batch[j] for j in mine], n_tokens=n_tokens,
                                   config=cfg, teacher=teacher_fn, loss_fn=loss_fn, vocab_size=vocab,
-                                  step=step, micro=micro, rank=rank, batch_source=source,
+                                  step=step, batch_source=source,
                                   modules={k: v for k, v in wrapped.items() if k != "student"})
                 sync = micro == cfg.grad_accum - 1
                 with _maybe_no_sync(accelerator, list(wrapped.values()), sync):
@@ -433,8 +432,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         merge = cfg.lora.merge if cfg.lora is not None else True
         save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
                         merge_lora=merge)  # from here on a killed run is completed, not trained again
-        run.mark_done(_manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
-                                modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, identity))
+        run.mark_done(_manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
+                                modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity))
     accelerator.wait_for_everyone()
     return run
 
@@ -515,8 +514,8 @@ def _progress(iterable, accelerator, *, initial: int, total: int):
     return tqdm(iterable, initial=initial, total=total, desc="distill", unit="step")
 
 
-def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, dropped: int,
-              total_steps: int, accelerator, modules, cache, final, identity: RunIdentity) -> dict[str, Any]:
+def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, encoded,
+              total_steps: int, accelerator, modules, cache, final, preflight, identity: RunIdentity) -> dict[str, Any]:
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
     return {
         "status": status,
@@ -527,15 +526,17 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "data_hash": data_hash,
         "tasks": cfg.tasks,
         "n_examples": n,
-        "n_dropped_examples": dropped,
+        "n_dropped_examples": encoded.n_dropped,
+        "dropped_examples": encoded.dropped,  # reason -> count (kdlens.distill._examples.DROP_REASONS)
+        "n_truncated_responses": encoded.truncated,
         "teacher": teacher_id,
         "student": cfg.trained_model,
         "method": cfg.method,
         "method_settings": _method_settings(cfg),
-        "loss": cfg.loss if METHODS[cfg.method].needs_teacher else None,
-        "loss_params": cfg.loss_params,
-        "alpha": cfg.alpha,
-        "beta": cfg.beta,
+        "loss": cfg.loss,
+        "loss_params": _loss_params_used(cfg),
+        "kd_weight": cfg.kd_weight,
+        "feature_weight": cfg.feature_weight,
         "sigma": cfg.sigma,
         "temperature": cfg.temperature,
         "scale_by_temperature_squared": cfg.scale_by_temperature_squared,
@@ -550,6 +551,7 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "mixed_precision": str(accelerator.mixed_precision),
         "lora": cfg.lora is not None,
         "trainable_parameters": trainable,
+        "preflight": preflight,  # kdlens.distill._preflight: the checks on the first batch
         "final": final,
         "references": run_references(cfg),  # use -> BibTeX keys (kdlens.citations; `kdlens cite RUN_DIR`)
     }
@@ -559,3 +561,10 @@ def _method_settings(cfg: DistillConfig) -> dict[str, Any] | None:
     """The method's own config section (e.g. ``metadistil``), as recorded in the manifest."""
     section = getattr(cfg, cfg.method, None)
     return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else None
+
+
+def _loss_params_used(cfg: DistillConfig) -> dict[str, Any]:
+    """Every parameter of the divergence the run trains with: the loss's defaults, then the config's."""
+    from kdlens.losses import LOSSES
+
+    return {**LOSSES[cfg.loss].params, **cfg.loss_params} if cfg.loss is not None else {}

@@ -5,7 +5,7 @@
   did, without saving generator states.
 * :func:`sample_rows` — generated training rows for the prompts of a gold global batch.
 * :func:`kd_loss` — the loss of one micro-batch: on gold rows the ``word_kd`` objective
-  ``(1 - alpha) * CE + alpha * D``; on generated rows only ``D`` (the teacher scores the sampled
+  ``(1 - kd_weight) * CE + kd_weight * D``; on generated rows only ``D`` (the teacher scores the sampled
   tokens; a cross-entropy on a model's own samples would be self-training, not distillation).
 """
 
@@ -64,6 +64,6 @@ def kd_loss(ctx: StepContext) -> dict[str, torch.Tensor]:
     kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
     if ctx.batch_source != "gold":
         return {"loss": kd, "kd": kd.detach()}
-    alpha = ctx.config.alpha
-    ce = _ce_tokens(logits, labels, mask).sum() / ctx.n_tokens
-    return {"loss": (1.0 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach()}
+    w = ctx.config.kd_weight
+    ce = _ce_tokens(logits, labels, mask, weight=1.0 - w).sum() / ctx.n_tokens
+    return {"loss": (1.0 - w) * ce + w * kd, "ce": ce.detach(), "kd": kd.detach()}

@@ -11,6 +11,9 @@ The teacher is either
   (a list of user-turn strings in, one string per prompt out), or
 * ``blackbox.url="http://host:port/v1"``: an OpenAI-compatible chat endpoint
   (``POST {url}/chat/completions``), see :class:`OpenAIChatTeacher`.
+
+With text only there is no teacher logit to add noise to or to soften: ``sigma``, ``temperature``
+and ``scale_by_temperature_squared`` (and ``loss``, ``kd_weight``) are refused at config time.
 """
 
 from __future__ import annotations
@@ -90,15 +93,15 @@ class OpenAIChatTeacher:
             except urllib.error.HTTPError as err:
                 detail = err.read()[:300].decode(errors="replace")
                 if err.code not in _RETRY_STATUS:
-                    raise RuntimeError(f"black-box teacher at {self.endpoint} answered HTTP {err.code}: "
+                    raise ConnectionError(f"black-box teacher at {self.endpoint} answered HTTP {err.code}: "
                                        f"{detail}") from err
-                last = RuntimeError(f"HTTP {err.code}: {detail}")
+                last = ConnectionError(f"HTTP {err.code}: {detail}")
                 continue
             except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
                 last = err
                 continue
             return _content(raw, self.endpoint)
-        raise RuntimeError(f"black-box teacher at {self.endpoint} failed after {self.retries + 1} attempts "
+        raise ConnectionError(f"black-box teacher at {self.endpoint} failed after {self.retries + 1} attempts "
                            f"(last error: {last}); is the server running? check blackbox.url") from last
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
@@ -155,7 +158,7 @@ def _read_cache(path, records) -> dict[int, str]:
 
 def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[str]]) -> list[dict[str, list[int]]]:
     """Query the teacher for every record (cached, resumable); encode its answers as training data."""
-    from kdlens.data import encode_for_training
+    from kdlens.distill._examples import encode_examples
 
     cfg = ctx.config
     path = ctx.run.path / CACHE_NAME
@@ -175,13 +178,10 @@ def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[st
             done[i] = text
         atomic_write_text(path, "".join(json.dumps({"index": i, "prompt_sha": sha256_json(ctx.records[i].prompt),
                                                     "text": done[i]}) + "\n" for i in sorted(done)))
-    features = [encode_for_training(ctx.tokenizer, replace(record, rationale=done[i]), max_length=cfg.max_length,
-                                    system=cfg.system_prompt) for i, record in enumerate(ctx.records)]
-    # an answer truncated away entirely leaves nothing to learn from (as in the loop's own encoding)
-    features = [f for f in features if any(label != -100 for label in f["labels"][1:])]
-    if not features:
-        raise ValueError(f"no teacher answer fits within max_length={cfg.max_length} after its prompt; raise it")
-    return features
+    # the loop's own rules: whole prompts, long answers cut at their end, the rest counted and said
+    answered = [replace(record, rationale=done[i]) for i, record in enumerate(ctx.records)]
+    return encode_examples(ctx.tokenizer, answered, max_length=cfg.max_length, system=cfg.system_prompt,
+                           what="teacher answers").features
 
 
 @dataclass(frozen=True)
@@ -192,6 +192,8 @@ class BlackBoxKD:
     needs_teacher: bool = False
     needs_hidden_states: bool = False
     description: str = "black-box KD: CE on a text-only teacher's answers (Python callable or OpenAI-compatible URL)"
+    default_loss: str | None = None
+    without_kd_term: str = "has only its teacher's text, no logits"
 
     def begin(self, ctx: RunContext) -> FixedDataRun:
         return FixedDataRun(teacher_features(ctx, resolve_teacher(ctx.config)))

@@ -254,6 +254,7 @@ class MetaDistil:
     name: str = "metadistil"
     needs_teacher: bool = True
     needs_hidden_states: bool = False
+    default_loss: str | None = "forward_kl"
     description: str = "word_kd whose teacher learns from a look-ahead student's quiz loss (second-order)"
 
     def check_config(self, config: Any) -> None:

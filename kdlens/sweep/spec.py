@@ -344,6 +344,8 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
         data["teacher"] = teacher_dir
     if student_dirs and str(data.get("student")) in student_dirs:
         data["student"] = student_dirs[str(data["student"])]
+    if is_sft(str(data.get("method", "word_kd"))):  # the base's KD settings do not apply (and are refused)
+        data = {k: v for k, v in data.items() if k not in KD_ONLY_KEYS}
     data["output_dir"] = output_dir
     try:
         if cache_dir is not None and not is_sft(str(data.get("method", "word_kd"))) \

@@ -183,7 +183,8 @@ def test_one_step_applies_exactly_one_adamw_teacher_update_before_the_student_st
     teacher, tokenizer = tiny_model(seed=0)
     teacher.eval()
     student = prune_layers(teacher, 1).train()
-    features, records, _ = _encode(cfg, tokenizer)
+    encoded = _encode(cfg, tokenizer)
+    features, records = encoded.features, encoded.records
     ctx = RunContext(config=cfg, run=RunDir(tmp_path / "manual"), features=features, records=records,
                      tokenizer=tokenizer, teacher=teacher, vocab_size=260, device=torch.device("cpu"))
     meta = MetaDistil().begin(ctx)

@@ -346,7 +346,7 @@ def test_the_competitive_loss_and_the_real_reward_change_what_is_trained(tmp_pat
     ({"student": None}, "distills a student"),
     ({"sigma": 1.0}, "does not read sigma"),
     ({"temperature": 2.0}, "set mpdistil.tau"),
-    ({"alpha": 0.5}, "mpdistil.alpha"),
+    ({"kd_weight": 0.5}, "mpdistil.alpha"),
     ({"loss": "reverse_kl"}, "loss=mse_soft"),
     ({"lora": True}, "lora=false"),
     ({"grad_accum": 2}, "grad_accum=2"),

@@ -196,7 +196,7 @@ def test_cli_sweep_publish_flags(tmp_path, capsys):
     assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--dry-run"]) == 0
     out = capsys.readouterr()
     assert out.out.count("published") == 1 and "1 not started" in out.err
-    assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--no-eval"]) == 2
+    assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--no-eval"]) == 1
     assert "--publish needs evaluated runs" in capsys.readouterr().err
 
 
@@ -288,7 +288,7 @@ def test_a_failing_worker_run_does_not_stop_the_others(tmp_path):
     from kdlens.sweep import read_results, run_sweep
 
     broken = {**SWEEP, "axes": {"student": ["prune:1", "prune:9"]}, "baseline": None}  # tiny has 2 layers
-    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed in their workers.*prune9"):
+    with pytest.raises(ChildProcessError, match=r"1 run\(s\) failed in their workers.*prune9"):
         run_sweep(broken, output_dir=tmp_path / "s", workers=2)
     kept = read_results(tmp_path / "s")
     assert kept["student"].unique().tolist() == ["prune:1"] and kept["accuracy"].notna().all()

@@ -62,6 +62,7 @@ class MPDistil:
     name: str = "mpdistil"
     needs_teacher: bool = True
     needs_hidden_states: bool = True
+    default_loss: str | None = "mse_soft"  # MPDistil's soft loss at mpdistil.tau (its own teacher signal)
     trains_encoders: bool = True
     description: str = "MPDistil: teacher fine-tuning, student KD, a meta-teacher and a task curriculum (staged)"
 
@@ -82,8 +83,8 @@ class MPDistil:
         for name, hint in (("sigma", "MPDistil's soft loss has no teacher-logit noise"),
                            ("temperature", "set mpdistil.tau"),
                            ("scale_by_temperature_squared", "MPDistil's soft loss is always scaled by tau^2"),
-                           ("alpha", "set mpdistil.alpha (the soft-loss weight)"),
-                           ("beta", "set mpdistil.beta (the hidden-state weight)")):
+                           ("kd_weight", "set mpdistil.alpha (the soft-loss weight)"),
+                           ("feature_weight", "set mpdistil.beta (the hidden-state weight)")):
             if hasattr(config, name) and getattr(config, name) != _default(config, name):
                 raise ValueError(f"method=mpdistil does not read {name}={getattr(config, name)!r}: {hint}")
         if config.loss not in (_default(config, "loss"), "mse_soft"):
