@@ -269,6 +269,9 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
     Tensor, float32 [B, T]
         Per-token loss, 0 at masked positions.
     """
+    if hasattr(teacher, "kd_token_loss"):  # a teacher on its own tokenization (kdlens.distill._cross_tokenizer)
+        return teacher.kd_token_loss(loss_fn, student_logits, mask=mask, temperature=temperature,
+                                     scale_by_temperature_squared=scale_by_temperature_squared, sigma=sigma, seed=seed)
     if isinstance(teacher, TopK) and tail == "uniform":
         student, teacher_logits = student_logits, dense_teacher_logits(teacher, student_logits.shape[-1])
     elif isinstance(teacher, TopK) and tail == "bucket":

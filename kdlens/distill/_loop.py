@@ -36,6 +36,7 @@ import torch
 from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_json, versions
 from kdlens.config import DistillConfig, config_to_yaml, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
+from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
@@ -200,7 +201,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     method = METHODS[cfg.method]
     teacher, student, tokenizer, teacher_tok = _load_models(cfg, accelerator.device)
     vocab = _logit_width(student)
-    if teacher is not None:
+    cross = teacher is not None and uses_cross_tokenizer(cfg, teacher_tok, tokenizer)  # different tokenizers
+    if teacher is not None and not cross:
         from kdlens.models import check_compatible
 
         vocab = check_compatible(teacher_tok, tokenizer, teacher_vocab_size=_logit_width(teacher),
@@ -247,6 +249,10 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         cache = TeacherCache.open(path, teacher_id=teacher_id, data_hash=data_hash)
         teacher = None  # the cache replaces it; free its memory
     teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
+    if cross:  # the teacher reads its own tokenization of every example
+        teacher_fn = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, features, records, loss=cfg.loss,
+                                           loss_params=cfg.loss_params, max_length=cfg.max_length,
+                                           system=cfg.system_prompt, autocast=accelerator.autocast)
 
     if cfg.lora is not None:
         student = apply_lora(student, cfg.lora)
@@ -282,8 +288,11 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         log_rows = []
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
-        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, dropped,
-                                                       total_steps, accelerator, modules, cache, None))
+        manifest = _manifest(cfg, run, "running", teacher_id, data_hash, n, dropped, total_steps, accelerator,
+                             modules, cache, None)
+        if cross:
+            manifest["cross_tokenizer"] = teacher_fn.summary()
+        atomic_write_json(run.manifest_path, manifest)
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -373,6 +382,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             os.replace(run.path / ".projection.tmp", run.path / "feature_projection.safetensors")
         manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
                              modules, cache, {"wall_s": time.perf_counter() - started, **last_logs})
+        if cross:
+            manifest["cross_tokenizer"] = teacher_fn.summary()
         atomic_write_json(run.manifest_path, manifest)
         shutil.rmtree(run.state_root, ignore_errors=True)
         atomic_write_text(run.done_path, "")
