@@ -285,4 +285,4 @@ METHOD_SECTIONS = {"seq_kd": SeqKDConfig, "gkd": GKDConfig, "distillm": DistiLLM
 #: methods that score generated sequences with the teacher online
 ON_POLICY = ("gkd", "distillm", "minillm")
 #: every nested section of the config (merged key by key by overrides)
-NESTED_SECTIONS = ("feature", "lora", *METHOD_SECTIONS)
+NESTED_SECTIONS = ("feature", "lora", "endpoint", *METHOD_SECTIONS)

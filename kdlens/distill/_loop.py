@@ -41,6 +41,7 @@ from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
 from kdlens.distill._rundir import RunDir
+from kdlens.distill._trackers import Trackers, tracker_settings
 from kdlens.teacher import TeacherCache, cache_key
 
 __all__ = ["distill", "StepCallback"]
@@ -90,7 +91,9 @@ def _load_models(cfg: DistillConfig, device: torch.device):
     # pruning, because pruned layers keep a copy of the teacher's config
     eager = cfg.method == "feature_kd" and cfg.feature.attention
     teacher = teacher_tok = None
-    if cfg.teacher and (method.needs_teacher or (cfg.student or "").startswith("prune:") or cfg.student is None):
+    served = cfg.teacher_source == "endpoint"  # the teacher is an HTTP endpoint, not loaded here
+    if cfg.teacher and not served and (method.needs_teacher or (cfg.student or "").startswith("prune:")
+                                       or cfg.student is None):
         teacher, teacher_tok = load_model(cfg.teacher, dtype=dtype)
         if eager:
             teacher.set_attn_implementation("eager")
@@ -188,6 +191,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if run.done:
         return run
     accelerator = _accelerator(cfg)
+    trackers = Trackers(cfg.report_to, run.path, enabled=accelerator.is_main_process)
     if accelerator.is_main_process:
         _check_or_write_config(run, cfg)
     accelerator.wait_for_everyone()
@@ -248,6 +252,14 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         accelerator.wait_for_everyone()
         cache = TeacherCache.open(path, teacher_id=teacher_id, data_hash=data_hash)
         teacher = None  # the cache replaces it; free its memory
+    if cfg.teacher_source == "endpoint" and method.needs_teacher:  # a served teacher's top-k, as a cache
+        from kdlens.teacher_endpoint import endpoint_cache
+
+        cache = endpoint_cache(cfg, features, data_hash=data_hash, vocab_size=vocab,
+                               root=Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root(),
+                               is_main_process=accelerator.is_main_process, wait=accelerator.wait_for_everyone,
+                               token_to_id=tokenizer.get_vocab(), progress=_progress_enabled(accelerator))
+        teacher_id = cache.index["teacher"]
     teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
     if cross:  # the teacher reads its own tokenization of every example
         teacher_fn = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, features, records, loss=cfg.loss,
@@ -293,6 +305,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         if cross:
             manifest["cross_tokenizer"] = teacher_fn.summary()
         atomic_write_json(run.manifest_path, manifest)
+    trackers.start(tracker_settings(cfg))
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -350,6 +363,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             if log_file is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
                 log_file.write(json.dumps(last_logs, sort_keys=True) + "\n")
                 log_file.flush()
+                trackers.log(last_logs, step + 1)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
                 if accelerator.is_main_process:
                     save_state(run.state_root, step + 1,
@@ -367,6 +381,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     finally:
         if log_file is not None:
             log_file.close()
+        trackers.finish()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
