@@ -15,6 +15,7 @@ from kdlens.analysis.ablations import (
     run_metrics,
     teacher_gap,
 )
+from kdlens.analysis.harness import bootstrap_stderr, harness_accuracy, mean_stderr
 from kdlens.analysis.mode_fit import fit_to_bimodal
 from kdlens.analysis.paper import improvements, reproduce
 from kdlens.analysis.paradox import paradox_test
@@ -56,6 +57,7 @@ __all__ = [
     "answer_pairs",
     "axis_curve",
     "bleu_signature",
+    "bootstrap_stderr",
     "correlation",
     "embedding_cosine",
     "fidelity",
@@ -63,11 +65,13 @@ __all__ = [
     "fit_logistic",
     "fit_to_bimodal",
     "gee",
+    "harness_accuracy",
     "improvements",
     "join_results",
     "load_encoder",
     "logistic",
     "mcnemar",
+    "mean_stderr",
     "pair_models",
     "paired_ttest",
     "paradox_test",
