@@ -57,13 +57,25 @@ def sorted_l1(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch
     -------
     Tensor [...]
         0 when both sorted vectors are equal; at most the sum of both masses (2 for distributions).
+
+    Notes
+    -----
+    Past ``k = min(V_s, V_t)`` the shorter side is zero padding, so those terms add up to the longer
+    side's mass outside its top k: only the top k of the longer vector are sorted (``topk``), which is
+    exact and several times cheaper than a full sort of a 262,144-token vocabulary.
     """
-    width = max(student_probs.shape[-1], teacher_probs.shape[-1])
-    q = torch.nn.functional.pad(student_probs.sort(dim=-1, descending=True).values,
-                                (0, width - student_probs.shape[-1]))
-    p = torch.nn.functional.pad(teacher_probs.sort(dim=-1, descending=True).values,
-                                (0, width - teacher_probs.shape[-1]))
-    return (q - p).abs().sum(dim=-1)
+    k = min(student_probs.shape[-1], teacher_probs.shape[-1])
+    q, q_tail = _top_and_tail(student_probs, k)
+    p, p_tail = _top_and_tail(teacher_probs, k)
+    return (q - p).abs().sum(dim=-1) + q_tail + p_tail
+
+
+def _top_and_tail(probs: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor | float]:
+    """The k largest entries (descending) and the mass of the others."""
+    if probs.shape[-1] == k:
+        return probs.sort(dim=-1, descending=True).values, 0.0
+    top = probs.topk(k, dim=-1).values
+    return top, (probs.sum(dim=-1) - top.sum(dim=-1)).clamp_min(0.0)
 
 
 def uld(
