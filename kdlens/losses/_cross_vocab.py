@@ -122,14 +122,15 @@ def uld(
     tau = check_temperature(temperature)
     dtype = compute_dtype(torch.promote_types(student_logits.dtype, teacher_logits.dtype))
     values = sorted_l1(_log_probs(student_logits, tau, dtype).exp(), _log_probs(teacher_logits, tau, dtype).exp())
-    bool_mask = as_mask(mask, student_logits.shape[:-1], student_logits.device)
-    return reduce(values, bool_mask, reduction, scale=tau * tau if _scale_flag(scale_by_temperature_squared) else 1.0)
+    return _reduce(values, student_logits, mask, reduction, tau, scale_by_temperature_squared)
 
 
-def _scale_flag(value: bool) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"scale_by_temperature_squared must be True or False, got {value!r}")
-    return value
+def _reduce(values: torch.Tensor, logits: torch.Tensor, mask, reduction: str, tau: float, scale_flag: bool):
+    """Mask, ``tau**2`` when asked, reduce (:func:`kdlens.losses.reduce`)."""
+    if not isinstance(scale_flag, bool):
+        raise ValueError(f"scale_by_temperature_squared must be True or False, got {scale_flag!r}")
+    bool_mask = as_mask(mask, logits.shape[:-1], logits.device)
+    return reduce(values, bool_mask, reduction, scale=tau * tau if scale_flag else 1.0)
 
 
 def _complement(ids: torch.Tensor, size: int) -> torch.Tensor:
@@ -201,9 +202,7 @@ def span_aligned(
         Weight of the ULD term on the unshared tokens (>= 0).
 
     Returns
-    -------
-    Tensor
-        Scalar, or ``[...]`` for ``reduction="none"``.
+        As :func:`uld`.
 
     Notes
     -----
@@ -234,5 +233,4 @@ def span_aligned(
     values = divergence_fn(_bucketed(lq, s_ids, s_rest), _bucketed(lp, t_ids, t_rest), reduction="none")
     if uld_weight and bool(s_rest.any() or t_rest.any()):
         values = values + uld_weight * sorted_l1(lq[..., s_rest].exp(), lp[..., t_rest].exp())
-    bool_mask = as_mask(mask, student_logits.shape[:-1], student_logits.device)
-    return reduce(values, bool_mask, reduction, scale=tau * tau if _scale_flag(scale_by_temperature_squared) else 1.0)
+    return _reduce(values, student_logits, mask, reduction, tau, scale_by_temperature_squared)

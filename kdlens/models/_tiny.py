@@ -16,6 +16,7 @@ bit-identical weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -80,8 +81,7 @@ def tiny_tokenizer():
         ``<pad>`` (3, the pad token), then byte ``b`` at id ``4 + b``. No merges, so every text
         round-trips through ``encode``/``decode`` byte for byte. Right padding; a ChatML chat template.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     byte_chars = bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
@@ -90,17 +90,19 @@ def tiny_tokenizer():
     # use_regex=False: with no merges the GPT-2 split would not change the tokens, only cost time
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
-        chat_template=TINY_CHAT_TEMPLATE,
-        model_max_length=_MAX_POSITIONS,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-    )
+    return _fast_tokenizer(backend, TINY_SPECIAL_TOKENS, TINY_CHAT_TEMPLATE, eos_token="<|im_end|>", pad_token="<pad>",
+                           additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+
+
+def _fast_tokenizer(backend, special_tokens: Sequence[str], chat_template: str, **special: Any):
+    """A right-padding ``PreTrainedTokenizerFast`` over a ``tokenizers`` backend with its special tokens."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=chat_template,
+                                   model_max_length=_MAX_POSITIONS, padding_side="right",
+                                   clean_up_tokenization_spaces=False, **special)
 
 
 def tiny_config(arch: str = "llama", **overrides: Any):
@@ -241,25 +243,15 @@ def tiny_b_tokenizer():
         normalized to ``"▁"`` as in Gemma; characters outside the vocabulary (``é``) become their
         UTF-8 bytes, so any text round-trips. Right padding; Gemma's turn template.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, normalizers
 
     vocab, merges = _tiny_b_vocabulary()
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
     backend.normalizer = normalizers.Replace(" ", "▁")
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_B_SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<end_of_turn>",
-        pad_token="<pad>",
-        additional_special_tokens=["<eos>", "<start_of_turn>"],
-        chat_template=TINY_B_CHAT_TEMPLATE,
-        model_max_length=_MAX_POSITIONS,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-    )
+    return _fast_tokenizer(backend, TINY_B_SPECIAL_TOKENS, TINY_B_CHAT_TEMPLATE, bos_token="<bos>",
+                           eos_token="<end_of_turn>", pad_token="<pad>",
+                           additional_special_tokens=["<eos>", "<start_of_turn>"])
 
 
 def tiny_b_model(seed: int = 0, **overrides: Any):

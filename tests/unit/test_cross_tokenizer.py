@@ -117,17 +117,24 @@ def test_byte_spans_reject_a_mismatch_and_allow_a_dummy_prefix(toks):
 # --------------------------------------------------------------------------- the teacher signal
 
 
+def _encoded(tokenizer, n):
+    """Records, their features and collated batch for ``tokenizer``."""
+    records = _records(n)
+    features = [encode_for_training(tokenizer, r, max_length=256) for r in records]
+    return records, features, collate(features, pad_token_id=tokenizer.pad_token_id)
+
+
+def _shifted_logits(model, batch):
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+
+
 @pytest.fixture(scope="module")
 def signal_setup(toks):
     tiny, tiny_b = toks
-    records = _records(3)
-    features = [encode_for_training(tiny, r, max_length=256) for r in records]
+    records, features, batch = _encoded(tiny, 3)
     teacher, _ = tiny_b_model(seed=0)
-    student, _ = tiny_model(seed=1)
-    batch = collate(features, pad_token_id=tiny.pad_token_id)
-    with torch.no_grad():
-        student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    return tiny, tiny_b, records, features, teacher, batch, student_logits
+    return tiny, tiny_b, records, features, teacher, batch, _shifted_logits(tiny_model(seed=1)[0], batch)
 
 
 def _signal(setup, loss, **params):
@@ -179,14 +186,9 @@ def test_uld_signal_pairs_the_ith_tokens_as_the_paper(signal_setup):
 def test_cross_path_with_one_tokenizer_equals_the_plain_path(toks):
     # forced through the cross-tokenizer signal with the same tokenizer, ULD pairs identical positions
     tiny, _ = toks
-    records = _records(2)
-    features = [encode_for_training(tiny, r, max_length=256) for r in records]
+    records, features, batch = _encoded(tiny, 2)
     teacher, _ = tiny_model(seed=0)
-    student, _ = tiny_model(seed=3)
-    batch = collate(features, pad_token_id=tiny.pad_token_id)
-    with torch.no_grad():
-        zs = student(input_ids=batch["input_ids"]).logits[:, :-1]
-        zt = teacher(input_ids=batch["input_ids"]).logits[:, :-1]
+    zs, zt = _shifted_logits(tiny_model(seed=3)[0], batch), _shifted_logits(teacher, batch)
     mask = response_mask(batch["labels"])
     source = CrossTokenizerTeacher(teacher, tiny, tiny, features, records, loss="uld", max_length=256)
     cross = kd_token_loss(get_loss("uld"), zs, source(batch, [0, 1]).logits, mask=mask, temperature=1.5, sigma=0.5,

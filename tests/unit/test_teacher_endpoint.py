@@ -7,10 +7,11 @@ import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
+from _local_server import LocalServer, read_json, send
 
 from kdlens._http import JSONClient
 from kdlens.config import load_config
@@ -21,12 +22,7 @@ from kdlens.teacher_endpoint import LogprobTeacher
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-class _QuietServer(ThreadingHTTPServer):
-    def handle_error(self, request, client_address):
-        pass  # a client that timed out closed the socket: the late answer has nowhere to go
-
-
-class ScoringServer:
+class ScoringServer(LocalServer):
     """``POST /v1/completions`` scoring the prompt ids with the tiny teacher, as vLLM answers ``echo`` requests.
 
     style: ``"openai"`` (``logprobs.top_logprobs`` keyed ``"token_id:N"``, the actual token added when
@@ -47,46 +43,35 @@ class ScoringServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = read_json(self)
                 with server.lock:
                     server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
                     n = len(server.requests)
                 if n <= slow_first:
                     time.sleep(delay)
                 if n <= fail_first:
-                    self.send_response(status)
-                    if retry_after is not None:
-                        self.send_header("Retry-After", str(retry_after))
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "busy"}')
+                    send(self, status, b'{"error": "busy"}',
+                         {"Retry-After": str(retry_after)} if retry_after is not None else None)
                     return
-                data = json.dumps(server.answer(body, style, max_logprobs, shift)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send(self, 200, server.answer(body, style, max_logprobs, shift))
 
             def log_message(self, *args):
                 pass
 
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        super().__init__(Handler)
 
     def answer(self, body, style, max_logprobs, shift):
         ids = body["prompt"]
         k = min(body["logprobs"], max_logprobs)
         with torch.no_grad():
             logprobs = torch.log_softmax(self.model(torch.tensor([ids])).logits[0].float(), -1)
-        top, rest = [None], [None]
+        top = [None]
         for i in range(1, len(ids)):
             row = logprobs[i - 1]
             values, indices = row.topk(k)
             entry = {int(t): float(v) for t, v in zip(indices, values, strict=True)}
             entry.setdefault(ids[i], float(row[ids[i]]))  # the actual token, as vLLM adds it
             top.append(entry)
-            rest.append(None)
         echoed = [f"token_id:{t + shift}" for t in ids]
         if style == "vllm":
             return {"choices": [{"text": "", "prompt_logprobs": [None if e is None else {
@@ -99,15 +84,6 @@ class ScoringServer:
         if style == "llamacpp":
             return {"choices": [{"text": "x", "logprobs": {"tokens": ["x"], "top_logprobs": [{"x": -0.1}]}}]}
         return {"choices": [{"text": "x", "logprobs": None}]}
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
 
 
 @pytest.fixture(scope="module")
