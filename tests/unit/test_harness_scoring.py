@@ -277,3 +277,25 @@ def test_harness_accuracy_table():
     assert out["n"].tolist() == [4, 2]
     with pytest.raises(ValueError, match="needs columns"):
         harness_accuracy(table, by=("run",))
+
+
+def test_eval_cli_scoring_and_mode_options(tmp_path, capsys):
+    from test_eval_doubles import varied_tiny
+
+    from kdlens.cli import main
+    from kdlens.data import save_records
+
+    model, tokenizer = varied_tiny(0)
+    model.save_pretrained(tmp_path / "m")
+    tokenizer.save_pretrained(tmp_path / "m")
+    math_task = save_records([_numeric("5")], tmp_path / "gsm.jsonl")
+    arc_task = save_records([_arc(0), _arc(1)], tmp_path / "arc.jsonl")
+    base = ["eval", "--model", f"m={tmp_path / 'm'}", "--max-new-tokens", "3"]
+    assert main([*base, "--task", str(math_task), "-o", str(tmp_path / "g"), "--scoring", "flexible-extract"]) == 0
+    assert json.loads((tmp_path / "g" / "manifest.json").read_text())["settings"]["scoring"] == "flexible-extract"
+    assert main([*base, "--task", str(arc_task), "-o", str(tmp_path / "mc"), "--mode", "loglikelihood",
+                 "--scoring", "acc_norm"]) == 0
+    table = read_examples(tmp_path / "mc")
+    assert (table["finish_reason"] == "loglikelihood").all() and set(table["output"]) <= {"the Moon", "Mars", "the Sun"}
+    assert main([*base, "--task", str(arc_task), "-o", str(tmp_path / "bad"), "--scoring", "acc"]) == 1
+    assert "scoring='acc' does not apply to mode='generate'" in capsys.readouterr().err
