@@ -16,6 +16,7 @@ Usage::
 
     python benchmarks/bench_cross_tokenizer.py --losses span_aligned,uld --steps 4 --batch 2 \\
         --examples 16 --max-length 192 --json /tmp/bench_cross.json
+    python benchmarks/bench_cross_tokenizer.py --phases --max-length 192   # where a step's time goes
 """
 
 from __future__ import annotations
@@ -61,6 +62,52 @@ def _run(loss: str, args, root: Path) -> dict:
     }
 
 
+def _phases(args) -> dict:
+    """Seconds of each part of one step on 2 examples (best of 2): the teacher's forward on its own
+    tokenization, the student's forward + backward, and the cross-tokenizer KD loss forward + backward."""
+    import torch
+
+    from kdlens.data import collate, encode_for_training, load_task
+    from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher
+    from kdlens.losses import get_loss
+    from kdlens.models import load_model
+    from kdlens.teacher import kd_token_loss, response_mask
+
+    teacher, teacher_tok = load_model("gemma3-270m")
+    student, student_tok = load_model("smollm2-135m-instruct")
+    teacher.requires_grad_(False)
+    records = load_task(str(args.data), split="train", seed=0, n=args.examples)[:2]
+    features = [encode_for_training(student_tok, r, max_length=args.max_length) for r in records]
+    batch = collate(features, pad_token_id=student_tok.pad_token_id)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(2):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+        return round(min(times), 2)
+
+    def student_step():
+        logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits.float().logsumexp(-1).sum().backward()  # a stand-in loss: the cost is the network's
+
+    out = {"student_forward_backward_s": best(student_step)}
+    with torch.no_grad():
+        student_logits = student(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    for loss in args.losses.split(","):
+        source = CrossTokenizerTeacher(teacher, teacher_tok, student_tok, features, records, loss=loss,
+                                       max_length=args.max_length)
+        out[f"{loss}_teacher_forward_s"] = best(lambda source=source: source(batch, [0, 1]))
+        signal = source(batch, [0, 1]).logits
+        zs = student_logits.clone().requires_grad_()
+        fn = get_loss(loss)
+        out[f"{loss}_kd_loss_forward_backward_s"] = best(
+            lambda fn=fn, signal=signal, zs=zs: kd_token_loss(fn, zs, signal, mask=response_mask(batch["labels"]))
+            .sum().backward())
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--losses", default="span_aligned,uld")
@@ -71,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--alpha", type=float, default=0.5, help="KD weight (the rest is the student's CE)")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--phases", action="store_true", help="only time the parts of one step (no training run)")
     args = parser.parse_args(argv)
     from kdlens.models import prepare_builtin
 
@@ -78,8 +126,12 @@ def main(argv=None) -> int:
     prepare_builtin("gemma3-270m")
     prepare_builtin("smollm2-135m-instruct")
     results = {"prepare_seconds": round(time.perf_counter() - started, 1), "runs": []}
+    if args.phases:
+        results["phases"] = _phases(args)
+        print(json.dumps(results["phases"]), flush=True)
+        args.losses = ""
     with tempfile.TemporaryDirectory() as tmp:
-        for loss in args.losses.split(","):
+        for loss in filter(None, args.losses.split(",")):
             results["runs"].append(_run(loss, args, Path(tmp)))
             print(json.dumps(results["runs"][-1]), flush=True)
     if args.json:

@@ -308,6 +308,11 @@ def uses_cross_tokenizer(config, teacher_tokenizer, student_tokenizer) -> bool:
         raise ValueError(f"teacher and student tokenizers differ: loss={config.loss} runs the teacher on its own "
                          f"tokenization of each example, which a teacher cache (teacher_source={config.teacher_source}) "
                          "does not hold; use teacher_source=online")
+    kd_weight = getattr(config, "kd_weight", getattr(config, "alpha", None))
+    if config.loss == "uld" and kd_weight == 1.0:
+        warnings.warn("loss=uld with KD weight 1 trains on ULD alone; ULD is defined together with the student's "
+                      "cross-entropy (CE + lambda * ULD, Boizard et al. 2024): set the KD weight below 1 "
+                      "(weight = lambda / (1 + lambda))", stacklevel=2)
     return True
 
 

@@ -278,3 +278,5 @@ def test_cross_tokenizer_configurations_that_cannot_work_say_why(tmp_path, tasks
     with pytest.raises(ValueError, match="use teacher_source=online"):
         uses_cross_tokenizer(cfg, tiny_b, tiny)
     assert not uses_cross_tokenizer(_config(tmp_path, tasks_file), tiny, tiny_tokenizer())
+    with pytest.warns(UserWarning, match="ULD alone; ULD is defined together with the student's cross-entropy"):
+        assert uses_cross_tokenizer(_config(tmp_path, tasks_file, loss="uld", alpha=1.0), tiny_b, tiny)
