@@ -9,6 +9,9 @@ from __future__ import annotations
 __all__ = [
     "EXAMPLES_COLUMNS",
     "TOKENS_COLUMNS",
+    "CHOICES_COLUMNS",
+    "CHOICES_DTYPES",
+    "HARNESS_COLUMNS",
     "STATS_COLUMNS",
     "AGREEMENT_COLUMNS",
     "FIDELITY_COLUMNS",
@@ -79,6 +82,31 @@ TOKENS_DTYPES: dict[str, str] = {
     "teacher_entropy": "float64", "student_entropy": "float64", "teacher_token_prob": "float64",
     "student_token_prob": "float64",
 }
+
+#: One row per (task, example_id, choice) of a multiple-choice record: ``kdlens.eval.score_choices``.
+CHOICES_COLUMNS: tuple[str, ...] = (
+    "task",        # str
+    "example_id",  # str
+    "choice",      # int: index of the choice
+    "label",       # str: its label ("A", ARC's "1", ...)
+    "text",        # str: the string acc_norm divides by (the choice; the context of Winogrande-style records)
+    "loglik",      # float: summed log-probability of the continuation tokens given the context
+    "n_tokens",    # int: continuation tokens scored
+    "n_chars",     # int: len(text)
+    "n_bytes",     # int: UTF-8 bytes of text
+    "is_greedy",   # bool: every continuation token was the model's argmax
+    "is_gold",     # bool
+)
+
+CHOICES_DTYPES: dict[str, str] = {
+    "task": "string", "example_id": "string", "choice": "int64", "label": "string", "text": "string",
+    "loglik": "float64", "n_tokens": "int64", "n_chars": "int64", "n_bytes": "int64", "is_greedy": "bool",
+    "is_gold": "bool",
+}
+
+#: Accuracy with its standard error as lm-evaluation-harness reports it: ``kdlens.analysis.harness_accuracy``
+#: (grouping columns such as model_id and task come first).
+HARNESS_COLUMNS: tuple[str, ...] = ("metric", "value", "stderr", "n")
 
 #: Statistical test results (pingouin style). Tests add a leading "test" column and may add
 #: grouping columns (e.g. "task", "method") before these.

@@ -411,6 +411,9 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
     Tensor, float32 [B, T]
         Per-token loss, 0 at masked positions.
     """
+    if hasattr(teacher, "kd_token_loss"):  # a teacher on its own tokenization (kdlens.distill._cross_tokenizer)
+        return teacher.kd_token_loss(loss_fn, student_logits, mask=mask, temperature=temperature,
+                                     scale_by_temperature_squared=scale_by_temperature_squared, sigma=sigma, noise=noise)
     if isinstance(teacher, TopK) and tail == "uniform":
         student, teacher_logits = student_logits, dense_teacher_logits(teacher, student_logits.shape[-1])
     elif isinstance(teacher, TopK) and tail == "bucket":
@@ -528,6 +531,42 @@ class TeacherCache:
             The teacher's weights fingerprint (:func:`kdlens.distill.weights_fingerprint`), checked by
             :meth:`open`; ``teacher_name`` is recorded for people only.
         """
+        k = min(int(top_k), int(vocab_size))
+        teacher.eval()
+
+        def signal(chunk: Sequence[Mapping[str, Any]]) -> tuple[TopK, torch.Tensor]:
+            batch = {key: value.to(device) for key, value in collate(chunk).items()}
+            with torch.no_grad(), torch.autocast(device_type=torch.device(device).type,
+                                                 dtype=autocast_dtype or torch.float32,
+                                                 enabled=autocast_dtype is not None):
+                logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            mask = response_mask(batch["labels"])
+            return topk_signal(logits[:, :-1, :vocab_size].float()[mask], k), mask.sum(-1)
+
+        return cls.build_from_signal(path, signal=signal, features=features, top_k=k, vocab_size=vocab_size,
+                                     teacher_weights=teacher_weights, teacher_name=teacher_name, data_hash=data_hash,
+                                     max_length=max_length, dtype=dtype, batch_size=batch_size,
+                                     shard_size=shard_size, progress=progress)
+
+    @classmethod
+    def build_from_signal(cls, path: str | os.PathLike, *,
+                          signal: Callable[[Sequence[Mapping[str, Any]]], tuple[TopK, torch.Tensor]],
+                          features: Sequence[Mapping[str, Any]], top_k: int, vocab_size: int, teacher_weights: str,
+                          data_hash: str, max_length: int, dtype: str = "float32", batch_size: int = 8,
+                          shard_size: int = 256, progress: bool = False,
+                          teacher_name: str | None = None) -> TeacherCache:
+        """Store the top-k signal of any teacher source (a local model, an HTTP endpoint) as a cache.
+
+        Parameters
+        ----------
+        signal : callable
+            ``signal(features) -> (topk, lengths)`` for up to ``batch_size`` examples: ``topk`` with
+            fields ``[N, top_k]`` / ``[N]``, one row per response token (examples in order, tokens in
+            order), and ``lengths`` [n] the number of response tokens of each example.
+        top_k : int
+            k of every row.
+        Other parameters as :meth:`build`.
+        """
         from safetensors.torch import save
 
         path = Path(path)
@@ -536,7 +575,6 @@ class TeacherCache:
         path.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(path)  # shards a killed build was writing (a live builder's are kept)
         store_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-        k = min(int(top_k), int(vocab_size))
         shards = []
         starts = range(0, len(features), shard_size)
         iterator = starts
@@ -544,7 +582,6 @@ class TeacherCache:
             from tqdm.auto import tqdm
 
             iterator = tqdm(starts, desc="teacher cache", unit="shard")
-        teacher.eval()
         for shard_no, start in enumerate(iterator):
             chunk = features[start:start + shard_size]
             name = f"shard-{shard_no:05d}.safetensors"
@@ -553,27 +590,19 @@ class TeacherCache:
                 continue  # finished by an earlier, interrupted build of the same key
             vals, ids, res, lengths = [], [], [], []
             for b in range(0, len(chunk), batch_size):
-                batch = collate(chunk[b:b + batch_size])
-                batch = {key: value.to(device) for key, value in batch.items()}
-                with torch.no_grad(), torch.autocast(device_type=torch.device(device).type,
-                                                     dtype=autocast_dtype or torch.float32,
-                                                     enabled=autocast_dtype is not None):
-                    logits = teacher(input_ids=batch["input_ids"],
-                                     attention_mask=batch["attention_mask"]).logits
-                mask = response_mask(batch["labels"])
-                logits = logits[:, :-1, :vocab_size].float()[mask]  # [N, V] in row-major batch order
-                signal = topk_signal(logits, k)
-                del logits
-                vals.append(signal.values.to(store_dtype).cpu())
-                ids.append(signal.indices.to(torch.int32).cpu())
-                res.append(signal.residual.float().cpu())
-                lengths.append(mask.sum(-1).cpu())
+                topk, counts = signal(chunk[b:b + batch_size])
+                if topk.k != top_k or topk.values.shape[0] != int(counts.sum()):
+                    raise ValueError(f"the teacher signal gave {topk.values.shape[0]} rows of k={topk.k} for "
+                                     f"{int(counts.sum())} response tokens; expected k={top_k}")
+                vals.append(topk.values.to(store_dtype).cpu())
+                ids.append(topk.indices.to(torch.int32).cpu())
+                res.append(topk.residual.float().cpu())
+                lengths.append(counts.cpu())
             tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(ids).contiguous(),
                        "residual": torch.cat(res).contiguous(), "lengths": torch.cat(lengths).long()}
             atomic_write_bytes(path / name, save(tensors))
         index = {"format": _CACHE_FORMAT, "teacher_weights": teacher_weights, "teacher": teacher_name,
-                 "data_hash": data_hash,
-                 "max_length": max_length, "top_k": k, "dtype": dtype, "vocab_size": int(vocab_size),
+                 "data_hash": data_hash, "max_length": max_length, "top_k": top_k, "dtype": dtype, "vocab_size": int(vocab_size),
                  "n_examples": len(features), "shards": shards}
         atomic_write_json(path / "index.json", index)
         atomic_write_text(path / "complete", "")

@@ -30,6 +30,7 @@ from kdlens.analysis.grid_tests import (
     axis_contrasts,
     kd_vs_sft,
 )
+from kdlens.analysis.harness import bootstrap_stderr, harness_accuracy, mean_stderr
 from kdlens.analysis.mode_fit import fit_to_bimodal
 from kdlens.analysis.paper import improvements, reproduce, robustness
 from kdlens.analysis.paradox import paradox_test
@@ -94,6 +95,7 @@ __all__ = [
     "axis_contrasts",
     "axis_curve",
     "bleu_signature",
+    "bootstrap_stderr",
     "correlation",
     "decide",
     "embedding_cosine",
@@ -105,12 +107,14 @@ __all__ = [
     "fit_to_bimodal",
     "friedman",
     "gee",
+    "harness_accuracy",
     "improvements",
     "join_results",
     "kd_vs_sft",
     "load_encoder",
     "logistic",
     "mcnemar",
+    "mean_stderr",
     "minimal_detectable_effect",
     "mixed",
     "pair_models",

@@ -13,6 +13,7 @@ that lists the closest known keys.
 """
 
 from kdlens.config._distill import DistillConfig, cache_is_faithful, config_to_yaml, load_config
+from kdlens.config._endpoint import REPORT_TO, EndpointConfig
 from kdlens.config._overrides import apply_overrides, parse_overrides
 from kdlens.config._sections import (
     BlackboxConfig,
@@ -37,6 +38,8 @@ __all__ = [
     "BlackboxConfig",
     "MetaDistilConfig",
     "MPDistilConfig",
+    "EndpointConfig",
+    "REPORT_TO",
     "load_config",
     "apply_overrides",
     "parse_overrides",

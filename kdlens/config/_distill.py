@@ -12,6 +12,7 @@ from dataclasses import InitVar, dataclass, field
 from typing import Any
 
 from kdlens._io import read_yaml
+from kdlens.config._endpoint import REPORT_TO, EndpointConfig
 from kdlens.config._overrides import apply_overrides, checked_keys, coerce_fields
 from kdlens.config._sections import (
     METHOD_SECTIONS,
@@ -30,7 +31,7 @@ from kdlens.config._sections import (
 
 __all__ = ["DistillConfig", "load_config", "config_to_yaml", "cache_is_faithful"]
 
-_TEACHER_SOURCES = ("online", "cache")
+_TEACHER_SOURCES = ("online", "cache", "endpoint")
 _SCHEDULERS = ("linear", "cosine", "constant")
 _MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 _DEVICES = ("auto", "cpu", "cuda")
@@ -100,8 +101,12 @@ class DistillConfig:
         ``feature_kd``, ``gkd``, ``distillm`` (its validation loss too) and both forms of ``minillm``
         apply them to the teacher logits they train on; ``sft``, ``seq_kd`` (cross-entropy on the
         teacher's decoded text) and ``blackbox`` (text only) have no KD term and refuse them.
-    teacher_source : {"online", "cache"}
-        Run the teacher each step, or read its top-k logits from a cache built in a first pass.
+    teacher_source : {"online", "cache", "endpoint"}
+        Run the teacher each step, read its top-k logits from a cache built in a first pass, or build
+        that cache from a served teacher's top-k log-probabilities (``endpoint``; no local teacher).
+    endpoint : EndpointConfig
+        The served teacher of ``teacher_source=endpoint`` (``endpoint.url=...``); ``teacher`` is then
+        optional and not loaded.
     cache_dir : str or None
         Root of teacher caches (None = ``kdlens.models.cache_root() / "teacher"``).
     top_k : int
@@ -140,6 +145,10 @@ class DistillConfig:
     device : {"auto", "cpu", "cuda"}
     system_prompt : str or None
         System message of the chat template.
+    report_to : {"none", "tensorboard", "wandb", "mlflow"}
+        Experiment tracker the losses, learning rate, tokens/s and teacher-signal settings also go
+        to (through accelerate's trackers; offline, in the run directory); ``train_log.jsonl`` is
+        always written.
     seq_kd, gkd, distillm, minillm, blackbox : dataclass
         Settings of the generation-based methods (:class:`SeqKDConfig`, :class:`GKDConfig`,
         :class:`DistiLLMConfig`, :class:`MiniLLMConfig`, :class:`BlackboxConfig`), e.g.
@@ -168,6 +177,7 @@ class DistillConfig:
     top_k: int = 64
     cache_dtype: str = "float32"
     cache_tail: str = "uniform"
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     steps: int | None = None
     epochs: float | None = None
     batch_size: int = 8
@@ -187,6 +197,7 @@ class DistillConfig:
     mixed_precision: str = "auto"
     device: str = "auto"
     system_prompt: str | None = None
+    report_to: str = "none"
     seq_kd: SeqKDConfig = field(default_factory=SeqKDConfig)
     gkd: GKDConfig = field(default_factory=GKDConfig)
     distillm: DistiLLMConfig = field(default_factory=DistiLLMConfig)
@@ -209,6 +220,9 @@ class DistillConfig:
         for key, cls in METHOD_SECTIONS.items():
             if isinstance(getattr(self, key), Mapping):
                 setattr(self, key, cls(**coerce_fields(cls, checked_keys(getattr(self, key), cls, key + "."))))
+        if isinstance(self.endpoint, Mapping):
+            self.endpoint = EndpointConfig(**coerce_fields(EndpointConfig, checked_keys(self.endpoint, EndpointConfig,
+                                                                                       "endpoint.")))
         if isinstance(self.feature, Mapping):
             self.feature = FeatureConfig(**coerce_fields(FeatureConfig, checked_keys(self.feature, FeatureConfig, "feature.")))
         if isinstance(self.lora, Mapping):
@@ -237,7 +251,7 @@ class DistillConfig:
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise ValueError(f"unknown method {self.method!r}{extra}; known methods: {sorted(METHODS)}")
         spec = METHODS[self.method]
-        if spec.needs_teacher and not self.teacher:
+        if spec.needs_teacher and not self.teacher and self.teacher_source != "endpoint":
             raise ValueError(f"method {self.method!r} distills from a teacher: set teacher=NAME_OR_PATH")
         if self.student is None and not self.teacher:
             raise ValueError("no model to train: set student=NAME_OR_PATH (or teacher=... for method=sft)")
@@ -270,6 +284,8 @@ class DistillConfig:
             raise ValueError(f"feature_weight (weight of the feature terms of feature_kd) must be >= 0, got "
                              f"{self.feature_weight}")
         _known("teacher_source", self.teacher_source, _TEACHER_SOURCES)
+        _known("report_to", self.report_to, REPORT_TO)
+        self._validate_endpoint()
         _known("scheduler", self.scheduler, _SCHEDULERS)
         _known("mixed_precision", self.mixed_precision, _MIXED_PRECISION)
         _known("device", self.device, _DEVICES)
@@ -278,8 +294,9 @@ class DistillConfig:
         _known("cache_tail", self.cache_tail, _CACHE_TAILS)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.teacher_source == "cache" and not cache_is_faithful(str(self.loss), self.temperature):
-            warnings.warn(f"teacher_source=cache with loss={self.loss} at temperature={self.temperature:g}: a top-k "
+        if self.teacher_source in ("cache", "endpoint") and not cache_is_faithful(str(self.loss), self.temperature):
+            warnings.warn(f"teacher_source={self.teacher_source} with loss={self.loss} at temperature={self.temperature:g}: "
+                          "a top-k "
                           "teacher cache was measured faithful only for forward_kl at temperature 1 (benchmarks/"
                           "RESULTS.md); use teacher_source=online, or a top_k as large as the vocabulary",
                           stacklevel=4)
@@ -305,7 +322,7 @@ class DistillConfig:
         if not self.tasks:
             raise ValueError("no training data: set tasks=SPEC[,SPEC...] (e.g. tasks=chain_sum:200)")
         self._validate_generation_methods()
-        if spec.needs_hidden_states and self.teacher_source == "cache":
+        if spec.needs_hidden_states and self.teacher_source != "online":
             raise ValueError(f"method={self.method} needs the teacher's hidden states, which a logit cache "
                              "does not hold; use teacher_source=online")
         if self.method == "feature_kd" and self.feature_weight == 0:
@@ -326,6 +343,18 @@ class DistillConfig:
             if is_encoder(name):
                 raise ValueError(f"{role}={name!r} is an encoder classifier, but method={self.method} distills causal "
                                  "LMs; only method=mpdistil trains encoder classifiers")
+
+    def _validate_endpoint(self) -> None:
+        if self.teacher_source != "endpoint":
+            return
+        if self.endpoint.url is None:
+            raise ValueError("teacher_source=endpoint needs the served teacher: endpoint.url=http://HOST:PORT/v1")
+        if self.student is None or self.student.startswith("prune:"):
+            raise ValueError("teacher_source=endpoint trains a student whose tokenizer the served teacher shares: set "
+                             f"student=NAME_OR_PATH (got student={self.student!r}; prune:N needs the teacher's weights)")
+        if self.loss in ("uld", "span_aligned"):
+            raise ValueError(f"teacher_source=endpoint reads top-k log-probabilities over the student's vocabulary; "
+                             f"loss={self.loss} is for teachers with another tokenizer, which need teacher_source=online")
 
     def _validate_generation_methods(self) -> None:
         if self.method in ON_POLICY and self.teacher_source != "online":

@@ -288,7 +288,7 @@ METHOD_SECTIONS = {"seq_kd": SeqKDConfig, "gkd": GKDConfig, "distillm": DistiLLM
 #: methods that score generated sequences with the teacher online
 ON_POLICY = ("gkd", "distillm", "minillm")
 #: every nested section of the config (merged key by key by overrides)
-NESTED_SECTIONS = ("feature", "lora", *METHOD_SECTIONS)
+NESTED_SECTIONS = ("feature", "lora", "endpoint", *METHOD_SECTIONS)
 
 
 def _positive(section: str, **values: float | None) -> None:
@@ -469,4 +469,4 @@ class MPDistilConfig:
 
 
 METHOD_SECTIONS.update(metadistil=MetaDistilConfig, mpdistil=MPDistilConfig)
-NESTED_SECTIONS = ("feature", "lora", *METHOD_SECTIONS)
+NESTED_SECTIONS = ("feature", "lora", "endpoint", *METHOD_SECTIONS)

@@ -12,12 +12,20 @@ from typing import Any
 
 from kdlens.data._answers import (
     ANSWER_KINDS,
+    HARNESS_INVALID,
     NUMERIC_TOLERANCE,
+    SCORING_MODES,
+    ScoringMode,
     answers_equal,
     extract_answer,
+    harness_exact_match,
+    harness_flexible_extract,
+    harness_strict_match,
+    harness_strict_match_cot,
     infer_kind,
     same_answer,
     score,
+    score_as,
 )
 from kdlens.data._files import row_to_record
 from kdlens.data._format import (
@@ -42,12 +50,15 @@ __all__ = [
     "ALPACA_PREAMBLE",
     "ANSWER_KINDS",
     "DEFAULT_SIZE",
+    "HARNESS_INVALID",
     "IGNORE_INDEX",
     "NUMERIC_TOLERANCE",
+    "SCORING_MODES",
     "SPLITS",
     "TASKS",
     "TRUNCATION_POLICIES",
     "Record",
+    "ScoringMode",
     "TaskInfo",
     "answers_equal",
     "collate",
@@ -56,6 +67,10 @@ __all__ = [
     "extract_answer",
     "format_prompt",
     "gym_seed",
+    "harness_exact_match",
+    "harness_flexible_extract",
+    "harness_strict_match",
+    "harness_strict_match_cot",
     "infer_kind",
     "load_task",
     "load_tasks",
@@ -64,6 +79,7 @@ __all__ = [
     "same_answer",
     "save_records",
     "score",
+    "score_as",
 ]
 
 

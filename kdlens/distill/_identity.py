@@ -192,11 +192,12 @@ def _directory_fingerprint(directory: Path) -> str:
 
 
 @functools.cache
-def _tiny_fingerprint() -> str:
-    from kdlens.models import tiny_model
+def _in_memory_fingerprint(builtin: str) -> str:
+    """The hash of the tensors of a built-in model that is built in memory (``tiny``, ``tiny-b``)."""
+    from kdlens.models import BUILTINS
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(tiny_model(seed=0)[0].state_dict().items()):
+    for name, tensor in sorted(BUILTINS[builtin].build()[0].state_dict().items()):
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -228,8 +229,8 @@ def weights_fingerprint(name_or_path: str | os.PathLike) -> str:
     Parameters
     ----------
     name_or_path : str or path
-        ``"tiny"`` (the hash of its tensors), a built-in name (its converted directory in the
-        cache), a local Hugging Face directory or a kdlens run directory (its ``checkpoint/``), a
+        A built-in model built in memory such as ``"tiny"`` (the hash of its tensors), a built-in
+        name (its converted directory in the cache), a local Hugging Face directory or a kdlens run directory (its ``checkpoint/``), a
         ``.gguf`` file, or a hub id (its local snapshot). ``prune:N`` needs the teacher: see
         :func:`run_identity`.
 
@@ -249,8 +250,8 @@ def weights_fingerprint(name_or_path: str | os.PathLike) -> str:
     from kdlens.models._load import _HUB_ID, _local_directory
 
     name = os.fspath(name_or_path)
-    if name == "tiny":
-        return _tiny_fingerprint()
+    if name in BUILTINS and BUILTINS[name].build is not None:
+        return _in_memory_fingerprint(name)
     if name in BUILTINS:
         return _directory_fingerprint(prepare_builtin(name))
     path = Path(name).expanduser()

@@ -52,11 +52,13 @@ from kdlens._lock import exclusive_lock, shared_lock
 from kdlens.citations import run_references
 from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
+from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
 from kdlens.distill._identity import RunIdentity, check_run_dir, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
 from kdlens.distill._rundir import RunDir
+from kdlens.distill._trackers import Trackers, tracker_settings
 from kdlens.teacher import TeacherCache, cache_key
 
 __all__ = ["distill", "StepCallback"]
@@ -106,7 +108,9 @@ def _load_models(cfg: DistillConfig, device: torch.device):
     # pruning, because pruned layers keep a copy of the teacher's config
     eager = cfg.method == "feature_kd" and cfg.feature.attention
     teacher = teacher_tok = None
-    if cfg.teacher and (method.needs_teacher or (cfg.student or "").startswith("prune:") or cfg.student is None):
+    served = cfg.teacher_source == "endpoint"  # the teacher is an HTTP endpoint, not loaded here
+    if cfg.teacher and not served and (method.needs_teacher or (cfg.student or "").startswith("prune:")
+                                       or cfg.student is None):
         teacher, teacher_tok = load_model(cfg.teacher, dtype=dtype)
         if eager:
             teacher.set_attn_implementation("eager")
@@ -245,7 +249,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     method = METHODS[cfg.method]
     teacher, student, tokenizer, teacher_tok = _load_models(cfg, accelerator.device)
     vocab = _logit_width(student)
-    if teacher is not None:
+    cross = teacher is not None and uses_cross_tokenizer(cfg, teacher_tok, tokenizer)  # different tokenizers
+    if teacher is not None and not cross:
         from kdlens.models import check_compatible
 
         vocab = check_compatible(teacher_tok, tokenizer, teacher_vocab_size=_logit_width(teacher),
@@ -270,12 +275,16 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     def collate(feats):
         return _collate(list(feats), pad_token_id=pad_id, padding_side="right")
 
-    # on the first batch, with the online teacher (a logit cache is built only after the first write)
+    # on the first batch, with the online teacher (a logit cache is built only after the first write); a
+    # cross-tokenizer or served teacher has no logits on the student's tokens here: only the tokenizer checks
     student.to(accelerator.device)  # where accelerate would put it; the teacher is there already
-    checks = preflight(cfg, student=student, teacher_fn=_make_teacher_fn(teacher, None, vocab, accelerator),
-                       loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=teacher_tok, features=encoded.features,
+    checks = preflight(cfg, student=student,
+                       teacher_fn=None if cross else _make_teacher_fn(teacher, None, vocab, accelerator),
+                       loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=None if cross else teacher_tok,
+                       features=encoded.features,
                        records=encoded.records, collate=collate, vocab=vocab, device=accelerator.device,
                        log=accelerator.is_main_process)
+    trackers = Trackers(cfg.report_to, run.path, enabled=accelerator.is_main_process)  # a missing package fails here
     if accelerator.is_main_process:  # every input is checked: the first write
         if plan == "replace":
             run.clear()
@@ -315,7 +324,19 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         accelerator.wait_for_everyone()
         cache = TeacherCache.open(path, teacher_weights=identity.teacher_weights, data_hash=data_hash)
         teacher = None  # the cache replaces it; free its memory
+    if cfg.teacher_source == "endpoint" and method.needs_teacher:  # a served teacher's top-k, as a cache
+        from kdlens.teacher_endpoint import endpoint_cache
+
+        cache = endpoint_cache(cfg, features, data_hash=data_hash, vocab_size=vocab,
+                               root=Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root(),
+                               is_main_process=accelerator.is_main_process, wait=accelerator.wait_for_everyone,
+                               token_to_id=tokenizer.get_vocab(), progress=_progress_enabled(accelerator))
+        teacher_id = cache.index["teacher"]
     teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
+    if cross:  # the teacher reads its own tokenization of every example
+        teacher_fn = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, features, records, loss=cfg.loss,
+                                           loss_params=cfg.loss_params, max_length=cfg.max_length,
+                                           system=cfg.system_prompt, autocast=accelerator.autocast)
 
     modules: dict[str, torch.nn.Module] = {"student": student}
     if cfg.method == "feature_kd" and cfg.feature.hidden:
@@ -344,8 +365,12 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         log_rows = []
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
-        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded,
-                                                       total_steps, accelerator, modules, cache, None, checks, identity))
+        manifest = _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded, total_steps, accelerator,
+                             modules, cache, None, checks, identity)
+        if cross:
+            manifest["cross_tokenizer"] = teacher_fn.summary()
+        atomic_write_json(run.manifest_path, manifest)
+    trackers.start(tracker_settings(cfg))
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -403,6 +428,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
             if log_file is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
                 log_file.write(json.dumps(last_logs, sort_keys=True) + "\n")
                 log_file.flush()
+                trackers.log(last_logs, step + 1)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
                 if accelerator.is_main_process:
                     save_state(run.state_root, step + 1,
@@ -420,6 +446,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     finally:
         if log_file is not None:
             log_file.close()
+        trackers.finish()
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:  # finishing: see kdlens.distill._rundir for why in this order
@@ -432,8 +459,11 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         merge = cfg.lora.merge if cfg.lora is not None else True
         save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
                         merge_lora=merge)  # from here on a killed run is completed, not trained again
-        run.mark_done(_manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
-                                modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity))
+        manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
+                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity)
+        if cross:
+            manifest["cross_tokenizer"] = teacher_fn.summary()
+        run.mark_done(manifest)
     accelerator.wait_for_everyone()
     return run
 

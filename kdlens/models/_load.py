@@ -10,7 +10,6 @@ from typing import Any
 from kdlens._io import sha256_file
 from kdlens.models._builtin import BUILTINS, cache_root, prepare_builtin
 from kdlens.models._gguf import ensure_converted
-from kdlens.models._tiny import tiny_model
 
 __all__ = ["ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device"]
 
@@ -106,7 +105,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
     Parameters
     ----------
     name_or_path : str or path
-        One of: a built-in name (``"tiny"``, ``"smollm2-135m-instruct"``; see ``BUILTINS``); a local
+        One of: a built-in name (``"tiny"``, ``"tiny-b"``, ``"smollm2-135m-instruct"``, ``"gemma3-270m"``;
+        see ``BUILTINS``); a local
         Hugging Face directory; a kdlens run directory (its ``checkpoint/`` is loaded); a ``.gguf``
         file (dequantized once into ``<cache>/models/gguf-<sha256[:16]>``); or a hub id such as
         ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` (needs the hub or its local HF cache).
@@ -137,8 +137,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
     torch_device = resolve_device(device)
     name = os.fspath(name_or_path)
 
-    if name == "tiny":
-        model, tokenizer = tiny_model(seed=0)
+    if name in BUILTINS and BUILTINS[name].build is not None:  # tiny models, built in memory
+        model, tokenizer = BUILTINS[name].build()
         if torch_dtype != "auto":
             model.to(torch_dtype)
         return model.to(torch_device).eval(), tokenizer

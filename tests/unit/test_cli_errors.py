@@ -178,6 +178,9 @@ CATALOGUE = [
     ("demo-threads", ["demo", "--smoke", "-o", "{root}/d4", "--threads", "0"], 1, "threads"),
     # models
     ("models-unknown", ["models", "--convert", "nope"], 1, "unknown built-in model 'nope'"),
+    ("cite-missing", ["cite", "{root}/nope"], 1, "holds no manifest.json with references"),
+    ("cite-empty", ["cite", "{root}/emptydir"], 1, "give a run directory"),
+    ("cite-format", ["cite", "{root}/emptydir", "--format", "xml"], 2, "invalid choice: 'xml'"),
     ("models-in-memory", ["models", "--convert", "tiny"], 1, "built in memory"),
 ]
 

@@ -47,6 +47,10 @@ HAND = {
     ("mse_soft", ()): 0.0625,
     ("l1_soft", ()): 0.5,
     ("l2_soft", ()): math.sqrt(0.125),
+    # sorted p = [1/2, 1/2], sorted q = [3/4, 1/4]: |3/4 - 1/2| + |1/4 - 1/2|
+    ("uld", ()): 0.5,
+    # one vocabulary: every token shared, the rest buckets empty -> forward KL
+    ("span_aligned", ()): 0.5 * math.log(4 / 3),
 }
 
 
@@ -328,7 +332,7 @@ def test_student_mass_missing_where_teacher_has_mass_costs_the_float_floor_not_i
 def test_catalogue_holds_every_divergence_with_the_shared_call_shape():
     assert set(L.LOSSES) == {
         "forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl",
-        "ab_divergence", "soft_cross_entropy", "mse_soft", "l1_soft", "l2_soft",
+        "ab_divergence", "soft_cross_entropy", "mse_soft", "l1_soft", "l2_soft", "uld", "span_aligned",
     }
     import inspect
 

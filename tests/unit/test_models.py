@@ -203,7 +203,7 @@ def test_load_model_missing_paths(tmp_path):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="GGUF file .*does not exist"):
         load_model(tmp_path / "model.gguf")
-    with pytest.raises(FileNotFoundError, match="not a model directory.*smollm2-135m-instruct, tiny"):
+    with pytest.raises(FileNotFoundError, match="not a model directory.*smollm2-135m-instruct, gemma3-270m, tiny, tiny-b"):
         load_model(tmp_path / "nothing" / "here")
 
 
@@ -588,7 +588,7 @@ def test_cli_models_lists_builtins_and_cache_state(monkeypatch, tmp_path, capsys
 
 def test_cli_models_convert_errors(capsys):
     assert main(["models", "--convert", "nope"]) == 1
-    assert "unknown built-in model 'nope'; known: smollm2-135m-instruct, tiny" in capsys.readouterr().err
+    assert "unknown built-in model 'nope'; known: smollm2-135m-instruct, gemma3-270m, tiny, tiny-b" in capsys.readouterr().err
     assert main(["models", "--convert", "tiny"]) == 1
     assert "built in memory" in capsys.readouterr().err
 
