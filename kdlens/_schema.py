@@ -136,12 +136,14 @@ VERDICT_COLUMNS: tuple[str, ...] = (
     "estimate",    # float: the effect (mean difference in the data's units, or a correlation)
     "ci_low",      # float: two-sided CI at `level`; the verdict is read from it
     "ci_high",     # float
-    "level",       # float: confidence level of the CI
+    "level",       # float: confidence level of the CI actually used (Bonferroni's when simultaneous=True)
     "expect",      # str: "greater" | "less" | "two-sided" | "equivalent" (the hypothesis' direction)
     "margin",      # float: smallest effect of interest (SESOI), in the estimate's units
-    "statistic",   # float: t (means) or the correlation
-    "dof",         # float
-    "p_val",       # float: p of the test that matches `expect` (TOST p for "equivalent")
+    "statistic",   # float: the statistic of the CI and of p_val: t (means), atanh(r) / se (correlations)
+    "dof",         # float: its t reference's degrees of freedom (NaN: the normal)
+    "p_val",       # float: p of the test that matches `expect`: one-sided, two-sided, or TOST for "equivalent"
+    "p_alpha",     # float: the level p_val is compared with: (1 - level) / 2, or 1 - level for "two-sided";
+                   #        p_val < p_alpha exactly when the CI excludes 0 in `expect`'s direction
     "p_adj",       # float: p_val adjusted across the rows of one call (the family)
     "n",           # int: number of units
     "mde",         # float: minimal detectable effect (80% power) from the observed unit variance
@@ -150,8 +152,9 @@ VERDICT_COLUMNS: tuple[str, ...] = (
     "note",        # str: why a row could not be tested (e.g. "one seed"), or a caveat
 )
 
-#: The robustness table of ``kdlens.analysis.paper.robustness``: the authors' unit ("as published")
-#: next to a defensible one ("robust"); omnibus tests (no interval) have an empty ``verdict``.
+#: The robustness table of ``kdlens.analysis.paper.robustness``: the authors' unit ("as published", shown
+#: without a verdict) next to a defensible one ("robust"); omnibus tests (no interval) have an empty
+#: ``verdict`` too. ``p_adj`` corrects within each (claim, analysis).
 ROBUSTNESS_COLUMNS: tuple[str, ...] = ("claim", "analysis", "task", "method", *VERDICT_COLUMNS)
 
 #: Equivalence tests (two one-sided tests, TOST): ``kdlens.analysis.tost`` and ``tost_correlation``.
@@ -161,15 +164,18 @@ EQUIVALENCE_COLUMNS: tuple[str, ...] = (
 )
 
 #: Regression tables (``logistic``, ``gee``, ``mixed``): one row per model term. ``p_adj`` corrects
-#: across the terms the user named (intercept and nuisance terms such as task effects get NaN).
+#: across the terms the user named (intercept and nuisance terms such as task effects get NaN); ``dof``
+#: is the t reference's degrees of freedom (``mixed``: groups minus fixed effects), NaN for a Wald z.
 MODEL_COLUMNS: tuple[str, ...] = (
-    "model", "term", "estimate", "std_err", "statistic", "p_val", "p_adj", "ci_low", "ci_high", "effect_size",
-    "n", "note",
+    "model", "term", "estimate", "std_err", "statistic", "dof", "p_val", "p_adj", "ci_low", "ci_high",
+    "effect_size", "n", "note",
 )
 
-#: ``kdlens.analysis.seeds_needed``: seeds per configuration for a given effect.
+#: ``kdlens.analysis.seeds_needed``: independent units (seeds, or (student, seed) pairs) for a given
+#: effect, at the observed seed sd and at its upper confidence bound (``sd_upper``, ``seeds_upper``).
 POWER_COLUMNS: tuple[str, ...] = (
-    "effect", "sd", "sd_dof", "n_groups", "level", "power", "seeds", "seeds_exact", "note",
+    "effect", "sd", "sd_dof", "sd_upper", "n_groups", "level", "power", "seeds", "seeds_exact", "seeds_upper",
+    "note",
 )
 
 #: One row per run of a sweep: the run id, its overrides, and where it lives.

@@ -45,12 +45,22 @@ from kdlens.analysis.rationale_fidelity import (
     sentence_bleu,
     summarize_fidelity,
 )
-from kdlens.analysis.regression import MODEL_COLUMNS, fit_gee, fit_logistic, fit_mixed, gee, logistic, mixed
+from kdlens.analysis.regression import (
+    GEE_SMALL_SAMPLE_GROUPS,
+    MODEL_COLUMNS,
+    fit_gee,
+    fit_logistic,
+    fit_mixed,
+    gee,
+    logistic,
+    mixed,
+)
 from kdlens.analysis.stats import (
     PADJUST_METHODS,
     adjust_pvalues,
     anova,
     correlation,
+    fisher_se,
     friedman,
     mcnemar,
     pair_models,
@@ -78,6 +88,7 @@ __all__ = [
     "DEFAULT_CENTER",
     "DEFAULT_EXPECT",
     "EXPECTATIONS",
+    "GEE_SMALL_SAMPLE_GROUPS",
     "MIN_CORRELATION_N",
     "MODEL_COLUMNS",
     "PADJUST_METHODS",
@@ -101,6 +112,7 @@ __all__ = [
     "embedding_cosine",
     "examples_from_columns",
     "fidelity",
+    "fisher_se",
     "fit_gee",
     "fit_logistic",
     "fit_mixed",

@@ -13,6 +13,10 @@ The unit of analysis is explicit in every row:
   where only τ varies gives no σ test.
 * A contrast needs two or more units to estimate their variance: with one seed the row says
   ``inconclusive`` and why, instead of testing.
+
+The rows of one call are one family (:mod:`kdlens.analysis.verdicts`): ``p_adj`` corrects across
+them, and ``simultaneous=True`` makes their intervals Bonferroni-simultaneous so that the verdicts
+hold familywise; by default the intervals are per comparison and each sentence says so.
 """
 
 from __future__ import annotations
@@ -28,13 +32,13 @@ import pandas as pd
 from kdlens._schema import KD_ONLY_KEYS
 from kdlens.analysis._validate import require_columns, require_nonempty
 from kdlens.analysis.ablations import add_gain, match_columns
-from kdlens.analysis.power import _config_columns, minimal_detectable_effect
+from kdlens.analysis.power import _config_columns
 from kdlens.analysis.verdicts import (
     ACCURACY_MARGIN,
     finish_verdicts,
-    mean_interval,
+    mean_estimate,
+    pending_row,
     require_expect_level,
-    verdict_row,
 )
 
 __all__ = ["DEFAULT_CENTER", "DEFAULT_EXPECT", "ablation_tests", "axis_contrasts", "kd_vs_sft", "size_key"]
@@ -96,6 +100,7 @@ def kd_vs_sft(
     margin: float = ACCURACY_MARGIN,
     level: float = 0.95,
     padjust: str = "holm",
+    simultaneous: bool = False,
     scale: float = 100.0,
     units: str = " points",
 ) -> pd.DataFrame:
@@ -119,9 +124,14 @@ def kd_vs_sft(
     margin : float
         Smallest effect of interest in the metric's units (default 2 points of a 0-1 rate).
     level : float
-        Level of the two-sided t interval the verdicts are read from.
+        Level of the two-sided t interval the verdicts are read from (familywise with
+        ``simultaneous=True``).
     padjust : str
         Correction of ``p_val`` across the rows.
+    simultaneous : bool
+        Widen the intervals of the rows to Bonferroni-simultaneous ones (level ``1 - (1 - level) /
+        m`` for ``m`` tested rows), so that the verdicts hold together at ``level``; default per
+        comparison (:mod:`kdlens.analysis.verdicts`).
     scale, units
         How sentences show the metric (default: a 0-1 rate in points).
 
@@ -132,7 +142,8 @@ def kd_vs_sft(
         :data:`kdlens._schema.VERDICT_COLUMNS`: one row pooling every KD configuration, plus one row
         per KD configuration (the KD-only settings that vary: loss, σ, τ, method, ...) when there
         are several. ``expect="greater"``; ``estimate`` is the mean over baselines of the baselines'
-        mean gain; ``n`` counts baselines; ``mde`` is the minimal detectable gain at 80% power.
+        mean gain; ``n`` counts baselines; ``p_val`` is the one-sided t test's, compared with
+        ``p_alpha = (1 - level) / 2``; ``mde`` is the minimal detectable gain at 80% power.
 
     Notes
     -----
@@ -140,6 +151,14 @@ def kd_vs_sft(
     baselines (the cluster-mean analysis; e.g. Donner & Klar 2000, ch. 5); the verdict follows
     :func:`kdlens.analysis.decide`.
     """
+    by_cols = [] if by is None else ([by] if isinstance(by, str) else list(by))
+    rows = _kd_vs_sft_rows(results, metric=metric, baseline=baseline, task=task, by_cols=by_cols, margin=margin,
+                           level=level, scale=scale, units=units)
+    return finish_verdicts(rows, [*_LEAD, *by_cols], padjust, level=level, simultaneous=simultaneous)
+
+
+def _kd_vs_sft_rows(results: pd.DataFrame, *, metric: str, baseline: str, task: str, by_cols: list[str],
+                    margin: float, level: float, scale: float, units: str) -> list[dict]:
     require_expect_level("greater", margin, level)
     require_columns(results, ["method", "task", "run_id", metric], what="results")
     gain = f"{metric}_gain"
@@ -147,7 +166,6 @@ def kd_vs_sft(
         results, baseline=baseline, metrics=(metric,))
     kd = _kd_rows(table, baseline, task)
     require_nonempty(kd, what=f"KD runs (method != {baseline!r}) of task {task!r}")
-    by_cols = [] if by is None else ([by] if isinstance(by, str) else list(by))
     require_columns(kd, by_cols, what="results")
     pair = [c for c in match_columns(table) if c != "teacher_id" and c not in by_cols]
     pair_text = ", ".join([*_varying(table, pair), "task"])
@@ -170,19 +188,17 @@ def kd_vs_sft(
         for label, subject, part in scopes:
             rows.append({"family": "kd_vs_sft", "comparison": f"{label} vs {baseline}",
                          **dict(zip(by_cols, key, strict=True)),
-                         **_kd_row(part, gain, metric, baseline, task, pair_text, margin, level, scale, units,
-                                   subject)})
-    return finish_verdicts(rows, [*_LEAD, *by_cols], padjust)
+                         **_kd_row(part, gain, metric, baseline, task, pair_text, margin, scale, units, subject)})
+    return rows
 
 
 def _kd_row(part: pd.DataFrame, gain: str, metric: str, baseline: str, task: str, pair_text: str,
-            margin: float, level: float, scale: float, units: str, subject: str) -> dict:
+            margin: float, scale: float, units: str, subject: str) -> dict:
     with_gain = part.loc[part[gain].notna()]
     no_value = int(part[metric].isna().sum())
     no_base = int((part[gain].isna() & part[metric].notna()).sum())
     clusters = with_gain.groupby(with_gain["baseline_run_id"].astype(str), sort=True)[gain].mean()
-    stats = mean_interval(clusters.to_numpy(float), level=level, expect="greater", margin=margin)
-    n = stats["n"]
+    est, mean, sd, n = mean_estimate(clusters.to_numpy(float))
     notes = []
     if len(with_gain) > n > 0:
         notes.append(f"{len(with_gain)} KD runs share {n} baseline(s): gains averaged within each baseline")
@@ -195,16 +211,13 @@ def _kd_row(part: pd.DataFrame, gain: str, metric: str, baseline: str, task: str
                  "baseline evaluated against the same teacher)"]
     elif n < 2:
         notes.insert(0, _seed_note(part, "a KD-vs-SFT verdict", "baseline with a gain"))
-        stats["ci_low"] = stats["ci_high"] = math.nan
-    elif not math.isfinite(stats["ci_low"]):
+    elif est is None:
         notes.insert(0, "the gains do not vary across baselines: no interval")
     hypothesis = (f"{subject} raises {metric} over {baseline} (paired within {pair_text}; task {task}; "
                   f"SESOI {margin * scale:g}{units})")
-    return verdict_row(hypothesis=hypothesis, test="mean_t", unit="baselines", estimate=stats["estimate"],
-                       ci_low=stats["ci_low"], ci_high=stats["ci_high"], level=level, expect="greater",
-                       margin=margin, statistic=stats["statistic"], dof=stats["dof"], p_val=stats["p_val"], n=n,
-                       mde=minimal_detectable_effect(stats["sd"], n, level=level), note="; ".join(notes),
-                       scale=scale, units=units, label="mean gain")
+    return pending_row(hypothesis=hypothesis, test="mean_t", unit="baselines", estimate=mean, est=est, sd=sd,
+                       expect="greater", margin=margin, n=n, note="; ".join(notes), scale=scale, units=units,
+                       label="mean gain")
 
 
 def _expect_for(expect: Mapping[str, Any], axis: str, level: Any) -> str:
@@ -258,6 +271,7 @@ def axis_contrasts(
     margin: float = ACCURACY_MARGIN,
     level: float = 0.95,
     padjust: str = "holm",
+    simultaneous: bool = False,
     scale: float = 100.0,
     units: str = " points",
 ) -> pd.DataFrame:
@@ -285,7 +299,7 @@ def axis_contrasts(
         lecture's findings); a level not listed gets ``"two-sided"``.
     baseline : str
         Method of baseline runs, which are left out (they carry no KD setting).
-    task, margin, level, padjust, scale, units
+    task, margin, level, padjust, simultaneous, scale, units
         As in :func:`kd_vs_sft`.
 
     Returns
@@ -302,6 +316,18 @@ def axis_contrasts(
     every other setting (seed, student, loss, ...) are the units of a one-sample t interval
     (a paired t test). The verdict follows :func:`kdlens.analysis.decide`.
     """
+    rows, skipped = _axis_rows(results, axis, metric=metric, center=center, reference=reference, expect=expect,
+                               baseline=baseline, task=task, margin=margin, level=level, scale=scale, units=units)
+    out = finish_verdicts(rows, [*_LEAD, "level_value"], padjust, level=level, simultaneous=simultaneous)
+    if skipped:
+        out.attrs["skipped"] = skipped
+    return out
+
+
+def _axis_rows(results: pd.DataFrame, axis: str, *, metric: str, center: Mapping[str, Any] | None, reference: Any,
+               expect: Mapping[str, Any] | None, baseline: str, task: str, margin: float, level: float,
+               scale: float, units: str) -> tuple[list[dict], str]:
+    """The pending rows of :func:`axis_contrasts`, and why there are none (``""`` when there are)."""
     center = dict(DEFAULT_CENTER if center is None else center)
     expect = dict(DEFAULT_EXPECT if expect is None else expect)
     require_expect_level("greater", margin, level)
@@ -319,24 +345,19 @@ def axis_contrasts(
         elif held:  # held at one value for every run: no confound, and the sentence says which value
             where.append(_describe(other, held.pop()))
     kd = kd.loc[kd[axis].map(lambda v: not _missing(v))]
-    columns = [*_LEAD, "level_value"]
     levels = sorted({_plain(v) for v in kd[axis]}, key=lambda v: (str(type(v)), v))
     symbol = _SYMBOL.get(axis, axis)
     if len(levels) < 2:
-        out = finish_verdicts([], columns, padjust)
-        out.attrs["skipped"] = (f"{symbol} varies, but not among the runs at {', '.join(filtered)}: no {symbol} test"
-                                if filtered else f"{symbol}: the KD runs hold one level: not testable")
-        return out
+        return [], (f"{symbol} varies, but not among the runs at {', '.join(filtered)}: no {symbol} test"
+                    if filtered else f"{symbol}: the KD runs hold one level: not testable")
     if reference in ("smallest", "largest"):
         ref = sorted(levels, key=size_key)[0 if reference == "smallest" else -1]
     else:
         ref = reference if reference is not None else center.get(axis, _REFERENCE.get(axis, levels[0]))
     if not any(_same(ref, v) for v in levels):
-        out = finish_verdicts([], columns, padjust)
-        out.attrs["skipped"] = (f"{symbol}: no run at the reference level {_describe(axis, ref)} (levels "
-                                f"{', '.join(_describe(axis, v) for v in levels)}): no {symbol} test; pass "
-                                "reference= (or center=) to axis_contrasts")
-        return out
+        return [], (f"{symbol}: no run at the reference level {_describe(axis, ref)} (levels "
+                    f"{', '.join(_describe(axis, v) for v in levels)}): no {symbol} test; pass "
+                    "reference= (or center=) to axis_contrasts")
     pair_cols = [c for c in _config_columns(kd, "seed") if c != axis] + (["seed"] if "seed" in kd.columns else [])
     varying = _varying(kd, pair_cols)
     keyed = kd.assign(_key=_keys(kd, varying))
@@ -351,27 +372,22 @@ def axis_contrasts(
         require_expect_level(direction, margin, level)
         mine = keyed.loc[_at(keyed, axis, value)].groupby("_key")[metric].mean()
         diffs = (mine - ref_values).dropna()
-        stats = mean_interval(diffs.to_numpy(float), level=level, expect=direction, margin=margin)
-        n = stats["n"]
+        est, mean, sd, n = mean_estimate(diffs.to_numpy(float))
         note = ""
         if n == 0:
             note = f"no run at {_describe(axis, value)} has a matching run at {_describe(axis, ref)}"
         elif n < 2:
             note = _seed_note(keyed, "a contrast", "matched pair of runs")
-            stats["ci_low"] = stats["ci_high"] = math.nan
-        elif not math.isfinite(stats["ci_low"]):
+        elif est is None:
             note = "the differences do not vary across units: no interval"
         hypothesis = (f"{_describe(axis, value)} {_VERB[direction]} {metric} against {_describe(axis, ref)}"
                       f"{at_text} (SESOI {margin * scale:g}{units})")
         rows.append({"family": axis, "comparison": f"{_describe(axis, value)} vs {_describe(axis, ref)}{at_text}",
                      "level_value": value,
-                     **verdict_row(hypothesis=hypothesis, test="paired_mean_t", unit=unit,
-                                   estimate=stats["estimate"], ci_low=stats["ci_low"], ci_high=stats["ci_high"],
-                                   level=level, expect=direction, margin=margin, statistic=stats["statistic"],
-                                   dof=stats["dof"], p_val=stats["p_val"], n=n,
-                                   mde=minimal_detectable_effect(stats["sd"], n, level=level), note=note,
-                                   scale=scale, units=units, label="mean difference")})
-    return finish_verdicts(rows, columns, padjust)
+                     **pending_row(hypothesis=hypothesis, test="paired_mean_t", unit=unit, estimate=mean, est=est,
+                                   sd=sd, expect=direction, margin=margin, n=n, note=note, scale=scale, units=units,
+                                   label="mean difference")})
+    return rows, ""
 
 
 def ablation_tests(
@@ -386,6 +402,7 @@ def ablation_tests(
     margin: float = ACCURACY_MARGIN,
     level: float = 0.95,
     padjust: str = "holm",
+    simultaneous: bool = False,
 ) -> pd.DataFrame:
     """Every verdict a sweep's results support: KD against SFT and each ablated axis.
 
@@ -399,6 +416,9 @@ def ablation_tests(
         Axes contrasted when they vary among the KD runs.
     padjust : str
         Correction of ``p_val`` across every row (one family).
+    simultaneous : bool
+        Bonferroni-simultaneous intervals over every row of the table (one family), as in
+        :func:`kd_vs_sft`.
 
     Returns
     -------
@@ -408,11 +428,12 @@ def ablation_tests(
         :func:`axis_contrasts` rows of each axis. ``attrs["skipped"]`` lists, in words, the axes
         that vary but could not be contrasted (e.g. σ varies only at τ != 1).
     """
-    frames, skipped = [], []
+    rows, skipped = [], []
     kd = _kd_rows(results, baseline, task)
     if "method" in results.columns and (results["method"] == baseline).any():
-        frames.append(kd_vs_sft(results, metric=metric, baseline=baseline, task=task, margin=margin, level=level,
-                                padjust=padjust))
+        rows += [{**row, "level_value": None} for row in _kd_vs_sft_rows(
+            results, metric=metric, baseline=baseline, task=task, by_cols=[], margin=margin, level=level,
+            scale=100.0, units=" points")]
     for axis in axes:
         if axis not in kd.columns:
             continue
@@ -421,21 +442,11 @@ def ablation_tests(
             held = ", ".join(sorted({_describe(axis, _plain(v)) for v in values})) or "no value"
             skipped.append(f"{_SYMBOL.get(axis, axis)}: the KD runs hold one level ({held}): not testable")
             continue
-        table = axis_contrasts(results, axis, metric=metric, center=center, expect=expect, baseline=baseline,
-                               task=task, margin=margin, level=level, padjust=padjust)
-        if table.empty:
-            skipped.append(table.attrs["skipped"])
-        frames.append(table)
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        out = finish_verdicts([], [*_LEAD, "level_value"], padjust)
-    else:
-        out = pd.concat(frames, ignore_index=True)
-        if "level_value" not in out.columns:
-            out.insert(2, "level_value", None)
-        out = out[[*_LEAD, "level_value", *[c for c in out.columns if c not in (*_LEAD, "level_value")]]]
-        from kdlens.analysis.stats import adjust_pvalues
-
-        out["p_adj"] = adjust_pvalues(out["p_val"].to_numpy(float), padjust)
+        found, why = _axis_rows(results, axis, metric=metric, center=center, reference=None, expect=expect,
+                                baseline=baseline, task=task, margin=margin, level=level, scale=100.0, units=" points")
+        rows += found
+        if why:
+            skipped.append(why)
+    out = finish_verdicts(rows, [*_LEAD, "level_value"], padjust, level=level, simultaneous=simultaneous)
     out.attrs["skipped"] = skipped
     return out

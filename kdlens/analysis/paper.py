@@ -35,8 +35,11 @@ from kdlens.analysis import stats
 from kdlens.analysis.verdicts import (
     MIN_CORRELATION_N,
     RHO_MARGIN,
-    correlation_verdict,
-    mean_verdict,
+    correlation_row,
+    finish_verdicts,
+    mean_row,
+    pending_row,
+    require_bootstrap,
     require_expect_level,
 )
 
@@ -267,6 +270,9 @@ def robustness(
     level: float = 0.95,
     min_n: int = MIN_CORRELATION_N,
     padjust: str = "holm",
+    simultaneous: bool = False,
+    n_boot: int = 2000,
+    seed: int = 0,
 ) -> pd.DataFrame:
     """The paper's claims re-tested with defensible units of analysis, each with a three-way verdict.
 
@@ -282,17 +288,24 @@ def robustness(
     rho_margin : float
         SESOI of a correlation: ``|rho| < 0.3`` is "no relation".
     level : float
-        Level of every interval.
+        Level of every interval (familywise within a family with ``simultaneous=True``).
     min_n : int
-        Fewest units (minus covariates) for a correlation verdict.
+        Fewest units (minus covariates), and fewest clusters, for a correlation verdict.
     padjust : str
-        Correction within each claim (H1, H2, H3 size, H3 paradox).
+        Correction within each family: one per (claim, analysis), so the authors' rows and the
+        robust rows are corrected separately.
+    simultaneous : bool
+        Bonferroni-simultaneous intervals within each robust family (:mod:`kdlens.analysis.verdicts`).
+    n_boot, seed : int
+        The cluster bootstrap of the robust paradox rows (:func:`kdlens.analysis.paradox_test`).
 
     Returns
     -------
     DataFrame
         :data:`kdlens._schema.ROBUSTNESS_COLUMNS`. ``analysis="as published"`` rows use the
-        authors' unit, ``"robust"`` rows a defensible one:
+        authors' unit and carry **no verdict** (empty ``verdict``; the sentence starts "As published
+        (no verdict)" and says why the unit is pseudo-replicated): they show what the authors'
+        analysis gives, next to the ``"robust"`` rows, which carry the verdicts:
 
         * ``H1`` KD improves the student (``expect="greater"``): the mean of the 33 rows, then the
           mean over the 6 students of each student's mean improvement (rows sharing a student share
@@ -302,10 +315,12 @@ def robustness(
           verdict), and each pair of methods as a paired difference within (teacher, student),
           averaged within student (``expect="two-sided"``);
         * ``H3`` improvement falls with student size (``expect="less"``): Spearman over the 33
-          rows, then over the distinct sizes (mean improvement per size; exact permutation p);
+          rows, then over the distinct sizes (mean improvement per size; exact permutation p when
+          they are too few for an interval);
         * ``H3`` the paradox, agreement/fidelity do not go with improvement
           (``expect="equivalent"``) on the KD rows: the authors' Spearman, then the partial
-          Spearman holding student size fixed (it drives both).
+          Spearman holding student size fixed (it drives both) with the students as clusters (the
+          11 rows come from 6 students: :func:`kdlens.analysis.paradox_test`'s design effect).
 
     Notes
     -----
@@ -317,30 +332,33 @@ def robustness(
 
     require_expect_level("greater", margin, level)
     require_expect_level("equivalent", rho_margin, level)
+    require_bootstrap(n_boot, seed)
     table = improvements(results_dir, domain)
     part = table.loc[table["task"] == task]
     if part.empty:
         raise ValueError(f"no rows for task {task!r}; tasks: {[*DOMAINS[domain]['tasks'], AVERAGE]}")
-    rows: list[dict] = []
+    families: dict[tuple[str, str], list[dict]] = {}
     unit_rows = "rows of the paper (teacher, student, method)"
+    n_students = part["student"].nunique()
+    shared = f"the authors' unit: {len(part)} rows share {n_students} students' SFT baselines, so they are not independent"
+    published = f"{shared} and this interval is too narrow; the robust rows carry the verdict"
 
     def add(claim: str, analysis: str, method: str, row: dict) -> None:
-        rows.append({"claim": claim, "analysis": analysis, "task": task, "method": method, **row})
+        families.setdefault((claim, analysis), []).append(
+            {"claim": claim, "analysis": analysis, "task": task, "method": method, **row})
 
-    def mean_row(values: np.ndarray, hypothesis: str, unit: str, expect: str, note: str = "") -> dict:
-        return mean_verdict(values, hypothesis=hypothesis, unit=unit, expect=expect, margin=margin, level=level,
-                            note=note, units=" points",
-                            label="mean improvement" if expect == "greater" else "mean difference")
+    def mean_of(values: np.ndarray, hypothesis: str, unit: str, expect: str, no_verdict: str = "") -> dict:
+        return mean_row(values, hypothesis=hypothesis, unit=unit, expect=expect, margin=margin, units=" points",
+                        label="mean improvement" if expect == "greater" else "mean difference",
+                        no_verdict=no_verdict)
 
     h1 = f"KD improves the student over its SFT baseline (SESOI {margin:g} points)"
-    n_students = part["student"].nunique()
-    add("H1", "as published", "all", mean_row(
-        part["improvement"].to_numpy(float), h1, unit_rows, "greater",
-        note=f"{len(part)} rows share {n_students} SFT baselines: not independent"))
+    add("H1", "as published", "all", mean_of(part["improvement"].to_numpy(float), h1, unit_rows, "greater",
+                                             no_verdict=published))
     for method, scope in [("all", part), *part.groupby("method", sort=True)]:
         per_student = scope.groupby("student", sort=True)["improvement"].mean().to_numpy(float)
-        add("H1", "robust", method, mean_row(per_student, h1 + ("" if method == "all" else f", method {method}"),
-                                             "students (mean over their rows)", "greater"))
+        add("H1", "robust", method, mean_of(per_student, h1 + ("" if method == "all" else f", method {method}"),
+                                            "students (mean over their rows)", "greater"))
 
     blocks = part.assign(block=part["teacher"] + " -> " + part["student"])
     oneway = stats.anova(part, dv="improvement", between="method", padjust="none").iloc[0]
@@ -348,6 +366,7 @@ def robustness(
     complete = blocks.groupby("block").filter(lambda g: g["method"].nunique() == blocks["method"].nunique())
     rm = AnovaRM(complete, depvar="improvement", subject="block", within=["method"]).fit().anova_table.iloc[0]
     k = part["method"].nunique()
+    hyp = f"improvement differs across the {k} methods"
     for analysis, test, stat, dof, p, n, unit, what in (
             ("as published", "anova_oneway", oneway["statistic"], oneway["dof"], oneway["p_val"], oneway["n"],
              unit_rows, f"F({oneway['dof']:g}, {oneway['dof2']:g})"),
@@ -356,53 +375,59 @@ def robustness(
             ("robust", "anova_rm", float(rm["F Value"]), float(rm["Num DF"]), float(rm["Pr > F"]),
              complete["block"].nunique(), "(teacher, student) blocks",
              f"F({rm['Num DF']:g}, {rm['Den DF']:g})")):
-        hyp = f"improvement differs across the {k} methods"
-        add("H2", analysis, "all", {
-            "hypothesis": hyp, "test": test, "unit": unit, "estimate": np.nan, "ci_low": np.nan, "ci_high": np.nan,
-            "level": level, "expect": "two-sided", "margin": margin, "statistic": float(stat), "dof": float(dof),
-            "p_val": float(p), "p_adj": np.nan, "n": int(n), "mde": np.nan, "verdict": "",
-            "sentence": (f"{hyp}: no verdict (an omnibus test has no interval; {what} = {float(stat):.2f}, "
-                         f"p = {float(p):.3g}, n = {int(n)} {unit}; the paired method differences below "
-                         "carry the verdicts)."),
-            "note": "omnibus test: no interval"})
+        numbers = f"{what} = {float(stat):.2f}, p = {float(p):.3g}, n = {int(n)} {unit}"
+        sentence = (f"As published (no verdict): {hyp} (an omnibus test on {numbers}; {shared}, and the one-way "
+                    "ANOVA ignores that the methods are paired within (teacher, student); the robust rows test them)."
+                    if analysis == "as published" else
+                    f"{hyp}: no verdict (an omnibus test has no interval; {numbers}; the paired method differences "
+                    "below carry the verdicts).")
+        add("H2", analysis, "all", pending_row(
+            hypothesis=hyp, test=test, unit=unit, expect="two-sided", margin=margin, n=int(n), estimate=np.nan,
+            statistic=float(stat), dof=float(dof), p_val=float(p), note="omnibus test: no interval",
+            sentence=sentence))
     wide = blocks.pivot_table(index=["student", "block"], columns="method", values="improvement")
     methods = sorted(wide.columns)
     for i, a in enumerate(methods):
         for b in methods[i + 1:]:
             diff = (wide[a] - wide[b]).dropna().groupby(level="student").mean().to_numpy(float)
-            add("H2", "robust", f"{a} - {b}", mean_row(
+            add("H2", "robust", f"{a} - {b}", mean_of(
                 diff, f"{a} and {b} give different improvements (paired within (teacher, student); "
                       f"SESOI {margin:g} points)", "students (mean over their (teacher, student) blocks)",
                 "two-sided"))
 
     size_h = f"improvement falls with student size (|rho| >= {rho_margin:g} of interest)"
-    common = dict(method="spearman", expect="less", margin=rho_margin, level=level, min_n=min_n)
-    add("H3", "as published", "all", correlation_verdict(
+    common = dict(method="spearman", expect="less", margin=rho_margin, min_n=min_n)
+    add("H3", "as published", "all", correlation_row(
         part["student_size"].to_numpy(float), part["improvement"].to_numpy(float), None, hypothesis=size_h,
-        unit=unit_rows, note=f"{len(part)} rows hold {part['student_size'].nunique()} distinct sizes", **common))
+        unit=unit_rows, no_verdict=f"{published}; the {len(part)} rows hold {part['student_size'].nunique()} "
+                                   "distinct sizes", **common))
     by_size = part.groupby("student_size", sort=True)["improvement"].mean()
-    row = correlation_verdict(by_size.index.to_numpy(float), by_size.to_numpy(float), None, hypothesis=size_h,
-                              unit="distinct student sizes (mean improvement per size)", **common)
-    if len(by_size) >= 3:
+    row = correlation_row(by_size.index.to_numpy(float), by_size.to_numpy(float), None, hypothesis=size_h,
+                          unit="distinct student sizes (mean improvement per size)", **common)
+    if row["_est"] is None and len(by_size) >= 3:  # too few for an interval: the exact test still says something
         row["p_val"] = _exact_spearman_p(by_size.index.to_numpy(float), by_size.to_numpy(float), "less")
         row["note"] = "; ".join(filter(None, [row["note"], "p: exact permutation test"]))
     add("H3", "robust", "all", row)
 
     kd = part.loc[part["method"] == "KD"]
+    kd_published = (f"the authors' unit: the {len(kd)} KD rows come from {kd['student'].nunique()} students, so "
+                    "they are not independent; the robust row carries the verdict")
     for var in ("agreement", "fidelity"):
         if kd[var].isna().all():
             continue
         hyp = f"{var} does not go with improvement (|rho| < {rho_margin:g}: the paradox)"
-        eq = dict(method="spearman", expect="equivalent", margin=rho_margin, level=level, min_n=min_n,
+        eq = dict(method="spearman", expect="equivalent", margin=rho_margin, min_n=min_n,
                   unit="rows of the paper (teacher, student), KD method")
         x, y = kd["improvement"].to_numpy(float), kd[var].to_numpy(float)
-        add("H3 paradox", "as published", "KD", correlation_verdict(x, y, None, hypothesis=hyp, **eq))
-        add("H3 paradox", "robust", "KD", correlation_verdict(
-            x, y, kd[["student_size"]], hypothesis=f"{hyp}, holding student size fixed", **eq))
+        add("H3 paradox", "as published", "KD", correlation_row(x, y, None, hypothesis=hyp, no_verdict=kd_published,
+                                                                **eq))
+        add("H3 paradox", "robust", "KD", correlation_row(
+            x, y, kd[["student_size"]], hypothesis=f"{hyp}, holding student size fixed",
+            clusters=kd["student"].to_numpy(object), cluster_name="student", n_boot=n_boot, seed=seed, **eq))
 
-    out = pd.DataFrame(rows, columns=list(ROBUSTNESS_COLUMNS))
-    for _, idx in out.groupby("claim", sort=False).groups.items():
-        out.loc[idx, "p_adj"] = stats.adjust_pvalues(out.loc[idx, "p_val"].to_numpy(float), padjust)
+    lead = ["claim", "analysis", "task", "method"]
+    out = pd.concat([finish_verdicts(rows, lead, padjust, level=level, simultaneous=simultaneous)
+                     for rows in families.values()], ignore_index=True)[list(ROBUSTNESS_COLUMNS)]
     out["n"] = out["n"].astype("int64")
     out.attrs["domain"] = domain
     return out

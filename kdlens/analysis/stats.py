@@ -37,6 +37,7 @@ __all__ = [
     "correlation",
     "partial_correlation",
     "partial_rank_residuals",
+    "fisher_se",
     "friedman",
     "mcnemar",
     "paired_ttest",
@@ -326,17 +327,42 @@ def anova(
 
 # --------------------------------------------------------------------------- correlations
 
-#: Fisher z standard errors: Pearson 1/sqrt(n-3); Spearman sqrt(1.06/(n-3)) and Kendall
-#: sqrt(0.437/(n-4)) (Fieller, Hartley & Pearson 1957, Biometrika 44:470). value: (factor, offset)
-_FISHER_SE = {"pearson": (1.0, 3), "spearman": (1.06, 3), "kendall": (0.437, 4)}
+#: fewest units above which each Fisher-z standard error is defined (``n - offset > 0``)
+_FISHER_OFFSET = {"pearson": 3, "spearman": 3, "kendall": 4}
 _CORR_FN = {"pearson": sps.pearsonr, "spearman": sps.spearmanr, "kendall": sps.kendalltau}
 
 
-def _fisher_ci(r: float, n: int, method: str, level: float, alternative: str) -> tuple[float, float]:
-    factor, offset = _FISHER_SE[method]
+def fisher_se(r: float, n: int, method: str) -> float:
+    r"""Standard error of Fisher's ``z = atanh(r)`` for a Pearson, Spearman or Kendall correlation.
+
+    Parameters
+    ----------
+    r : float
+        The (partial) correlation; only Spearman's standard error depends on it.
+    n : int
+        Number of units, minus the number of covariates partialled out.
+    method : {"pearson", "spearman", "kendall"}
+
+    Returns
+    -------
+    float
+        :math:`1/\sqrt{n-3}` (Pearson; Fisher 1915), :math:`\sqrt{(1 + r^2/2)/(n-3)}` (Spearman;
+        Bonett & Wright 2000, whose standard error stays accurate where Fieller, Hartley & Pearson's
+        constant ``1.06`` understates it at large ``|rho|``), :math:`\sqrt{0.437/(n-4)}` (Kendall's
+        tau; Fieller, Hartley & Pearson 1957); NaN when ``n`` is at or below the offset.
+    """
+    offset = _FISHER_OFFSET[method]
     if n <= offset:
+        return math.nan
+    if method == "spearman":
+        return math.sqrt((1.0 + float(r) ** 2 / 2.0) / (n - offset))
+    return math.sqrt((1.0 if method == "pearson" else 0.437) / (n - offset))
+
+
+def _fisher_ci(r: float, n: int, method: str, level: float, alternative: str) -> tuple[float, float]:
+    se = fisher_se(r, n, method)
+    if not math.isfinite(se):
         return math.nan, math.nan
-    se = math.sqrt(factor / (n - offset))
     z = math.atanh(float(np.clip(r, -1 + 1e-15, 1 - 1e-15)))
     if alternative == "two-sided":
         q = sps.norm.ppf(1 - (1 - level) / 2)
@@ -404,8 +430,11 @@ def correlation(
     -----
     CIs use the Fisher z transform ``z = atanh(r)`` with standard error ``1/sqrt(n-3)`` for
     Pearson (the same interval as ``scipy.stats.pearsonr(...).confidence_interval()``),
-    ``sqrt(1.06/(n-3))`` for Spearman and ``sqrt(0.437/(n-4))`` for Kendall (Fieller, Hartley &
-    Pearson 1957). One-sided alternatives give one-sided intervals.
+    ``sqrt((1 + rho^2/2)/(n-3))`` for Spearman (Bonett & Wright 2000) and ``sqrt(0.437/(n-4))``
+    for Kendall (Fieller, Hartley & Pearson 1957): :func:`fisher_se`. One-sided alternatives give
+    one-sided intervals. The p-values are scipy's (the t test of ``r`` for Pearson and Spearman),
+    the convention of published tables; the verdict functions (:func:`kdlens.analysis.paradox_test`)
+    take their p from the Fisher-z statistic of the interval instead, so that p and CI agree.
 
     Pearson's :math:`r = \frac{\sum (x_i-\bar x)(y_i-\bar y)}{\sqrt{\sum (x_i-\bar x)^2 \sum (y_i-\bar
     y)^2}}`; Spearman's :math:`\rho` is :math:`r` of the ranks; Kendall's :math:`\tau_b` counts
@@ -413,7 +442,8 @@ def correlation(
     :math:`z = \operatorname{atanh}(r)`.
 
     References: Spearman 1904, Am. J. Psychol. 15(1) (``spearman1904proof``); Kendall 1938, Biometrika
-    30 (``kendall1938new``); Fisher 1915, Biometrika 10, the z transform (``fisher1915frequency``).
+    30 (``kendall1938new``); Fisher 1915, Biometrika 10, the z transform (``fisher1915frequency``);
+    Bonett and Wright 2000, Psychometrika 65(1), the Spearman standard error (``bonett2000sample``).
     ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     data, _cols = as_frame(data, x=x, y=y, by=by)
@@ -436,21 +466,30 @@ def correlation(
     return _finish(rows, group_cols, padjust, extra=("x", "y"))
 
 
-def _covariate_matrix(covariates: pd.DataFrame, method: str) -> np.ndarray:
-    """Design columns of the covariates: numeric ones as they are (ranked for Spearman), others as
-    dummies of all but their first level (a stratum, a teacher)."""
-    blocks = []
+def covariate_blocks(covariates: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The covariates as ``(numeric, dummies)``: numeric columns as they are (shape [n, a]; ranked
+    for Spearman by the caller) and the others as dummies of all but their first level (shape
+    [n, b]; a stratum, a teacher)."""
+    numeric, dummies = [], []
     for col in covariates.columns:
         values = covariates[col]
-        numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-        if numeric:
-            v = values.to_numpy(dtype=float)
-            blocks.append((sps.rankdata(v) if method == "spearman" else v)[:, None])
+        if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values):
+            numeric.append(values.to_numpy(dtype=float)[:, None])
         else:
-            dummies = pd.get_dummies(values.astype(str), drop_first=True, dtype=float)
-            if dummies.shape[1]:
-                blocks.append(dummies.to_numpy())
-    return np.hstack(blocks) if blocks else np.empty((len(covariates), 0))
+            coded = pd.get_dummies(values.astype(str), drop_first=True, dtype=float)
+            if coded.shape[1]:
+                dummies.append(coded.to_numpy())
+    n = len(covariates)
+    return (np.hstack(numeric) if numeric else np.empty((n, 0)),
+            np.hstack(dummies) if dummies else np.empty((n, 0)))
+
+
+def _covariate_matrix(covariates: pd.DataFrame, method: str) -> np.ndarray:
+    """Design columns of the covariates: :func:`covariate_blocks`, numeric ones ranked for Spearman."""
+    numeric, dummies = covariate_blocks(covariates)
+    if method == "spearman" and numeric.shape[1]:
+        numeric = np.column_stack([sps.rankdata(c) for c in numeric.T])
+    return np.hstack([numeric, dummies])
 
 
 def partial_rank_residuals(x: np.ndarray, y: np.ndarray, covariates: pd.DataFrame | None, *,
@@ -528,8 +567,8 @@ def partial_correlation(
     covariates by least squares, and correlate the residuals (the definition pingouin's
     ``partial_corr`` and R's ``ppcor::pcor.test`` implement). ``t = r sqrt((n-2-k)/(1-r^2))``
     with ``n - 2 - k`` degrees of freedom; the CI is Fisher's z with standard error
-    ``sqrt(f / (n - 3 - k))``, ``f`` = 1 (Pearson) or 1.06 (Spearman; Fieller, Hartley & Pearson
-    1957).
+    ``sqrt(f / (n - 3 - k))``, ``f`` = 1 (Pearson) or ``1 + r^2/2`` (Spearman; Bonett & Wright
+    2000): :func:`fisher_se`.
     """
     ys = [y] if isinstance(y, str) else list(y)
     covs = [covar] if isinstance(covar, str) else list(covar)

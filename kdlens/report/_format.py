@@ -35,6 +35,10 @@ TEST_NAMES: dict[str, str] = {
     "mean_t": "t interval of the mean", "paired_mean_t": "paired t interval of the mean difference",
     "partial_spearman": "partial Spearman correlation (Fisher-z interval)",
     "partial_pearson": "partial Pearson correlation (Fisher-z interval)",
+    "spearman_clustered": "Spearman correlation (Fisher-z interval, cluster design effect)",
+    "pearson_clustered": "Pearson correlation (Fisher-z interval, cluster design effect)",
+    "partial_spearman_clustered": "partial Spearman correlation (Fisher-z interval, cluster design effect)",
+    "partial_pearson_clustered": "partial Pearson correlation (Fisher-z interval, cluster design effect)",
 }
 
 #: ``test`` column value -> the unit its n counts, when the table does not state one (Table.unit)

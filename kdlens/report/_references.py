@@ -30,6 +30,8 @@ TEST_COLUMN_USES: dict[str, str] = {
     "pearson": "test:pearson", "kendall": "test:kendall", "gee": "test:gee", "tost": "test:tost",
     "friedman": "test:friedman", "mixedlm": "test:mixedlm", "mean_t": "test:ttest",
     "paired_mean_t": "test:paired_ttest", "partial_spearman": "test:spearman", "partial_pearson": "test:pearson",
+    "spearman_clustered": "test:spearman", "pearson_clustered": "test:pearson",
+    "partial_spearman_clustered": "test:spearman", "partial_pearson_clustered": "test:pearson",
 }
 
 #: word in a table caption (case-insensitive, whole word) -> use

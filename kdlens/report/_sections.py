@@ -487,10 +487,10 @@ def _sweep_fidelity(src: ReportSource) -> Section:
     return sec
 
 
-_VERDICT_COLS = ["family", "comparison", "test", "unit", "estimate", "ci_low", "ci_high", "n", "p_val", "p_adj", "mde",
-                 "verdict"]
+_VERDICT_COLS = ["family", "comparison", "test", "unit", "estimate", "ci_low", "ci_high", "n", "p_val", "p_alpha",
+                 "p_adj", "mde", "verdict"]
 _VERDICT_FORMATS = {"estimate": "pct", "ci_low": "pct", "ci_high": "pct", "mde": "pct", "n": "int", "p_val": "p",
-                    "p_adj": "p"}
+                    "p_alpha": "num", "p_adj": "p"}
 
 
 def _sweep_tests(src: ReportSource) -> Section:
@@ -507,8 +507,11 @@ def _sweep_tests(src: ReportSource) -> Section:
                  "2 accuracy points (kdlens.analysis.ablation_tests()): KD against SFT is paired within student, "
                  "seed and task, with the gains of runs sharing a baseline averaged within it; where both axes vary, σ "
                  "contrasts use only the τ = 1 runs and τ contrasts only the σ = 0 runs; mde is the smallest "
-                 "difference the seeds at "
-                 "hand detect with 80% power.")
+                 "difference the seeds at hand detect with 80% power. p_val is the p-value of the claim's "
+                 "direction (one-sided for a rise or a fall, two-sided otherwise) and p_alpha the level it is "
+                 "compared with (0.025 one-sided for a 95% interval): p_val < p_alpha exactly when the interval "
+                 "excludes 0 in that direction. The intervals are per comparison; p_adj (Holm) corrects across "
+                 "the table.")
         sec.blocks.append(Table("Verdicts on the sweep's claims (task 'all'; differences in points)",
                                 verdicts[_VERDICT_COLS], _VERDICT_FORMATS))
         for sentence in verdicts["sentence"]:
@@ -524,11 +527,14 @@ def _sweep_tests(src: ReportSource) -> Section:
             # student size drives both fidelity and the gain: compare within students when they vary
             by = "student" if _varies(runs, "student") else None
             para = paradox_test(runs, gain="accuracy_gain", fidelity=fid, by=by)
+            clustered = " with cluster-bootstrap design effects" if para["test"].str.endswith("_clustered").any() \
+                else ""
             sec.blocks.append(Table("Generalization-fidelity paradox test (KD runs, task 'all'; kdlens.analysis."
-                                    "paradox_test)", para[["variable", "adjustment", "stratum", "test", "estimate", "ci_low",
-                                                           "ci_high", "n", "p_val", "p_adj", "verdict"]],
+                                    f"paradox_test{clustered})",
+                                    para[["variable", "adjustment", "stratum", "test", "estimate", "ci_low", "ci_high",
+                                          "n", "p_val", "p_alpha", "p_adj", "verdict"]],
                                     {"estimate": "num", "ci_low": "num", "ci_high": "num", "n": "int", "p_val": "p",
-                                     "p_adj": "p"}))
+                                     "p_alpha": "num", "p_adj": "p"}))
             sec.text(para.attrs["sentence"])
             for sentence in para.loc[para["decisive"], "sentence"]:
                 sec.text(sentence)

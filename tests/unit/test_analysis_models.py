@@ -112,7 +112,11 @@ def test_paradox_test_holds_a_confounder_fixed():
     # pooled within strata = the strata as dummy-coded covariates
     as_category = paradox_test(data.assign(size=data["size"].astype(str)), fidelity="bleu", controls=["size"])
     assert stratified.loc[2, "estimate"] == pytest.approx(as_category.loc[2, "estimate"], abs=1e-12)
-    assert stratified.loc[2, "dof"] == 240 - 2 - 3
+    # the interval holds 3 strata dummies fixed: Fisher's z on n - 3 - k = 240 - 3 - 3 units
+    r = stratified.loc[2, "estimate"]
+    se = math.sqrt((1 + r * r / 2) / (240 - 3 - 3))
+    assert stratified.loc[2, "ci_low"] == pytest.approx(math.tanh(math.atanh(r) - sps.norm.ppf(0.975) * se))
+    assert stratified.loc[2, "statistic"] == pytest.approx(math.atanh(r) / se) and math.isnan(stratified.loc[2, "dof"])
 
 
 def test_paradox_test_strata_of_a_concatenated_table():
@@ -132,6 +136,8 @@ def test_paradox_test_small_or_bad_input():
         paradox_test(runs(), fidelity=("bleu", "em"))
     with pytest.raises(ValueError, match="looks like percentage points"):
         paradox_test(runs().assign(accuracy_gain=lambda d: 100 * d["accuracy_gain"]))
+    with pytest.raises(ValueError, match="n_boot must be an integer >= 100"):
+        paradox_test(runs(), n_boot=10)
 
 
 def test_regression_tables_adjust_the_predictors_only():

@@ -19,6 +19,7 @@ from scipy import stats as sps
 
 from kdlens._schema import EQUIVALENCE_COLUMNS, POWER_COLUMNS, VERDICT_COLUMNS
 from kdlens.analysis import (
+    GEE_SMALL_SAMPLE_GROUPS,
     ablation_tests,
     axis_contrasts,
     decide,
@@ -31,6 +32,7 @@ from kdlens.analysis import (
     tost,
     tost_correlation,
 )
+from kdlens.analysis.verdicts import Estimate, correlation_row, finish_verdicts, mean_row, pending_row
 
 REF_DIR = Path(__file__).parents[1] / "reference"
 REF = json.loads((REF_DIR / "verdicts_reference.json").read_text())
@@ -75,15 +77,18 @@ def test_no_relation_is_not_contradicted_by_an_interval_that_reaches_into_the_ma
     # interest", which the hypothesis allows: the data do not contradict it
     assert decide(0.05, 0.35, expect="equivalent", margin=0.3) == "inconclusive"
     assert decide(0.31, 0.60, expect="equivalent", margin=0.3) == "contradicted"
-    from kdlens.analysis.verdicts import verdict_row
 
-    row = verdict_row(hypothesis="bleu does not go with the gain", test="spearman", unit="runs", estimate=0.2,
-                      ci_low=0.05, ci_high=0.35, level=0.95, expect="equivalent", margin=0.3, n=150, label="rho")
-    assert row["verdict"] == "inconclusive"
-    assert "excludes 0 but reaches both within and beyond ±0.30" in row["sentence"]
-    row = verdict_row(hypothesis="h", test="spearman", unit="runs", estimate=0.45, ci_low=0.31, ci_high=0.6,
-                      level=0.95, expect="equivalent", margin=0.3, n=150, label="rho")
-    assert "the CI lies outside ±0.30" in row["sentence"]
+    def row(center: float, half: float) -> pd.Series:  # an interval center +- half at 95%
+        est = Estimate(center, half / sps.norm.ppf(0.975))
+        return finish_verdicts([pending_row(hypothesis="bleu does not go with the gain", test="spearman",
+                                            unit="runs", expect="equivalent", margin=0.3, n=150, estimate=center,
+                                            est=est, label="rho")], [], "holm", level=0.95).iloc[0]
+
+    within = row(0.2, 0.15)
+    assert [within["ci_low"], within["ci_high"]] == pytest.approx([0.05, 0.35])
+    assert within["verdict"] == "inconclusive"
+    assert "excludes 0 but reaches both within and beyond ±0.30" in within["sentence"]
+    assert "the CI lies outside ±0.30" in row(0.455, 0.145)["sentence"]
 
 
 def test_decide_refuses_a_reversed_interval():
@@ -152,10 +157,10 @@ def test_tost_correlation_matches_toster_r():
 
 def test_tost_at_half_the_verdicts_alpha_is_the_verdicts_equivalence():
     # a 95% CI inside +-m is a TOST at 2.5%; TOSTER's default 5% (a 90% CI) says more on the same data
-    from kdlens.analysis.verdicts import mean_verdict
-
     x = _exact_sample(12, 0.008, 0.02, 7)
-    row = mean_verdict(x, hypothesis="h", unit="seeds", expect="equivalent", margin=0.02, level=0.95)
+    row = finish_verdicts([mean_row(x, hypothesis="h", unit="seeds", expect="equivalent", margin=0.02)], [],
+                          "holm", level=0.95).iloc[0]
+    assert row["p_alpha"] == pytest.approx(0.025) and row["p_val"] > row["p_alpha"]
     at_025 = tost(pd.DataFrame({"x": x}), dv="x", margin=0.02, alpha=0.025).iloc[0]
     at_05 = tost(pd.DataFrame({"x": x}), dv="x", margin=0.02).iloc[0]
     assert [row["ci_low"], row["ci_high"]] == pytest.approx([at_025["ci_low"], at_025["ci_high"]], abs=1e-12)
@@ -190,10 +195,10 @@ def test_partial_spearman_matches_the_first_order_formula_and_the_precision_matr
     assert one["dof"] == len(data) - 3 and one["n"] == len(data)
     two = partial_correlation(data, x="x", y="y", covar=["z", "w"]).iloc[0]
     assert two["statistic"] == pytest.approx(DIRECT["partial_spearman_xy_zw_precision"], abs=1e-12)
-    # t test with n - 2 - k dof and the Fisher-z interval with sqrt(1.06 / (n - 3 - k))
+    # t test with n - 2 - k dof (ppcor's) and the Fisher-z interval with sqrt((1 + r^2 / 2) / (n - 3 - k))
     r, dof = two["statistic"], len(data) - 4
     assert two["p_val"] == pytest.approx(2 * sps.t.sf(abs(r) * math.sqrt(dof / (1 - r * r)), dof), rel=1e-12)
-    se = math.sqrt(1.06 / (len(data) - 3 - 2))
+    se = math.sqrt((1 + r * r / 2) / (len(data) - 3 - 2))
     assert two["ci_low"] == pytest.approx(math.tanh(math.atanh(r) - 1.959963984540054 * se), abs=1e-12)
     # the confounder z carries most of the plain correlation
     assert DIRECT["spearman_xy"] > 0.9 > one["statistic"]
@@ -527,4 +532,269 @@ def test_seeds_needed_from_a_level_uses_the_sd_of_a_difference_of_two_runs():
     from kdlens.analysis import add_gain
 
     gain = seeds_needed(0.02, data=add_gain(data, metrics=("accuracy",)), metric="accuracy_gain").iloc[0]
-    assert gain["note"] == "" and gain["sd"] == pytest.approx(seed_sd(add_gain(data, metrics=("accuracy",)))[0])
+    assert "is a level" not in gain["note"]
+    assert gain["sd"] == pytest.approx(seed_sd(add_gain(data, metrics=("accuracy",)))[0])
+
+
+# --------------------------------------------------------------------------- the p that matches the decision
+
+
+def test_the_p_value_shown_is_compared_with_its_own_threshold():
+    # six seeds whose gains give a one-sided p of exactly 0.028: above 0.025, so the 95% CI includes 0
+    t = sps.t.isf(0.028, 5)
+    gains = _exact_sample(6, t * 0.02 / math.sqrt(6), 0.02, 3)
+    row = kd_vs_sft(_results({"forward_kl": list(gains)}, seeds=tuple(range(6)))).iloc[0]
+    assert row["p_val"] == pytest.approx(0.028, rel=1e-9) and row["p_alpha"] == pytest.approx(0.025)
+    assert row["verdict"] == "inconclusive" and row["ci_low"] < 0
+    assert "n = 6 baselines, one-sided p = 0.028 vs 0.025; the CI includes 0" in row["sentence"]
+    # a claim without a direction is two-sided: its p is compared with 1 - level
+    grid = _grid()
+    grid.loc[grid["temperature"] == 5.0, "temperature"] = 3.0  # tau = 3: no stated direction
+    tau3 = axis_contrasts(grid, "temperature").iloc[1]
+    assert tau3["expect"] == "two-sided" and tau3["p_alpha"] == pytest.approx(0.05)
+    assert f"two-sided p = {tau3['p_val']:.2g} vs 0.05" in tau3["sentence"]
+
+
+def _decided_by_p(table: pd.DataFrame) -> None:
+    """p_val < p_alpha exactly when the interval excludes 0 in the claim's direction (inside +-m for TOST)."""
+    rows = table.loc[table["ci_low"].notna()]
+    assert len(rows)
+    for _, r in rows.iterrows():
+        excludes = {"greater": r["ci_low"] > 0, "less": r["ci_high"] < 0,
+                    "two-sided": r["ci_low"] > 0 or r["ci_high"] < 0,
+                    "equivalent": -r["margin"] < r["ci_low"] and r["ci_high"] < r["margin"]}[r["expect"]]
+        assert (r["p_val"] < r["p_alpha"]) == excludes, r["sentence"]
+
+
+def test_every_verdict_table_decides_p_and_ci_alike():
+    from kdlens.analysis import paradox_test
+
+    rng = np.random.default_rng(8)
+    runs = pd.DataFrame({"accuracy_gain": rng.normal(0.03, 0.02, 14), "bleu": rng.normal(0.5, 0.1, 14),
+                         "size": np.repeat([1.0, 2.0], 7)})
+    runs["agreement"] = 0.5 + 2 * runs["accuracy_gain"] + rng.normal(0, 0.02, 14)
+    for table in (ablation_tests(_grid()), ablation_tests(_grid(), simultaneous=True),
+                  paradox_test(runs, controls=["size"]), paradox_test(runs, by="size", min_n=5),
+                  kd_vs_sft(_results({"a": [0.01, 0.05, 0.02], "b": [0.0, 0.03, 0.01]}))):
+        assert list(table.columns[-len(VERDICT_COLUMNS):]) == list(VERDICT_COLUMNS)
+        _decided_by_p(table)
+
+
+def test_a_correlations_p_comes_from_the_fisher_z_of_its_interval():
+    # the review's case: rho = 0.58 over 12 units. The t test of rho says one-sided p = 0.024, yet the
+    # Fisher-z interval includes 0; the verdict's p is that of the interval's own statistic
+    x = np.arange(1.0, 13.0)
+    y = x.copy()
+    for i, j in ((1, 6), (7, 12), (2, 5), (3, 4)):  # sum of squared rank differences 2 * (25 + 25 + 9 + 1)
+        y[[i - 1, j - 1]] = y[[j - 1, i - 1]]
+    rho = 1 - 6 * 120 / (12 * 143)
+    assert sps.spearmanr(x, y).statistic == pytest.approx(rho)
+    t_p = sps.t.sf(rho * math.sqrt(10 / (1 - rho ** 2)), 10)
+    assert t_p < 0.025  # what the table used to show next to an interval that includes 0
+    row = finish_verdicts([correlation_row(x, y, None, method="spearman", hypothesis="h", unit="runs",
+                                           expect="greater", margin=0.3)], [], "holm", level=0.95).iloc[0]
+    se = math.sqrt((1 + rho ** 2 / 2) / 9)
+    assert row["statistic"] == pytest.approx(math.atanh(rho) / se)
+    assert row["p_val"] == pytest.approx(sps.norm.sf(math.atanh(rho) / se)) and row["p_val"] > 0.025
+    assert row["ci_low"] == pytest.approx(math.tanh(math.atanh(rho) - sps.norm.ppf(0.975) * se))
+    assert row["ci_low"] < 0
+    assert row["verdict"] == "inconclusive" and f"one-sided p = {row['p_val']:.3g} vs 0.025" in row["sentence"]
+    # the equivalence p is TOSTER's TOSTr on the same z and standard error
+    eq = finish_verdicts([correlation_row(x, y, None, method="spearman", hypothesis="h", unit="runs",
+                                          expect="equivalent", margin=0.3)], [], "holm", level=0.95).iloc[0]
+    bound = math.atanh(0.3)
+    assert eq["p_val"] == pytest.approx(max(sps.norm.sf((math.atanh(rho) + bound) / se),
+                                            sps.norm.cdf((math.atanh(rho) - bound) / se)))
+
+
+# --------------------------------------------------------------------------- clustered correlations
+
+
+def _corr(x, y, covariates=None, **kwargs) -> pd.Series:
+    return finish_verdicts([correlation_row(x, y, covariates, method="spearman", hypothesis="h", unit="runs",
+                                            expect="equivalent", margin=0.3, **kwargs)], [], "holm",
+                           level=0.95).iloc[0]
+
+
+def test_the_resample_weights_give_the_correlation_of_the_resample_itself():
+    from kdlens.analysis._bootstrap import _weighted_partial_r
+    from kdlens.analysis.stats import covariate_blocks, partial_rank_residuals
+
+    rng = np.random.default_rng(0)
+    n = 30
+    x = np.round(rng.normal(size=n), 1)  # ties, as ranks of real metrics have
+    y = x + rng.normal(size=n)
+    cov = pd.DataFrame({"z": np.round(rng.normal(size=n), 1), "s": rng.choice(["a", "b", "c"], n)})
+    draws = rng.integers(0, n, size=(6, n))
+    weights = np.zeros((6, n))
+    np.add.at(weights, (np.arange(6)[:, None], draws), 1.0)
+    numeric, dummies = covariate_blocks(cov)
+    for method in ("spearman", "pearson"):
+        got = _weighted_partial_r(x, y, numeric, dummies, weights, method)
+        for b in range(6):
+            rx, ry, _, _ = partial_rank_residuals(x[draws[b]], y[draws[b]], cov.iloc[draws[b]].reset_index(drop=True),
+                                                  method=method)
+            assert got[b] == pytest.approx(np.corrcoef(rx, ry)[0, 1], abs=1e-10)
+
+
+def test_one_row_per_cluster_is_the_plain_interval():
+    from kdlens.analysis._bootstrap import cluster_design_effect
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=40)
+    y = 0.3 * x + rng.normal(size=40)
+    # the cluster and the row bootstrap draw the same resamples: a design effect of exactly 1
+    assert cluster_design_effect(x, y, None, np.arange(40), seed=5) == (1.0, 0)
+    plain, singletons = _corr(x, y), _corr(x, y, clusters=np.arange(40))
+    assert singletons["test"] == "spearman" and singletons["n"] == 40
+    assert [singletons["ci_low"], singletons["ci_high"]] == [plain["ci_low"], plain["ci_high"]]
+
+
+def test_clustered_rows_widen_the_interval_to_what_the_clusters_carry():
+    # every run repeated 3 times (3 losses sharing one baseline that carries the whole effect): the
+    # 120 rows hold the information of 40, and the interval is the 40 runs' one, within Monte Carlo error
+    rng = np.random.default_rng(11)
+    x0 = rng.normal(size=40)
+    y0 = 0.3 * x0 + rng.normal(size=40)
+    x, y, ids = np.repeat(x0, 3), np.repeat(y0, 3), np.repeat(np.arange(40), 3)
+    naive, clustered, original = _corr(x, y), _corr(x, y, clusters=ids, cluster_name="baseline"), _corr(x0, y0)
+    assert clustered["test"] == "spearman_clustered" and clustered["n"] == 40 and clustered["dof"] == 39
+    assert clustered["estimate"] == pytest.approx(naive["estimate"])
+    assert [clustered["ci_low"], clustered["ci_high"]] == pytest.approx([original["ci_low"], original["ci_high"]],
+                                                                        abs=0.015)
+    assert clustered["ci_high"] - clustered["ci_low"] > 1.5 * (naive["ci_high"] - naive["ci_low"])
+    assert "n = 40 baseline clusters (120 runs)" in clustered["sentence"]
+    assert "120 rows in 40 baseline clusters: design effect 3." in clustered["note"]
+    # seeded: the same seed gives the same interval
+    again = _corr(x, y, clusters=ids, cluster_name="baseline")
+    assert again["ci_low"] == clustered["ci_low"]
+
+
+def test_paradox_test_clusters_runs_that_share_a_baseline_by_default():
+    from kdlens.analysis import paradox_test
+
+    # 12 baselines x 3 losses: the baseline's noise is in its 3 runs' gains, and bleu follows it
+    rng = np.random.default_rng(2)
+    base = np.repeat(rng.normal(0, 0.02, 12), 3)
+    runs = pd.DataFrame({"baseline_run_id": np.repeat([f"sft-{i}" for i in range(12)], 3),
+                         "accuracy_gain": 0.04 + base + rng.normal(0, 0.005, 36)})
+    runs["bleu"] = 0.4 + 3 * base + rng.normal(0, 0.01, 36)
+    auto, independent = paradox_test(runs, fidelity="bleu"), paradox_test(runs, fidelity="bleu", cluster=None)
+    row, naive = auto.iloc[1], independent.iloc[1]
+    assert row["test"] == "spearman_clustered" and row["n"] == 12 and naive["n"] == 36
+    assert row["ci_high"] - row["ci_low"] > naive["ci_high"] - naive["ci_low"]
+    assert "n = 12 baseline_run_id clusters (36 runs)" in row["sentence"]
+    assert auto.iloc[0]["n"] == 12  # the gain row: cluster means
+
+
+# --------------------------------------------------------------------------- families
+
+
+def test_simultaneous_intervals_are_bonferroni_over_the_family():
+    gains = {"forward_kl": [0.02, 0.08, 0.05, 0.04], "reverse_kl": [0.04, 0.02, 0.09, 0.03],
+             "jsd": [0.00, 0.05, 0.07, 0.02]}
+    data = _results(gains, seeds=(0, 1, 2, 3))
+    per, fam = kd_vs_sft(data), kd_vs_sft(data, simultaneous=True)
+    assert len(fam) == 4 and (per["level"] == 0.95).all()
+    assert fam["level"].tolist() == pytest.approx([1 - 0.05 / 4] * 4)
+    assert fam["p_alpha"].tolist() == pytest.approx([0.05 / 8] * 4)
+    # by hand: the jsd row, t interval at 98.75% over its 4 baselines
+    jsd = np.array(gains["jsd"])
+    half = sps.t.ppf(1 - 0.05 / 8, 3) * jsd.std(ddof=1) / 2
+    row = fam.loc[fam["comparison"] == "loss = jsd vs sft"].iloc[0]
+    assert [row["ci_low"], row["ci_high"]] == pytest.approx([jsd.mean() - half, jsd.mean() + half])
+    assert (fam["p_val"] == per["p_val"]).all() and (fam["p_adj"] == per["p_adj"]).all()
+    assert "98.75% CI" in row["sentence"] and "Bonferroni-simultaneous 98.75% CI in a family of 4: familywise 95%" \
+        in row["sentence"]
+    assert per["sentence"].str.contains("per-comparison 95% CI in a family of 4; familywise: simultaneous=True").all()
+    # a verdict that holds per comparison but not familywise
+    assert (per["verdict"] == "supported").sum() > (fam["verdict"] == "supported").sum()
+    # a family of one says nothing about families
+    single = kd_vs_sft(_results({"forward_kl": [0.05, 0.06, 0.07]}))
+    assert "family" not in single["sentence"].iloc[0]
+
+
+def test_ablation_tests_is_one_family():
+    # KD vs SFT pooled and per (sigma, tau) cell (6 rows), 2 sigma and 2 tau contrasts: one family of 10
+    table = ablation_tests(_grid(), simultaneous=True)
+    assert len(table) == 10 and table["level"].tolist() == pytest.approx([1 - 0.05 / 10] * 10)
+    assert table["sentence"].str.contains("Bonferroni-simultaneous 99.5% CI in a family of 10").all()
+    per = ablation_tests(_grid())
+    assert per["sentence"].str.contains("per-comparison 95% CI in a family of 10").all()
+
+
+# --------------------------------------------------------------------------- few groups
+
+
+def test_mixed_model_refers_its_wald_statistic_to_t_on_groups_minus_fixed_effects():
+    sleep = pd.read_csv(REF_DIR / "sleepstudy.csv")
+    table = mixed(sleep, outcome="Reaction", predictors=["Days"], groups="Subject", re_formula="~Days")
+    days = table.set_index("term").loc["Days"]
+    assert days["dof"] == 18 - 2 and table.attrs["dof"] == 16
+    t = days["estimate"] / days["std_err"]
+    assert days["statistic"] == pytest.approx(t)
+    assert days["p_val"] == pytest.approx(2 * sps.t.sf(abs(t), 16), rel=1e-10)
+    assert days["p_val"] > 2 * sps.norm.sf(abs(t))  # the Wald z's p is smaller
+    assert days["ci_high"] - days["estimate"] == pytest.approx(sps.t.ppf(0.975, 16) * days["std_err"])
+    assert "t reference on G - p = 16 dof (18 groups - 2 fixed effects)" in days["note"]
+
+
+def _clustered_correctness(groups: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    data = pd.DataFrame({"task": "t", "example_id": np.repeat([str(i) for i in range(groups)], 20),
+                         "bleu": rng.uniform(size=groups * 20)})
+    effect = np.repeat(rng.normal(0, 0.8, groups), 20)
+    data["correct"] = rng.uniform(size=len(data)) < 1 / (1 + np.exp(-(-0.3 + 1.5 * data["bleu"] + effect)))
+    return data
+
+
+def test_gee_uses_the_bias_reduced_sandwich_with_few_groups():
+    import statsmodels.api as sm
+
+    from kdlens.analysis import fit_gee, gee
+
+    few = _clustered_correctness(12)
+    table = gee(few, task_effects=False)
+    assert table.attrs["cov_type"] == "bias_reduced" and table.attrs["n_groups"] == 12 < GEE_SMALL_SAMPLE_GROUPS
+    assert table["note"].iloc[0].startswith("effect_size = odds ratio per unit of the term; Mancl-DeRouen "
+                                            "bias-reduced sandwich covariance, Wald z, 12 example_id groups "
+                                            "(fewer than 40 groups)")
+    ref = sm.GEE(few["correct"].astype(float), sm.add_constant(few[["bleu"]]), groups=few["example_id"],
+                 family=sm.families.Binomial(), cov_struct=sm.cov_struct.Exchangeable())
+    bc, robust = ref.fit(cov_type="bias_reduced"), ref.fit(cov_type="robust")
+    bleu = table.set_index("term").loc["bleu"]
+    assert bleu["std_err"] == pytest.approx(bc.bse["bleu"], rel=1e-6)
+    assert bleu["std_err"] > robust.bse["bleu"] and bleu["p_val"] > robust.pvalues["bleu"]
+    assert fit_gee(few, task_effects=False, cov_type="robust").bse["bleu"] == pytest.approx(robust.bse["bleu"])
+    many = gee(_clustered_correctness(GEE_SMALL_SAMPLE_GROUPS), task_effects=False)
+    assert many.attrs["cov_type"] == "robust" and "sandwich covariance, Wald z, 40 example_id groups" in \
+        many["note"].iloc[0]
+    with pytest.raises(ValueError, match="unknown cov_type 'hc3'"):
+        gee(few, task_effects=False, cov_type="hc3")
+
+
+# --------------------------------------------------------------------------- power at an upper bound of the sd
+
+
+def test_seeds_needed_at_the_upper_confidence_bound_of_the_seed_sd():
+    from kdlens.analysis import add_gain
+
+    gained = add_gain(_results({"forward_kl": [0.02, 0.06, 0.07], "reverse_kl": [0.00, 0.01, 0.05]}),
+                      metrics=("accuracy",))
+    out = seeds_needed([0.02, 0.05], data=gained)
+    sd, dof = out["sd"].iloc[0], out["sd_dof"].iloc[0]
+    # chi-square bound: k s^2 / sigma^2 ~ chi2_k, so P(sigma < s sqrt(k / chi2_{0.2}(k))) = 0.8
+    assert dof == 4 and out["sd_upper"].iloc[0] == pytest.approx(sd * math.sqrt(4 / sps.chi2.ppf(0.2, 4)))
+    at_bound = seeds_needed([0.02, 0.05], sd=out["sd_upper"].iloc[0])
+    assert out["seeds_upper"].tolist() == at_bound["seeds"].tolist()
+    assert (out["seeds_upper"] > out["seeds"]).all()
+    assert "seeds_upper: at the 0.8 upper confidence bound of the sd (4 dof)" in out["note"].iloc[0]
+    assert "one seed is one paired KD - SFT difference" in out["note"].iloc[0]
+    # with a pilot's sd, its degrees of freedom give the bound; without them there is none
+    pilot = seeds_needed(0.5, sd=1.0, sd_dof=9, sd_confidence=0.9)
+    assert pilot["sd_upper"].iloc[0] == pytest.approx(math.sqrt(9 / sps.chi2.ppf(0.1, 9)))
+    assert math.isnan(seeds_needed(0.5, sd=1.0)["sd_upper"].iloc[0])
+    # several students: the unit is the (student, seed) pair that kd_vs_sft pools
+    two = add_gain(_results({"forward_kl": [0.02, 0.06, 0.07]}, students=("prune:1", "prune:2")),
+                   metrics=("accuracy",))
+    assert "(student, seed) pairs when the 2 students are pooled" in seeds_needed(0.02, data=two)["note"].iloc[0]
