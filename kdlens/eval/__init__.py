@@ -31,6 +31,7 @@ _LAZY: dict[str, str] = {
     "compare_to_teacher": "kdlens.eval._tokens",
     "evaluate": "kdlens.eval._evaluate",
     "CHOICE_SCORINGS": "kdlens.eval._choices",
+    "Choices": "kdlens.eval._choices",
     "multiple_choice": "kdlens.eval._choices",
     "score_choices": "kdlens.eval._choices",
     "choice_predictions": "kdlens.eval._choices",

