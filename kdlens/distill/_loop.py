@@ -202,7 +202,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     _seed_everything(cfg.seed)
     method = METHODS[cfg.method]
     shard_teacher = _check_sharded(accelerator, cfg, method)
-    teacher, student, tokenizer, teacher_tok = _load_models(cfg, None if shard_teacher else accelerator.device)
+    with _whole_models(accelerator):
+        teacher, student, tokenizer, teacher_tok = _load_models(cfg, None if shard_teacher else accelerator.device)
     vocab = _logit_width(student)
     if teacher is not None:
         from kdlens.models import check_compatible
@@ -543,6 +544,31 @@ def _check_sharded(accelerator, cfg: DistillConfig, method) -> bool:
     return kind == "fsdp" and cfg.teacher_source == "online"
 
 
+class _whole_models:
+    """Load models whole on every process, also under ZeRO-3.
+
+    While accelerate's DeepSpeed config is registered with transformers, ``from_pretrained`` partitions
+    a ZeRO-3 model as it loads it (``deepspeed.zero.Init``), whatever ``zero3_init_flag`` says: the
+    teacher would then be empty outside an engine, and ``prune:N`` could not copy its layers. The
+    student is partitioned when DeepSpeed prepares it.
+    """
+
+    def __init__(self, accelerator) -> None:
+        self._plugin = accelerator.state.deepspeed_plugin if _sharding(accelerator) == "deepspeed" else None
+
+    def __enter__(self):
+        if self._plugin is not None:
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        return self
+
+    def __exit__(self, *exc):
+        if self._plugin is not None:
+            self._plugin.set_deepspeed_weakref()
+        return False
+
+
 def _shard_for_inference(accelerator, teacher: torch.nn.Module) -> torch.nn.Module:
     """The frozen teacher, sharded by FSDP2 like the student but prepared without an optimizer.
 
@@ -592,7 +618,7 @@ def _gathered(accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
         return None
     from torch.distributed.tensor import DTensor
 
-    state = accelerator.get_state_dict(model)
+    state = accelerator.get_state_dict(model) or {}  # ZeRO-3: None off the main process
     # full tensors on a GPU; on CPU processes (gloo) torch leaves FSDP2's shards, gathered here in order
     state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
     if not accelerator.is_main_process:
@@ -600,7 +626,7 @@ def _gathered(accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
     from transformers import AutoModelForCausalLM
 
     config = accelerator.unwrap_model(model).config
-    with torch.device("meta"):
+    with _whole_models(accelerator), torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(state, strict=False, assign=True)
     plain.tie_weights()  # a tied output layer shares the gathered input embedding
