@@ -38,7 +38,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["RayBackend", "RayExecutor", "TASK_OPTIONS"]
+__all__ = ["RayBackend", "RayExecutor", "RayWorkerDied", "TASK_OPTIONS"]
 
 #: Ray task options a sweep takes (``task_options`` of :func:`kdlens.sweep.run_sweep`, CLI flags)
 TASK_OPTIONS = ("num_cpus", "num_gpus", "memory", "max_retries", "retry_exceptions")
@@ -47,6 +47,10 @@ TASK_OPTIONS = ("num_cpus", "num_gpus", "memory", "max_retries", "retry_exceptio
 _FORWARDED_ENV = ("KDLENS_", "HF_", "TRANSFORMERS_", "CUBLAS_WORKSPACE_CONFIG")
 
 _INSTALL_HINT = "the Ray backend needs ray: pip install -e .[ray] (or pip install 'kdlens[ray]')"
+
+
+class RayWorkerDied(RuntimeError):
+    """A run's Ray worker process died (killed, out of memory, a lost node) on every attempt."""
 
 
 def _import_ray():
@@ -134,7 +138,7 @@ class RayBackend:
             options = {"num_cpus": self.num_cpus, "num_gpus": num_gpus, "max_retries": self.max_retries,
                        "retry_exceptions": self.retry_exceptions}
             if self.memory:
-                options["memory"] = self.memory
+                options["memory"] = int(self.memory)
             capacity = _capacity(options, resources)
             if workers is None and capacity == 0:
                 raise ValueError(f"each run asks for {_describe(options)} but the Ray cluster has "
@@ -218,8 +222,8 @@ class RayExecutor:
                      if hasattr(exceptions, name))
         if isinstance(err, died):
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            return RuntimeError(f"{type(err).__name__} after {self._max_retries + 1} attempt(s) "
-                                f"(max_retries={self._max_retries}): {first}")
+            return RayWorkerDied(f"{type(err).__name__} on each of {self._max_retries + 1} attempt(s) "
+                                 f"(max_retries={self._max_retries}): {first}")
         return err
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

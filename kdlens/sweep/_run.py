@@ -174,7 +174,8 @@ def run_sweep(
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
-                     "workers": workers if workers or ray_backend else 1, "backend": backend, "eval": settings})
+                     "workers": workers if workers is not None or ray_backend else 1,  # Ray: set when it starts
+                     "backend": backend, "eval": settings})
     session = SweepSession(spec, root, settings, say, manifest, runs)
     if len(todo):
         session.prepare_teachers()

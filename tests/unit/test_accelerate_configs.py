@@ -150,3 +150,35 @@ def test_sharded_training_refuses_what_it_cannot_do_in_one_line():
         _check_sharded(fsdp1, DistillConfig(**base), METHODS["word_kd"])
     with pytest.raises(ValueError, match=r"FSDP2 trains one module, but this run trains \['projection', 'student'\]"):
         _configure_sharding(fsdp, DistillConfig(**base), {"student": None, "projection": None}, micro_size=1)
+
+
+def test_slurm_example_starts_one_accelerate_launch_per_node_with_its_rank(tmp_path):
+    """With stand-ins for scontrol, srun (two nodes) and accelerate, the launch lines the script makes."""
+    import os
+    import stat
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shims = {
+        "scontrol": 'printf "gpu-a\\ngpu-b\\n"\n',
+        # srun: drop its options, run the command once per node as SLURM would
+        "srun": 'while [[ $1 == --* ]]; do shift; done\nfor n in 0 1; do SLURM_NODEID=$n "$@"; done\n',
+        "accelerate": f'printf "%s\\n" "$@" > {tmp_path}/node$SLURM_NODEID.args\n',
+    }
+    for name, body in shims.items():
+        path = bin_dir / name
+        path.write_text("#!/usr/bin/env bash\nset -eu\n" + body)
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_NODELIST": "gpu-[a-b]",
+           "SLURM_NNODES": "2", "SLURM_GPUS_ON_NODE": "4"}
+    env.pop("ACCELERATE_CONFIG", None)
+    proc = subprocess.run(["bash", str(CONFIGS / "slurm_example.sh"), "cfg.yaml", "output_dir=runs/x y",
+                           "save_every=0"], env=env, capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for rank in (0, 1):
+        args = (tmp_path / f"node{rank}.args").read_text().splitlines()
+        assert args == ["launch", "--config_file", "kdlens/configs/accelerate/fsdp.yaml", "--num_machines", "2",
+                        "--machine_rank", str(rank), "--num_processes", "8", "--main_process_ip", "gpu-a",
+                        "--main_process_port", "29500", "-m", "kdlens", "distill", "cfg.yaml",
+                        "output_dir=runs/x y", "save_every=0"]

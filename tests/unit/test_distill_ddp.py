@@ -30,7 +30,7 @@ def setting(tmp_path_factory):
                                         "output": f"{i} plus 3 is {i + 3}. The answer is {i + 3}",
                                         "answer": str(i + 3)}) + "\n" for i in range(16)))
     cfg = dict(teacher="tiny", student="prune:1", tasks=[str(data)], method="word_kd", loss="forward_kl",
-               steps=3, batch_size=8, lr=1e-2, device="cpu")
+               steps=3, batch_size=8, lr=1e-2, max_grad_norm=0.1, device="cpu")  # clips steps 2-3
     return cfg, distill(dict(cfg, output_dir=str(root / "single")))
 
 
@@ -120,7 +120,7 @@ def test_fsdp2_on_two_gloo_processes_equals_one_process(tmp_path, setting):
     """The shipped fsdp.yaml on 2 CPU processes: the student and the frozen teacher sharded (see _ON_CPU)."""
     cfg, single = setting
     fsdp = _two_processes(tmp_path, cfg, prelude=_ON_CPU.replace("{kind}", "FSDP"), env=_launch_env("fsdp.yaml"))
-    _assert_same_run(fsdp, single, weights_atol=1e-5)  # measured: 3e-7 (reduce-scatter order)
+    _assert_same_run(fsdp, single, weights_atol=1e-5)  # measured: 6e-7 (reduce-scatter order)
     assert fsdp.manifest()["distributed"] == {"type": "FSDP", "process_group": "gloo", "world_size": 2,
                                               "sharding": "fsdp2:FULL_SHARD", "cpu_offload": False,
                                               "mixed_precision": "no", "teacher": "sharded"}
@@ -139,7 +139,7 @@ def test_deepspeed_zero_on_two_gloo_processes_equals_one_process(tmp_path, setti
     cfg, single = setting
     run = _two_processes(tmp_path, cfg, prelude=_ON_CPU.replace("{kind}", "DEEPSPEED"),
                          env={**_launch_env(f"deepspeed_zero{stage}.yaml"), "DS_ACCELERATOR": "cpu"})
-    _assert_same_run(run, single, weights_atol=1e-5)  # measured: 2.9e-7 (ZeRO-2), 5.6e-7 (ZeRO-3)
+    _assert_same_run(run, single, weights_atol=1e-5)  # measured: 5.6e-7 (ZeRO-2 and ZeRO-3)
     assert run.manifest()["distributed"] == {"type": "DEEPSPEED", "process_group": "gloo", "world_size": 2,
                                              "sharding": f"zero{stage}", "cpu_offload": False,
                                              "mixed_precision": "no", "teacher": "replicated"}

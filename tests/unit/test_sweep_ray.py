@@ -228,7 +228,7 @@ def test_a_run_that_keeps_failing_is_reported_by_name_and_the_others_tables_are_
     monkeypatch.setattr(_session, "_train_and_evaluate", _crashing(CRASHING, str(marker), every_attempt=True))
     sweep = {**SWEEP, "baseline": None}
     with pytest.raises(RuntimeError, match=rf"1 run\(s\) failed in their workers .*{CRASHING}: "
-                                           r"WorkerCrashedError after 2 attempt\(s\) \(max_retries=1\)"):
+                                           r"RayWorkerDied: WorkerCrashedError on each of 2 attempt\(s\) \(max_retries=1\)"):
         run_sweep(sweep, output_dir=tmp_path / "s", backend="ray", task_options={"max_retries": 1})
     assert len(marker.read_text().splitlines()) == 2  # the first attempt and one retry
     kept = read_results(tmp_path / "s")
