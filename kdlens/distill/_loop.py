@@ -372,8 +372,8 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     gathered = _gathered(accelerator, wrapped["student"])  # sharded weights: every process takes part
     if accelerator.is_main_process:
         merge = cfg.lora.merge if cfg.lora is not None else True
-        save_checkpoint(run.checkpoint_path, gathered or accelerator.unwrap_model(wrapped["student"]), tokenizer,
-                        merge_lora=merge)
+        trained = gathered if gathered is not None else accelerator.unwrap_model(wrapped["student"])
+        save_checkpoint(run.checkpoint_path, trained, tokenizer, merge_lora=merge)
         if "projection" in wrapped:
             from safetensors.torch import save_file
 
