@@ -3,7 +3,8 @@
 * :mod:`kdlens.sweep.spec` — the spec (:class:`SweepSpec`), its expansion into runs
   (:func:`expand_sweep`), run identity and each run's config;
 * :func:`run_sweep` — train, evaluate and summarise the runs that are not finished yet
-  (:mod:`kdlens.sweep._run`, the session in :mod:`kdlens.sweep._session`);
+  (:mod:`kdlens.sweep._run`, the session in :mod:`kdlens.sweep._session`), in local processes or as
+  Ray tasks (``backend="ray"``, :mod:`kdlens.sweep._ray`);
 * :func:`read_results` / :func:`write_results` — a sweep's tables (:mod:`kdlens.sweep._tables`);
 * :mod:`kdlens.sweep.publish` — the tables without the models, merged across machines.
 

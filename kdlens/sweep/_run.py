@@ -82,7 +82,10 @@ def run_sweep(
     max_runs: int | None = None,
     time_budget_s: float | None = None,
     publish_dir: str | os.PathLike | None = None,
-    workers: int = 1,
+    workers: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
+    task_options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
 ) -> pd.DataFrame:
@@ -111,10 +114,23 @@ def run_sweep(
         ``analyses/results/<name>`` in a repository: runs it already holds are neither trained nor
         evaluated again, and this call's results are merged into it. This is how a sweep goes on
         across machines that keep nothing but the repository (each session of a lent GPU).
-    workers : int
+    workers : int, optional
         Train and evaluate this many runs at a time, each in its own process (a small model leaves
-        most of a GPU idle). Runs are started seed by seed, baselines first
+        most of a GPU idle); default 1. With the Ray backend, the runs in flight at once; default as
+        many as the cluster's resources hold. Runs are started seed by seed, baselines first
         (:func:`kdlens.sweep.schedule`), whatever the number of workers.
+    backend : {"local", "ray"}
+        ``"local"``: this process, or ``workers`` spawned processes. ``"ray"``: each run is a Ray task
+        (:mod:`kdlens.sweep._ray`; ``pip install -e .[ray]``): on a cluster of several nodes
+        ``output_dir`` must be on a filesystem every node shares, since the tasks write the run
+        directories there and this process reads them. A task whose worker dies is retried.
+    address : str, optional
+        The Ray cluster to join (``"auto"``, ``"ray://host:10001"``); None starts a local Ray (or uses
+        the one this process is connected to). Only with ``backend="ray"``.
+    task_options : mapping, optional
+        Ray task options of each run: ``num_cpus`` (default 1), ``num_gpus`` (default 1 when the base
+        config trains on CUDA, else 0; fractions share a GPU), ``memory`` (bytes), ``max_retries``
+        (default 2), ``retry_exceptions`` (default False). Only with ``backend="ray"``.
     progress : callable, optional
         Called with one line of text per step (the CLI prints it); logging gets it too.
     overwrite : bool
@@ -137,6 +153,11 @@ def run_sweep(
         from what the spec now gives, i.e. whose full resolved config, training data or teacher
         weights changed (the message names each run and what changed; ``overwrite`` retrains them);
         or a ``publish_dir`` published from another spec: the message names the problem.
+    ModuleNotFoundError
+        ``backend="ray"`` without ray installed (the message says how to install it).
+    ChildProcessError
+        Some runs failed in their workers (after their retries, on Ray): the message names each; the
+        tables of the finished runs are written first.
     kdlens._lock.DirectoryInUseError
         Another process is running a sweep in ``output_dir`` (the message names it).
 
@@ -149,8 +170,9 @@ def run_sweep(
         raise ValueError(f"max_runs must be >= 0, got {max_runs}")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    ray_backend = _ray_backend(backend, address, task_options)
     started = _session._clock()  # read through the module: tests replace the clock
     spec = load_sweep_spec(spec)
     root = Path(output_dir)
@@ -161,12 +183,14 @@ def run_sweep(
     with exclusive_lock(root, what="sweep"):
         remove_stale_temporaries(root)
         return _run_locked(spec, root, runs, published, settings, say, started, max_runs=max_runs,
-                           time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite)
+                           time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite,
+                           backend=backend, ray_backend=ray_backend)
 
 
 def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[str], settings: dict[str, Any] | None,
                 say: Callable[[str], None], started: float, *, max_runs: int | None, time_budget_s: float | None,
-                publish_dir: str | os.PathLike | None, workers: int, overwrite: bool) -> pd.DataFrame:
+                publish_dir: str | os.PathLike | None, workers: int | None, overwrite: bool, backend: str,
+                ray_backend: Any) -> pd.DataFrame:
     """:func:`run_sweep` once it holds the sweep directory's lock."""
     if published:
         say(f"{len(published)} of {len(runs)} run(s) already published in {publish_dir}; they are skipped")
@@ -175,8 +199,10 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
-                     "workers": workers, "eval": settings,
-                     "references": sweep_references(spec.base, map(json.loads, runs["overrides"]), evaluation=settings)})
+                     "workers": workers if workers is not None or ray_backend else 1,  # Ray: set when it starts
+                     "backend": backend, "eval": settings,
+                     "references": sweep_references(spec.base, map(json.loads, runs["overrides"]),
+                                                    evaluation=settings)})
     session = SweepSession(spec, root, settings, say, manifest, runs, overwrite=overwrite)
     if len(todo):
         session.prepare_teachers()
@@ -191,9 +217,17 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
             session.finish(runs, quiet=True)
             publish_sweep(root, publish_dir)
 
+    executor = None
+    if ray_backend is not None:
+        def executor():  # started only when a run needs training: a finished sweep needs no Ray
+            started_executor = ray_backend.start(device=str(spec.base.get("device", "auto")), workers=workers,
+                                                 say=say)
+            manifest["workers"] = started_executor.slots
+            return started_executor
+
     try:
-        session.run(todo, workers=workers, started=started, max_runs=max_runs, budget=time_budget_s,
-                    after_each=after_each)
+        session.run(todo, workers=workers or 1, started=started, max_runs=max_runs, budget=time_budget_s,
+                    after_each=after_each, executor=executor)
     finally:  # a failed worker run still leaves the finished runs' tables behind
         _write_runs(runs, root)
         results = session.finish(runs)
@@ -201,6 +235,22 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
         results = read_results(publish_dir)
         say(f"{results['run_id'].nunique()} of {len(runs)} run(s) published in {publish_dir}")
     return results
+
+
+def _ray_backend(backend: str, address: str | None, task_options: Mapping[str, Any] | None):
+    """The Ray backend asked for (checked, ray importable), or None for the local one."""
+    if backend == "local":
+        if address is not None or task_options:
+            raise ValueError("address and task_options are options of the Ray backend: add backend='ray' "
+                             "(--backend ray)")
+        return None
+    if backend != "ray":
+        raise ValueError(f"unknown backend {backend!r}: 'local' (this machine's processes) or 'ray'")
+    from kdlens.sweep._ray import RayBackend
+
+    ray_backend = RayBackend.from_options(address, task_options)
+    ray_backend.check_installed()
+    return ray_backend
 
 
 def _reporter(progress: Callable[[str], None] | None) -> Callable[[str], None]:

@@ -3,8 +3,11 @@
 Runs are independent once the shared pieces exist (the base teacher's prunes, the task-aware
 teacher, the teachers' evaluations), so :class:`SweepSession` prepares those in the calling process
 and then trains and evaluates runs one after the other, or ``workers`` at a time in spawned
-processes: a model of this size leaves most of a GPU idle, so several runs share one. Metrics are
-always computed in the calling process, which alone writes the sweep's tables.
+processes: a model of this size leaves most of a GPU idle, so several runs share one. Another
+executor can run them instead (:mod:`kdlens.sweep._ray`: one Ray task per run); any executor with
+``submit(fn, *args, **kwargs) -> concurrent.futures.Future``, ``shutdown(wait, cancel_futures=...)``
+and ``slots`` (runs in flight at most) will do. Metrics are always computed in the calling process,
+which alone writes the sweep's tables.
 """
 
 from __future__ import annotations
@@ -110,9 +113,14 @@ def eval_device(spec: SweepSpec) -> str | None:
     ``kdlens.eval`` loads models on the CPU unless told otherwise, while training places itself
     (``device: auto``); without this a GPU sweep would generate on the CPU, minutes per run.
     """
+    return _eval_device(str(spec.base.get("device", "auto")))
+
+
+def _eval_device(wanted: str) -> str | None:
+    """:func:`eval_device` for the config's ``device``, decided where the evaluation runs (a Ray node's GPU)."""
     import torch
 
-    return "cuda" if str(spec.base.get("device", "auto")) != "cpu" and torch.cuda.is_available() else None
+    return "cuda" if wanted != "cpu" and torch.cuda.is_available() else None
 
 
 def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any],
@@ -224,20 +232,25 @@ class SweepSession:
     # ----------------------------------------------------------------- running
 
     def run(self, todo: pd.DataFrame, *, workers: int, started: float, max_runs: int | None,
-            budget: float | None, after_each: Callable[[], None]) -> None:
+            budget: float | None, after_each: Callable[[], None],
+            executor: Callable[[], Any] | None = None) -> None:
         """Train and evaluate the runs of ``todo`` in order, ``workers`` at a time, within the limits.
 
         With several workers a run that fails (say, out of GPU memory) does not stop the others: the
         call raises at the end, naming each failed run, after the finished ones are collected.
+        ``executor`` starts another executor than the local processes (see the module docstring); it
+        is called only when a run needs training, and its ``slots`` replace ``workers``.
         """
         pending = [(f"[{i}/{len(todo)}]", row, RunDir(self.root / row.run_dir))
                    for i, row in enumerate(todo.itertuples(index=False), start=1)]
-        if workers > 1 and self.settings is not None:  # runs seed their evaluation from the teachers'
-            for aware in sorted({self.aware(row) for _, row, run in pending if not run.done}):
-                self.teacher_eval(aware)
-        if workers > 1:
+        pool = None
+        if (executor is not None or workers > 1) and any(not run.done for _, _, run in pending):
+            if self.settings is not None:  # runs seed their evaluation from the teachers'
+                for aware in sorted({self.aware(row) for _, row, run in pending if not run.done}):
+                    self.teacher_eval(aware)
             _release_accelerator_memory()
-        pool = _pool(workers) if workers > 1 else None
+            pool = executor() if executor is not None else _pool(workers)
+            workers = pool.slots if executor is not None else workers
         running: dict[Any, tuple[str, Any, Any, Any]] = {}
         failed: dict[str, str] = {}
         started_runs, stopped = 0, False
@@ -282,6 +295,10 @@ class SweepSession:
                     label, row, run, cfg = running.pop(future)
                     try:
                         timing = future.result()
+                        if not run.done:  # a Ray node that wrote to a disk the driver does not see
+                            raise FileNotFoundError(f"its worker returned but {run.done_path} is not there: "
+                                                    "output_dir must be on a filesystem that every node of "
+                                                    "the Ray cluster mounts at the same path")
                     except Exception as err:  # noqa: BLE001 - the other workers' runs go on; raised below
                         failed[row.run_id] = f"{type(err).__name__}: {err}"
                         self.say(f"{label} {row.run_id} failed ({failed[row.run_id]}); the other runs go on")
@@ -303,7 +320,7 @@ class SweepSession:
         return {"evaluation": {"run_id": row.run_id, "run_dir": str(run.path),
                                "teacher": _teacher_spec(self.spec, aware, self.root),
                                "teacher_eval": str(self.teacher_eval(aware)), "settings": self.settings,
-                               "device": eval_device(self.spec)}}
+                               "device": str(self.spec.base.get("device", "auto"))}}
 
     def _finished(self, label: str, row: Any, run: Any, timing: dict[str, float] | None, cfg: Any = None) -> None:
         """Record a trained run's provenance and timings and collect its metrics (evaluating it here if need be).
@@ -388,7 +405,7 @@ def _train_and_evaluate(cfg: Any, *, evaluation: dict[str, Any] | None, overwrit
     trained = _clock()
     if evaluation is not None:
         _evaluate_run(evaluation["run_id"], Path(evaluation["run_dir"]), evaluation["teacher"],
-                      Path(evaluation["teacher_eval"]), evaluation["settings"], evaluation["device"])
+                      Path(evaluation["teacher_eval"]), evaluation["settings"], _eval_device(evaluation["device"]))
     return {"train_s": trained - begun, "total_s": _clock() - begun}
 
 
