@@ -16,6 +16,8 @@ __all__ = [
     "tiny_config",
     "tiny_tokenizer",
     "tiny_model",
+    "seeded_model",
+    "wrap_tokenizer",
 ]
 
 #: special tokens first (ids 0..3), as in SmolLM2, then the 256 bytes (ids 4..259)
@@ -66,8 +68,7 @@ def tiny_tokenizer():
         ``<pad>`` (3, the pad token), then byte ``b`` at id ``4 + b``. No merges, so every text
         round-trips through ``encode``/``decode`` byte for byte. Right padding; a ChatML chat template.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     byte_chars = _bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
@@ -76,14 +77,31 @@ def tiny_tokenizer():
     # use_regex=False: with no merges the GPT-2 split would not change the tokens, only cost time
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
+    return wrap_tokenizer(backend, TINY_SPECIAL_TOKENS, eos="<|im_end|>", pad="<pad>",
+                          additional=("<|im_start|>", "<|endoftext|>"), chat_template=TINY_CHAT_TEMPLATE,
+                          max_length=_MAX_POSITIONS)
+
+
+def wrap_tokenizer(backend: Any, specials: tuple[str, ...], *, eos: str, pad: str, additional: tuple[str, ...],
+                   chat_template: str, max_length: int, unk: str | None = None):
+    """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer`` whose special tokens are ``specials``.
+
+    The special tokens are added to the backend (never split, never normalized); EOS, pad, unk
+    and the ``additional`` special tokens are named. Right padding, no clean-up of spaces on
+    decode (which would alter text), and ``chat_template``.
+    """
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
-        chat_template=TINY_CHAT_TEMPLATE,
-        model_max_length=_MAX_POSITIONS,
+        eos_token=eos,
+        pad_token=pad,
+        **({"unk_token": unk} if unk is not None else {}),
+        additional_special_tokens=list(additional),
+        chat_template=chat_template,
+        model_max_length=max_length,
         padding_side="right",
         clean_up_tokenization_spaces=False,
     )
@@ -152,15 +170,23 @@ def tiny_model(seed: int = 0, *, arch: str = "llama", **overrides: Any):
     tokenizer : transformers.PreTrainedTokenizerFast
         See :func:`tiny_tokenizer`.
     """
+    return seeded_model(tiny_config(arch, **overrides), seed, name="tiny"), tiny_tokenizer()
+
+
+def seeded_model(config: Any, seed: int, *, name: str):
+    """A float32 CPU causal LM built from ``config`` with weights drawn under ``torch.manual_seed(seed)``.
+
+    The global RNG state is left untouched (``fork_rng``); the generation config stops at the
+    config's EOS and pads with its pad id; ``name_or_path`` is ``name``. Returned in eval mode.
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    config = tiny_config(arch, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, bos_token_id=None
     )
-    model.name_or_path = "tiny"
-    return model.eval(), tiny_tokenizer()
+    model.name_or_path = name
+    return model.eval()
