@@ -206,12 +206,16 @@ def main() -> None:
     subprocess.run([sys.executable, "-c", f"from kdlens.models import load_model\nfor n in {names!r}: load_model(n)"],
                    env=env, check=True, capture_output=True)
     passed = [a for a in sys.argv[1:] if not a.startswith("--json")]
+    if args.json and args.json in passed:  # "--json PATH": the children don't write it
+        passed.remove(args.json)
     results: dict[str, list[dict]] = {v: [] for v in args.variants.split(",")}
     for repeat in range(args.repeat):
         variants = list(results) if repeat % 2 == 0 else list(reversed(results))
         for variant in variants:
             out = subprocess.run([sys.executable, __file__, *passed, "--variant", variant], env=env,
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True, check=False)
+            if out.returncode:
+                sys.exit(f"{variant} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
             row = json.loads(out.stdout.strip().splitlines()[-1])
             results[variant].append(row)
             print(f"{variant:7s} repeat {repeat}: train {row['train_s']:.1f} s (cpu {row['train_cpu_s']:.1f}), "

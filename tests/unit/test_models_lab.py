@@ -230,3 +230,22 @@ def test_loading_and_saving_print_no_transformers_progress_bars(cache, tmp_path,
     err = capfd.readouterr().err
     assert "Loading weights" not in err and "Writing model shards" not in err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is back
+
+
+@pytest.mark.parametrize("name", sorted(lab.LAB_TEACHERS))
+def test_the_shipped_teachers_were_built_from_their_recipes_and_todays_tasks(name):
+    from kdlens._io import read_json, sha256_json
+    from kdlens.data import load_tasks
+
+    run = REPO / "data" / "lab" / name
+    recipe = lab.lab_teacher_recipe(name)
+    assert lab._agrees(run, recipe), f"{run} is missing or was built from another recipe; rebuild it (README, Models)"
+    assert lab.find_lab_teacher(name, Path("/nonexistent")) == run
+    manifest = read_json(run / "manifest.json")
+    assert manifest["status"] == "done" and manifest["steps"] == recipe["steps"]
+    # the data hash the engine recorded is that of today's generator: a changed lab task would make the
+    # shipped teacher a teacher of other data
+    tokenizer = lab.lab_tokenizer()
+    records = load_tasks(recipe["tasks"], split="train", seed=recipe["seed"])
+    features = [encode_for_training(tokenizer, r, max_length=recipe["max_length"]) for r in records]
+    assert sha256_json([[f["input_ids"], f["labels"]] for f in features]) == manifest["data_hash"]
