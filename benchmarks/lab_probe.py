@@ -29,11 +29,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# this checkout's kdlens, in this process and in the spawned workers (which inherit sys.path)
+sys.path.insert(0, str(ROOT))
 
 #: arm name -> config overrides on top of the student's SFT run
 ARMS: dict[str, dict] = {
     "sft": {"method": "sft"},
     "kd": {"method": "word_kd", "teacher": "lab-teacher-aware", "loss": "forward_kl"},
+    "kd_cache": {"method": "word_kd", "teacher": "lab-teacher-aware", "loss": "forward_kl", "teacher_source": "cache",
+                 "top_k": 102},
     "kd_unaware": {"method": "word_kd", "teacher": "lab-teacher-base", "loss": "forward_kl"},
     "kd_sigma1": {"method": "word_kd", "teacher": "lab-teacher-aware", "loss": "forward_kl", "sigma": 1.0},
     "kd_sigma5": {"method": "word_kd", "teacher": "lab-teacher-aware", "loss": "forward_kl", "sigma": 5.0},
@@ -95,8 +99,9 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown arm(s) {unknown}; known: {sorted(ARMS)}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     work = Path(args.work or tempfile.mkdtemp(prefix="lab-probe-"))
-    tag = f"{args.student}-{args.task}{args.n_train}-{args.steps}x{args.batch_size}-lr{args.lr:g}"
+    tag = f"{Path(args.student).name}-{args.task}{args.n_train}-{args.steps}x{args.batch_size}-lr{args.lr:g}"
     jobs = [{"arm": arm, "seed": int(seed), "student": args.student, "task": args.task, "n_train": args.n_train,
              "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "n_eval": args.n_eval,
              "splits": args.splits.split(","), "run_dir": str(work / tag / f"{arm}-seed{seed}")}

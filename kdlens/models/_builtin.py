@@ -26,11 +26,14 @@ from kdlens._io import atomic_write_bytes, sha256_file
 from kdlens.models._gguf import ensure_converted, is_converted
 from kdlens.models._lab import (
     LAB_ARCHS,
+    LAB_PRUNED,
     LAB_TEACHERS,
     find_lab_teacher,
     lab_init_cached,
     lab_parameter_count,
+    lab_pruned_cached,
     prepare_lab_init,
+    prepare_lab_pruned,
     prepare_lab_teacher,
 )
 
@@ -165,8 +168,9 @@ BUILTINS: dict[str, Builtin] = {
 
 
 def _lab_size(name: str) -> str:
-    layers, width, *_ = LAB_ARCHS[name]
-    return f"{layers} layers, d_model {width}, {lab_parameter_count(name) / 1e6:.2f} M parameters"
+    layers, width, *_ = LAB_ARCHS.get(name, LAB_ARCHS["lab-teacher"])
+    layers = LAB_PRUNED[name][1] if name in LAB_PRUNED else layers
+    return f"{layers} layer{'s' if layers > 1 else ''}, d_model {width}, {lab_parameter_count(name) / 1e6:.2f} M parameters"
 
 
 def _lab_builtins() -> dict[str, Builtin]:
@@ -179,9 +183,15 @@ def _lab_builtins() -> dict[str, Builtin]:
         )
     for name, (_, _, what) in LAB_TEACHERS.items():
         out[name] = Builtin(
-            description=f"lab: {what} ({_lab_size('lab-teacher')})",
+            description=f"lab: {what} ({_lab_size(name)})",
             prepare=lambda name=name: prepare_lab_teacher(name, cache_root()),
             cached=lambda name=name: find_lab_teacher(name, cache_root()) is not None,
+        )
+    for name, (_, _, what) in LAB_PRUNED.items():
+        out[name] = Builtin(
+            description=f"lab: pretrained student, {what} ({_lab_size(name)})",
+            prepare=lambda name=name: prepare_lab_pruned(name, cache_root()),
+            cached=lambda name=name: lab_pruned_cached(name, cache_root()),
         )
     return out
 

@@ -35,6 +35,16 @@ made by ``kdlens finetune`` from the recipes ``kdlens/configs/lab_teacher_base.y
 
 A run directory is used only when it is finished and its ``config.yaml`` agrees with the recipe on
 every key the recipe sets. :func:`lab_teacher_commands` gives the commands that (re)build them.
+
+Pretrained students
+-------------------
+``lab-base-l1``, ``lab-base-l2``, ``lab-base-l3``: ``lab-teacher-base`` cut to 1, 2 or 3 (all) of its
+layers, saved into the cache on first use. They know the notation, copying and addition but not the
+target, like the pretrained students of the paradox paper; untrained students (``lab-student-*``)
+learn the format and copying from 1,000 ``lab_chain`` items but not the arithmetic (about 7 % after
+1,000 steps, ``benchmarks/RESULTS.md``). Being cut from the task-UNAWARE teacher, they start from the
+same weights whichever teacher they are distilled from (``prune:N`` of ``lab-teacher-aware`` would
+carry the aware teacher's task tuning into the student).
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kdlens._io import atomic_directory, read_yaml, sha256_json
+from kdlens._io import atomic_directory, read_yaml, sha256_file, sha256_json
 from kdlens.data._lab import LAB_VERSION
 from kdlens.models._tiny import seeded_model, tiny_config, wrap_tokenizer
 
@@ -52,6 +62,7 @@ __all__ = [
     "LAB_CHARS",
     "LAB_CHAT_TEMPLATE",
     "LAB_SPECIAL_TOKENS",
+    "LAB_PRUNED",
     "LAB_TEACHERS",
     "find_lab_teacher",
     "lab_config",
@@ -62,6 +73,7 @@ __all__ = [
     "lab_teacher_recipe",
     "lab_tokenizer",
     "prepare_lab_init",
+    "prepare_lab_pruned",
 ]
 
 #: bump when a change alters the weights or tokenizer a lab name resolves to
@@ -86,9 +98,9 @@ LAB_CHAT_TEMPLATE = (
 #: untrained lab model name -> (layers, d_model, heads, MLP width, description)
 LAB_ARCHS: dict[str, tuple[int, int, int, int, str]] = {
     "lab-teacher": (3, 128, 4, 384, "the lab teacher's architecture, untrained"),
-    "lab-student-32": (2, 32, 2, 96, "the smallest lab student"),
-    "lab-student-64": (2, 64, 4, 192, "the middle lab student"),
-    "lab-student-96": (2, 96, 4, 288, "the largest lab student"),
+    "lab-student-32": (2, 32, 2, 96, "untrained student, the smallest"),
+    "lab-student-64": (2, 64, 4, 192, "untrained student"),
+    "lab-student-96": (2, 96, 4, 288, "untrained student, the largest"),
 }
 
 #: trained lab teacher -> (recipe file in kdlens/configs, the teacher it starts from, description)
@@ -97,6 +109,13 @@ LAB_TEACHERS: dict[str, tuple[str, str, str]] = {
                          "task-UNAWARE lab teacher: lab-teacher after SFT on the related task lab_add"),
     "lab-teacher-aware": ("lab_teacher_aware.yaml", "lab-teacher-base",
                           "task-AWARE lab teacher: lab-teacher-base after SFT on the target lab_chain"),
+}
+
+#: pretrained lab student -> (the teacher it is cut from, layers kept, description)
+LAB_PRUNED: dict[str, tuple[str, int, str]] = {
+    f"lab-base-l{k}": ("lab-teacher-base", k, f"lab-teacher-base cut to {k} of its 3 layers (prune_layers)"
+                       + (", i.e. a copy of it" if k == 3 else ""))
+    for k in (1, 2, 3)
 }
 
 _CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -141,9 +160,14 @@ def lab_config(name: str):
 def lab_parameter_count(name: str) -> int:
     """Parameters of the lab model ``name``: tied embeddings ``V d``, per layer ``4 d^2 + 3 d m + 2 d``, final norm ``d``.
 
-    Computed from :data:`LAB_ARCHS` without building the model (``kdlens models`` lists it).
+    Computed from :data:`LAB_ARCHS` without building the model (``kdlens models`` lists it); a lab
+    teacher has the ``lab-teacher`` architecture, a pruned student its teacher's with fewer layers.
     """
-    layers, width, _, mlp, _ = _arch(name)
+    if name in LAB_PRUNED:
+        _, layers, _ = LAB_PRUNED[name]
+        _, width, _, mlp, _ = _arch("lab-teacher")
+    else:
+        layers, width, _, mlp, _ = _arch("lab-teacher" if name in LAB_TEACHERS else name)
     vocab = len(LAB_SPECIAL_TOKENS) + len(LAB_CHARS)
     return vocab * width + layers * (4 * width * width + 3 * width * mlp + 2 * width) + width
 
@@ -243,3 +267,37 @@ def prepare_lab_teacher(name: str, cache: Path) -> Path:
         raise FileNotFoundError(f"lab teacher {name!r} is not built: {why}. Build both lab teachers (a few "
                                 f"minutes on one core) with: {' && '.join(lab_teacher_commands(cache))}")
     return run / "checkpoint"
+
+
+def _pruned_dir(name: str, cache: Path, source: Path) -> Path:
+    teacher, keep, _ = LAB_PRUNED[name]
+    digest = sha256_json({"weights": sha256_file(source / "model.safetensors"), "keep": keep})
+    return cache / "models" / "lab" / f"{name}-{digest[:12]}"
+
+
+def prepare_lab_pruned(name: str, cache: Path) -> Path:
+    """Save the pretrained lab student ``name`` (its teacher with fewer layers) into the cache once; its directory.
+
+    The directory name holds a hash of the teacher's weights, so a rebuilt teacher gives a new student.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from kdlens.models._hf import quiet_progress
+    from kdlens.models._prune import prune_layers
+
+    teacher, keep, _ = LAB_PRUNED[name]
+    source = prepare_lab_teacher(teacher, cache)
+    target = _pruned_dir(name, cache, source)
+    if not (target / "config.json").is_file():
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            with atomic_directory(target, overwrite=True) as tmp:
+                prune_layers(model, keep).save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
+    return target
+
+
+def lab_pruned_cached(name: str, cache: Path) -> bool:
+    run = find_lab_teacher(LAB_PRUNED[name][0], cache)
+    return run is not None and (_pruned_dir(name, cache, run / "checkpoint") / "config.json").is_file()

@@ -249,3 +249,19 @@ def test_the_shipped_teachers_were_built_from_their_recipes_and_todays_tasks(nam
     records = load_tasks(recipe["tasks"], split="train", seed=recipe["seed"])
     features = [encode_for_training(tokenizer, r, max_length=recipe["max_length"]) for r in records]
     assert sha256_json([[f["input_ids"], f["labels"]] for f in features]) == manifest["data_hash"]
+
+
+def test_pretrained_students_are_the_base_teacher_cut_down(cache):
+    from kdlens.models._lab import LAB_PRUNED
+
+    base, _ = load_model("lab-teacher-base")
+    assert not BUILTINS["lab-base-l2"].cached()
+    for name, (_, keep, _) in LAB_PRUNED.items():
+        student, tokenizer = load_model(name)
+        reference = prune_layers(base, keep)
+        assert student.config.num_hidden_layers == keep and len(tokenizer) == 102
+        assert lab.lab_parameter_count(name) == sum(p.numel() for p in student.parameters())
+        for (key, a), (_, b) in zip(reference.state_dict().items(), student.state_dict().items(), strict=True):
+            assert torch.equal(a, b), (name, key)
+    assert BUILTINS["lab-base-l2"].cached()
+    assert load_model("lab-base-l2")[0].config.kdlens_kept_layers == [0, 2]
