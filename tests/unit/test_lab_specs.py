@@ -14,6 +14,18 @@ from kdlens.sweep import expand_sweep, load_sweep_spec
 SPECS = sorted((Path(__file__).resolve().parents[2] / "analyses").glob("lab_*.yaml"))
 
 
+def test_the_awareness_sweep_makes_the_aware_teacher_with_its_recipe():
+    from kdlens.models._lab import lab_teacher_recipe
+    from kdlens.sweep import teacher_sft_config
+
+    spec = load_sweep_spec(SPECS[0].with_name("lab_teacher_awareness.yaml"))
+    made = teacher_sft_config(spec, output_dir="x").to_dict()
+    recipe = lab_teacher_recipe("lab-teacher-aware")
+    # the recipe trains student=lab-teacher-base; the sweep trains teacher=lab-teacher-base itself (student None)
+    assert recipe.pop("student") == made["teacher"] == spec.base["teacher"] and made["student"] is None
+    assert {key: made[key] for key in recipe} == recipe
+
+
 def test_there_is_a_lab_spec_per_finding():
     assert {p.stem for p in SPECS} >= {"lab_student_size", "lab_data_size", "lab_methods", "lab_losses", "lab_sigma",
                                        "lab_tau", "lab_teacher_awareness"}
