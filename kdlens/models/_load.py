@@ -10,6 +10,7 @@ from typing import Any
 from kdlens._io import sha256_file
 from kdlens.models._builtin import BUILTINS, cache_root, prepare_builtin
 from kdlens.models._gguf import ensure_converted
+from kdlens.models._hf import quiet_progress
 
 __all__ = ["ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device"]
 
@@ -163,8 +164,9 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
             directory, is_hub_id = name, True
 
     try:
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(directory)
+        with quiet_progress():
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(directory)
     except Exception as err:  # noqa: BLE001 - safetensors raises its own type; anything else is re-raised
         if is_hub_id and isinstance(err, OSError):
             offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
