@@ -270,9 +270,9 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
         one column per axis (plus ``method`` when a baseline adds it, filled with the base method for the
         other runs). ``overrides`` is the JSON text of
         the run's overrides (sorted keys); ``run_dir`` is relative to the sweep directory
-        (``runs/<run_id>``); ``status`` is ``"pending"``. SFT rows (the baseline, or ``method: sft``
-        on an axis) ignore :data:`KD_ONLY_KEYS`: those axes are NaN there and duplicates are
-        dropped, so the baseline runs once per (student, seed, ...). ``attrs["spec"]`` holds the spec.
+        (``runs/<run_id>``); ``status`` is ``"pending"``. Rows of methods without a KD term (the
+        SFT baseline, ``seq_kd``, ``blackbox``) ignore :data:`KD_ONLY_KEYS`: those axes are NaN there
+        and duplicates are dropped, so the baseline runs once per (student, seed, ...). ``attrs["spec"]`` holds the spec.
 
     Notes
     -----
@@ -287,7 +287,7 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     rows, seen = [], set()
     for combo in combos:
         method = method_of(spec, combo)
-        if is_sft(method):
+        if not has_kd_term(method):
             combo = {k: v for k, v in combo.items() if k not in KD_ONLY_KEYS}
         key = json.dumps(combo, sort_keys=True, default=str)
         if key in seen:
@@ -310,10 +310,20 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
 
 
 def is_sft(method: str) -> bool:
+    """Whether ``method`` trains without a teacher (the SFT baseline)."""
     from kdlens.distill._registry import METHODS
 
     entry = METHODS.get(method)
     return entry is not None and not entry.needs_teacher
+
+
+def has_kd_term(method: str) -> bool:
+    """Whether ``method`` has a KD term on teacher logits (``sft``, ``seq_kd`` and ``blackbox`` have none,
+    so :data:`KD_ONLY_KEYS` such as ``loss``, ``sigma`` or ``kd_weight`` do not apply to their runs)."""
+    from kdlens.distill._registry import METHODS
+
+    entry = METHODS.get(method)
+    return entry is None or entry.default_loss is not None
 
 
 def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str, teacher_dir: str | None,
@@ -344,7 +354,7 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
         data["teacher"] = teacher_dir
     if student_dirs and str(data.get("student")) in student_dirs:
         data["student"] = student_dirs[str(data["student"])]
-    if is_sft(str(data.get("method", "word_kd"))):  # the base's KD settings do not apply (and are refused)
+    if not has_kd_term(str(data.get("method", "word_kd"))):  # the base's KD settings do not apply (and are refused)
         data = {k: v for k, v in data.items() if k not in KD_ONLY_KEYS}
     data["output_dir"] = output_dir
     try:
