@@ -40,6 +40,7 @@ __all__ = [
     "data_fingerprint",
     "inspect_run",
     "check_run_dir",
+    "refuse_foreign",
     "mismatch_message",
 ]
 
@@ -338,10 +339,12 @@ class RunCheck:
 
     Attributes
     ----------
-    state : {"new", "unfinished", "finished"}
-        Nothing to resume; a run killed before its end; a finished run (``done`` marker).
+    state : {"new", "unfinished", "finished", "foreign"}
+        Nothing to resume; a run killed before its end; a finished run (``done`` marker); a directory
+        that holds files but no kdlens run (:meth:`kdlens.distill.RunDir.foreign`).
     changes : list of str
-        What differs from the run recorded there (empty when it is the same run).
+        What differs from the run recorded there (empty when it is the same run); for a foreign
+        directory, its entries.
     recorded : bool
         Whether the directory records an identity (runs made before kdlens recorded one do not).
     """
@@ -357,6 +360,9 @@ class RunCheck:
 
 def inspect_run(run: Any, identity: RunIdentity) -> RunCheck:
     """Compare the run recorded in ``run`` (a :class:`kdlens.distill.RunDir`) with ``identity``."""
+    foreign = run.foreign()
+    if foreign:
+        return RunCheck("foreign", foreign, False)
     previous = run.identity()
     if run.done:
         state = "finished"
@@ -379,6 +385,9 @@ def _recorded_config(run: Any) -> dict[str, Any] | None:
 
 def mismatch_message(run: Any, check: RunCheck) -> str:
     """Why ``run`` cannot be reused for an identity (``check`` is not :attr:`RunCheck.same`)."""
+    if check.state == "foreign":
+        return (f"{run.path} holds no kdlens run ({', '.join(check.changes)}): kdlens neither trains into nor "
+                "deletes a directory it did not make; choose a new or empty output_dir")
     what = "an unfinished run" if check.state == "unfinished" else "a finished run"
     if not check.recorded:
         changed = f"; its config differs in: {', '.join(check.changes)}" if check.changes else ""
@@ -399,11 +408,26 @@ def check_run_dir(run: Any, identity: RunIdentity, *, overwrite: bool = False) -
     ------
     ValueError
         A different run (or one without a recorded identity) is there and ``overwrite`` is False: the
-        message names what changed and how to redo.
+        message names what changed and how to redo. Whatever ``overwrite`` says: the directory holds
+        files but no kdlens run (never written into nor deleted), or replacing the run would delete
+        more than the run (:meth:`kdlens.distill.RunDir.check_deletable`).
     """
     check = inspect_run(run, identity)
     if check.same:
         return {"new": "new", "unfinished": "resume", "finished": "finished"}[check.state]
+    if check.state == "foreign":
+        raise ValueError(mismatch_message(run, check))
     if overwrite:
+        run.check_deletable()
         return "replace"
     raise ValueError(mismatch_message(run, check) + _REDO)
+
+
+def refuse_foreign(run: Any) -> None:
+    """Raise the error of :func:`check_run_dir` for a directory that holds files but no kdlens run.
+
+    Called before the directory's lock is taken, so that nothing (not even a lock file) is written there.
+    """
+    foreign = run.foreign()
+    if foreign:
+        raise ValueError(mismatch_message(run, RunCheck("foreign", foreign, False)))

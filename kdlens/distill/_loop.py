@@ -53,7 +53,7 @@ from kdlens.citations import run_references
 from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
-from kdlens.distill._identity import RunIdentity, check_run_dir, run_identity
+from kdlens.distill._identity import RunIdentity, check_run_dir, refuse_foreign, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
@@ -211,6 +211,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if run.path.exists() and not run.path.is_dir():
         raise ValueError(f"output_dir {run.path} is a file, not a directory; choose another path")
     identity = run_identity(cfg)  # reads the data and fingerprints the weights; writes nothing
+    refuse_foreign(run)  # a directory kdlens did not make gets not even a lock file
     if run.done:  # the common rerun: read under a shared lock, touch nothing
         with shared_lock(run.path):
             if check_run_dir(run, identity, overwrite=overwrite) == "finished" and not run.leftovers():

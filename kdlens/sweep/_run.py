@@ -40,8 +40,16 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_text, git_sha, read_json, remove_stale_temporaries, sha256_json, versions
-from kdlens._lock import exclusive_lock
+from kdlens._io import (
+    atomic_write_text,
+    git_sha,
+    is_temporary,
+    read_json,
+    remove_stale_temporaries,
+    sha256_json,
+    versions,
+)
+from kdlens._lock import LOCK_NAME, exclusive_lock
 from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
@@ -180,11 +188,35 @@ def run_sweep(
     runs = expand_sweep(spec)
     published = published_run_ids(publish_dir, spec) if publish_dir is not None else set()
     settings = _eval_settings(spec) if evaluate else None
+    _refuse_foreign(root)
     with exclusive_lock(root, what="sweep"):
         remove_stale_temporaries(root)
         return _run_locked(spec, root, runs, published, settings, say, started, max_runs=max_runs,
                            time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite,
                            backend=backend, ray_backend=ray_backend)
+
+
+#: what a sweep directory holds (module docstring), and what a sweep killed while it made its teachers leaves
+_SWEEP_ENTRIES = frozenset({"spec.yaml", "runs.parquet", "runs", "teachers", "students", "teacher_cache",
+                            "examples.parquet", "tokens.parquet", "results.parquet", "manifest.json", LOCK_NAME})
+
+
+def _refuse_foreign(root: Path) -> None:
+    """Refuse a sweep directory that holds something else: its files would be overwritten (``manifest.json``,
+    ``spec.yaml``) and its whole tree searched for temporaries to delete."""
+    if not root.is_dir():
+        return
+    manifest = root / "manifest.json"
+    try:
+        ours = not manifest.exists() or "spec_hash" in dict(read_json(manifest))
+    except (ValueError, TypeError):  # not JSON, or JSON but not an object
+        ours = False
+    other = sorted(e.name for e in root.iterdir() if e.name not in _SWEEP_ENTRIES and not is_temporary(e.name))
+    if other or not ours:
+        shown = other or ["manifest.json"]
+        raise ValueError(f"{root} holds what is not a kdlens sweep ({', '.join(shown[:8])}"
+                         f"{', ...' if len(shown) > 8 else ''}): kdlens neither writes into nor deletes a directory "
+                         "it did not make; choose a new or empty output directory")
 
 
 def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[str], settings: dict[str, Any] | None,

@@ -1,0 +1,119 @@
+"""A hostile user's run directories (review of issue 12): kdlens never deletes or overwrites files it did
+not write, a run that failed before training leaves nothing behind, and equal settings are one identity.
+
+Each test failed on the main branch it was written against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from kdlens.config import load_config
+from kdlens.distill import RunDir, distill
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def config(out, data, **kw):
+    base = dict(teacher="tiny", student="prune:1", tasks=[str(data)], method="word_kd", steps=2, batch_size=4,
+                lr=1e-2, seed=0, device="cpu", output_dir=str(out))
+    base.update(kw)
+    return load_config(None, base)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "arith.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"What is {3 + i} + {7 + 2 * i}?", "input": "",
+                                        "output": f"The answer is {10 + 3 * i}", "answer": str(10 + 3 * i)}) + "\n"
+                            for i in range(8)))
+    return path
+
+
+# --------------------------------------------------------------------------- a directory kdlens did not make
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A user's directory: sources, notes, their own config.yaml and another tool's manifest.json and done file."""
+    root = tmp_path / "project"
+    (root / "src").mkdir(parents=True)
+    (root / "src" / "main.py").write_text("print('precious')\n")
+    (root / "notes.txt").write_text("three months of notes\n")
+    (root / "config.yaml").write_text("# my commented kdlens config\nteacher: tiny\n")
+    (root / "manifest.json").write_text('{"tool": "another pipeline"}\n')
+    (root / "done").write_text("")  # a pipeline's marker, not kdlens's
+    return root
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_that_holds_no_kdlens_run_is_never_written_or_deleted(project, data, overwrite):
+    before = tree(project)
+    with pytest.raises(ValueError, match=r"holds no kdlens run \(config.yaml, done, manifest.json, notes.txt, src\)"
+                                         r".*choose a new or empty output_dir") as err:
+        distill(config(project, data), overwrite=overwrite)
+    assert "overwrite" not in str(err.value)  # never advise deleting what kdlens did not make
+    assert tree(project) == before and not (project / ".kdlens.lock").exists()
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "manifest.json", "notes.txt"])
+def test_one_foreign_file_is_enough_to_refuse(tmp_path, data, name):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / name).write_text("# mine\n" if name != "manifest.json" else "[1, 2]\n")
+    with pytest.raises(ValueError, match=rf"holds no kdlens run \({name}\)"):
+        distill(config(out, data))
+    assert sorted(p.name for p in out.iterdir()) == [name]
+
+
+def test_overwrite_refuses_to_empty_the_home_directory_or_a_parent_of_the_working_directory(tmp_path, data,
+                                                                                            monkeypatch):
+    """A run an older kdlens let train into ``~`` (or ``.`` one level up) is a kdlens run, but
+    ``--overwrite`` deleting it would empty the home directory."""
+    home = tmp_path / "home"
+    distill(config(home, data))
+    (home / "thesis.tex").write_text("\\begin{document}")
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(ValueError, match="home directory"):
+        distill(config(home, data, lr=2e-2), overwrite=True)
+    assert (home / "thesis.tex").exists() and RunDir(home).done
+    work = home / "code"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="working directory"):
+        distill(config(home, data, lr=2e-2), overwrite=True)
+    assert (home / "thesis.tex").exists() and work.is_dir()
+
+
+def test_a_kdlens_temporary_and_the_lock_alone_do_not_make_a_directory_foreign(tmp_path, data):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".kdlens.lock").write_text("")
+    (out / ".manifest.json.tmp-999999999-abc").write_text("{")  # a dead writer's
+    assert distill(config(out, data)).done
+    assert not (out / ".manifest.json.tmp-999999999-abc").exists()
+
+
+@pytest.mark.parametrize("contents", [{"notes.txt": "mine"}, {"manifest.json": '{"tool": "another pipeline"}'},
+                                      {"runs": None, "paper.tex": "draft"}])
+def test_a_sweep_directory_that_holds_something_else_is_never_written(tmp_path, contents):
+    from kdlens.sweep import run_sweep
+
+    root = tmp_path / "project"
+    root.mkdir()
+    for name, text in contents.items():
+        (root / name).mkdir() if text is None else (root / name).write_text(text)
+    before = tree(root)
+    spec = {"name": "s", "base": {"teacher": "tiny", "student": "prune:1", "tasks": ["chain_sum:8"], "steps": 1,
+                                  "batch_size": 4, "device": "cpu"}, "axes": {"sigma": [0.0]}}
+    with pytest.raises(ValueError, match="holds what is not a kdlens sweep .*choose a new or empty output directory"):
+        run_sweep(spec, output_dir=root, evaluate=False)
+    assert tree(root) == before and sorted(p.name for p in root.iterdir()) == sorted(contents)
