@@ -7,6 +7,7 @@ Each test failed on the main branch it was written against.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,17 @@ def test_a_sweep_directory_that_holds_something_else_is_never_written(tmp_path, 
     with pytest.raises(ValueError, match="holds what is not a kdlens sweep .*choose a new or empty output directory"):
         run_sweep(spec, output_dir=root, evaluate=False)
     assert tree(root) == before and sorted(p.name for p in root.iterdir()) == sorted(contents)
+
+
+
+def test_the_lock_holder_is_one_line_on_the_command_line(tmp_path, data, capsys):
+    from kdlens._lock import exclusive_lock
+    from kdlens.cli import main
+
+    out = tmp_path / "run"
+    with exclusive_lock(out, what="run"):
+        status = main(["distill", "teacher=tiny", "student=prune:1", f"tasks={data}", "steps=1", "batch_size=4",
+                       "device=cpu", f"output_dir={out}"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and len(err.splitlines()) == 1
+    assert err.startswith("kdlens distill: error:") and f"pid {os.getpid()}" in err
