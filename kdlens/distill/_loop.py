@@ -15,7 +15,8 @@ Before any of it, :func:`distill` compares the run's identity (config, data, wei
 :mod:`kdlens.distill._identity`) with what the directory holds, under the directory's lock
 (:mod:`kdlens._lock`): a finished run of the same identity is returned untouched, an interrupted
 one resumes, another identity is an error unless ``overwrite``. Models, data and sizes are all
-checked before the first write, so a bad input leaves the directory as it was.
+checked before the first write, so a bad input leaves the directory as it was; one that only the
+method's start or the first step can find (a held-out size, a layer map) removes what was written.
 
 Normalising every micro-batch by the token count of the whole global batch (known in advance
 from the labels) makes the update a token mean over the global batch, so 2 x 4 accumulation equals
@@ -64,7 +65,8 @@ from kdlens.teacher import TeacherCache, cache_key
 __all__ = ["distill", "StepCallback"]
 
 #: ``callback(step, logs)`` after every optimizer step (1-based step, the logged row). An exception
-#: raised here stops the run like a kill: the states saved so far stay and the next call resumes.
+#: raised here stops the run like a kill: the states saved so far stay and the next call resumes (a run
+#: stopped before it logged or saved anything starts over).
 StepCallback = Callable[[int, Mapping[str, Any]], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -219,7 +221,12 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     accelerator = _accelerator(cfg)
     lock = exclusive_lock(run.path, what="run") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
-        return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+        try:
+            return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+        except Exception:  # not an interrupt: a kill keeps what it stopped, as a kill does
+            if accelerator.is_main_process:  # a bad input found after the first write leaves nothing
+                run.discard_unstarted(identity)
+            raise
 
 
 def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, callbacks: Sequence[StepCallback],

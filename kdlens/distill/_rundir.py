@@ -197,6 +197,25 @@ class RunDir:
         atomic_write_json(self.manifest_path, {"status": "running", "identity": identity.to_dict()})
         atomic_write_text(self.config_path, config_to_yaml(config))
 
+    def discard_unstarted(self, identity: Any) -> bool:
+        """Delete what :meth:`start` wrote for ``identity`` when nothing else is here; return whether it did.
+
+        For a run that failed after its first write but before anything worth keeping (a bad input
+        that only the method's start or the first step finds): the corrected rerun then starts in
+        a clean directory instead of being refused as another identity. Anything else keeps the
+        directory as it is: a state, a logged step, a checkpoint, a method's cache, any other file.
+        """
+        if not self.path.is_dir() or self.done or self.identity() != identity:
+            return False
+        start_files = {LOCK_NAME, self.manifest_path.name, self.config_path.name, self.log_path.name}
+        if any(e.name not in start_files for e in self.path.iterdir() if not is_temporary(e.name)) \
+                or (self.log_path.is_file() and self.log_path.stat().st_size > 0):
+            return False
+        for path in (self.log_path, self.config_path, self.manifest_path):
+            path.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path)
+        return True
+
     def mark_done(self, manifest: Mapping[str, Any]) -> None:
         """The last steps of finishing, after the checkpoint: the manifest, the ``done`` marker, no state."""
         atomic_write_json(self.manifest_path, dict(manifest))

@@ -132,3 +132,39 @@ def test_the_lock_holder_is_one_line_on_the_command_line(tmp_path, data, capsys)
     err = capsys.readouterr().err.strip()
     assert status == 1 and len(err.splitlines()) == 1
     assert err.startswith("kdlens distill: error:") and f"pid {os.getpid()}" in err
+
+
+# --------------------------------------------------------------------------- a run that fails before training
+
+
+def test_a_run_that_fails_at_its_first_step_leaves_nothing_and_the_corrected_rerun_just_works(tmp_path, data):
+    """The feature layer map is checked at the first forward; distillm's held-out size when the method begins:
+    both after the first write, which used to strand a manifest that refused the corrected config."""
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="teacher index 5"):
+        distill(config(out, data, method="feature_kd", feature_weight=1.0, feature={"layer_map": [5]}))
+    assert not out.exists()
+    with pytest.raises(ValueError, match="leave none"):
+        distill(config(out, data, method="distillm", batch_size=8))
+    assert not out.exists()
+    out.mkdir()
+    with pytest.raises(ValueError, match="leave none"):
+        distill(config(out, data, method="distillm", batch_size=8))
+    assert list(out.iterdir()) == []
+    assert distill(config(out, data, method="distillm", batch_size=4)).done
+
+
+def test_a_failure_after_training_started_keeps_what_can_resume(tmp_path, data):
+    class Stop(Exception):
+        pass
+
+    def stop(step, logs):
+        if step == 2:
+            raise Stop
+
+    cfg = config(tmp_path / "run", data, steps=3, save_every=1)
+    with pytest.raises(Stop):
+        distill(cfg, callbacks=[stop])
+    run = RunDir(cfg.output_dir)
+    assert run.latest_state() is not None and run.manifest()["status"] == "running"
+    assert distill(cfg).done
