@@ -6,7 +6,8 @@ the hash of three parts, recorded in the run's ``manifest.json`` under ``"identi
 
 * ``config`` — the resolved :class:`kdlens.config.DistillConfig` without the keys that say where
   things live (``LOCATION_KEYS``); a teacher or student given as a local path is identified
-  by its weights, not by the path, so a moved sweep directory keeps its runs;
+  by its weights, and a task file by its records, not by the path, so a moved sweep directory
+  keeps its runs; a loss parameter at its default counts as the default;
 * ``data`` — the hash of the training records (:func:`data_fingerprint`), read before anything
   is written;
 * ``teacher_weights`` / ``student_weights`` — :func:`weights_fingerprint` of the teacher (when the
@@ -48,6 +49,8 @@ __all__ = [
 LOCATION_KEYS = ("output_dir", "cache_dir")
 #: a local teacher or student path in the identity's config: its weights identify it
 LOCAL_MODEL = "<local model: see its weights fingerprint>"
+#: a task file or directory in the identity's config: its records identify it
+LOCAL_DATA = "<local data: see the data fingerprint>"
 #: files whose bytes are a model's weights (an adapter's config says which base it adapts)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _ALSO_HASHED = ("adapter_config.json",)
@@ -91,7 +94,7 @@ class RunIdentity:
     def changes(self, previous: RunIdentity) -> list[str]:
         """What differs from ``previous``: dotted config keys, then ``data``, ``teacher weights``,
         ``student weights``."""
-        out = _changed_keys(previous.config, self.config)
+        out = _changed_keys(_normalized(previous.config), self.config)
         if previous.data != self.data:
             out.append("data")
         if previous.teacher_weights != self.teacher_weights:
@@ -302,6 +305,27 @@ def _identity_config(config: Any) -> dict[str, Any]:
     for key in ("teacher", "student"):
         if _is_local(out.get(key)):
             out[key] = LOCAL_MODEL
+    return _normalized(out)
+
+
+def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
+    """One spelling for one setting (also applied to identities recorded before these rules).
+
+    A task file or directory is identified by its records (the ``data`` part), not by how its
+    path is written (``data.jsonl``, ``./data.jsonl``, an absolute path); a loss parameter given
+    at its default is the default.
+    """
+    from kdlens.data._registry import _is_path
+    from kdlens.losses import LOSSES
+
+    out = dict(config)
+    tasks = out.get("tasks")
+    if isinstance(tasks, list):
+        out["tasks"] = [LOCAL_DATA if isinstance(t, str) and not t.startswith("hf:") and _is_path(t) else t
+                        for t in tasks]
+    loss, params = out.get("loss"), out.get("loss_params")
+    if loss in LOSSES and isinstance(params, Mapping):
+        out["loss_params"] = json.loads(json.dumps({**LOSSES[loss].params, **params}, default=str))
     return out
 
 

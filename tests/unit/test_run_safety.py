@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kdlens.config import load_config
-from kdlens.distill import RunDir, distill
+from kdlens.distill import RunDir, distill, run_identity
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -168,3 +168,30 @@ def test_a_failure_after_training_started_keeps_what_can_resume(tmp_path, data):
     run = RunDir(cfg.output_dir)
     assert run.latest_state() is not None and run.manifest()["status"] == "running"
     assert distill(cfg).done
+
+
+# --------------------------------------------------------------------------- one identity for one run
+
+
+def test_a_data_file_named_another_way_is_the_same_run(tmp_path, data, monkeypatch):
+    monkeypatch.chdir(data.parent)
+    first = distill(config(tmp_path / "run", data.name))
+    before = tree(first.path)
+    for spelling in (f"./{data.name}", str(data), str(data.parent / ".." / data.parent.name / data.name)):
+        assert distill(config(tmp_path / "run", spelling)).path == first.path
+    assert tree(first.path) == before
+    manifest = first.manifest()  # as recorded before paths were normalised: the path as it was written
+    manifest["identity"]["config"].update(tasks=[f"./{data.name}"], loss_params={})
+    first.manifest_path.write_text(json.dumps(manifest))
+    assert distill(config(tmp_path / "run", str(data))).path == first.path
+    other = data.parent / "copy.jsonl"  # the same records under another file name: another task name
+    other.write_text(data.read_text())
+    with pytest.raises(ValueError, match=r"\(changed: data\)"):
+        distill(config(tmp_path / "run", other))
+
+
+def test_a_loss_parameter_given_at_its_default_is_the_same_run(tmp_path, data):
+    plain = run_identity(config(tmp_path, data, loss="jsd"))
+    explicit = run_identity(config(tmp_path, data, loss="jsd", loss_params={"beta": 0.5}))
+    assert explicit.hash == plain.hash and explicit.changes(plain) == []
+    assert run_identity(config(tmp_path, data, loss="jsd", beta=0.9)).changes(plain) == ["loss_params.beta"]
