@@ -7,7 +7,8 @@ the hash of three parts, recorded in the run's ``manifest.json`` under ``"identi
 * ``config`` — the resolved :class:`kdlens.config.DistillConfig` without the keys that say where
   things live (``LOCATION_KEYS``); a teacher or student given as a local path is identified
   by its weights, and a task file by its records, not by the path, so a moved sweep directory
-  keeps its runs; a loss parameter at its default counts as the default;
+  keeps its runs; a loss parameter at its default counts as the default; how often the run
+  saves and logs and where it reports (``OPERATIONAL_KEYS``) are left out: they change no weight;
 * ``data`` — the hash of the training records (:func:`data_fingerprint`), read before anything
   is written;
 * ``teacher_weights`` / ``student_weights`` — :func:`weights_fingerprint` of the teacher (when the
@@ -34,6 +35,7 @@ from kdlens._io import atomic_write_json, sha256_file, sha256_json
 
 __all__ = [
     "LOCATION_KEYS",
+    "OPERATIONAL_KEYS",
     "RunIdentity",
     "RunCheck",
     "run_identity",
@@ -47,6 +49,9 @@ __all__ = [
 
 #: config keys that say where a run lives, not what it is (left out of its identity)
 LOCATION_KEYS = ("output_dir", "cache_dir")
+#: config keys that say how often a run saves and logs and where it reports, not what it trains: they change
+#: no weight (tested), so a finished run is not refused for them and an interrupted one resumes under new ones
+OPERATIONAL_KEYS = ("save_every", "log_every", "report_to")
 #: a local teacher or student path in the identity's config: its weights identify it
 LOCAL_MODEL = "<local model: see its weights fingerprint>"
 #: a task file or directory in the identity's config: its records identify it
@@ -309,7 +314,8 @@ def _identity_config(config: Any) -> dict[str, Any]:
 
 
 def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
-    """One spelling for one setting (also applied to identities recorded before these rules).
+    """One spelling for one setting, without :data:`OPERATIONAL_KEYS` (also applied to identities recorded
+    before these rules).
 
     A task file or directory is identified by its records (the ``data`` part), not by how its
     path is written (``data.jsonl``, ``./data.jsonl``, an absolute path); a loss parameter given
@@ -318,7 +324,7 @@ def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
     from kdlens.data._registry import _is_path
     from kdlens.losses import LOSSES
 
-    out = dict(config)
+    out = {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
     tasks = out.get("tasks")
     if isinstance(tasks, list):
         out["tasks"] = [LOCAL_DATA if isinstance(t, str) and not t.startswith("hf:") and _is_path(t) else t

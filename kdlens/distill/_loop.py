@@ -191,8 +191,9 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     Returns
     -------
     RunDir
-        The finished run. A run's identity is its resolved config (less ``output_dir`` and
-        ``cache_dir``), its training data and its models' weights (:func:`kdlens.distill.run_identity`).
+        The finished run. A run's identity is its resolved config (less ``output_dir``, ``cache_dir``
+        and ``save_every``, ``log_every``, ``report_to``, which change no weight), its training data and
+        its models' weights (:func:`kdlens.distill.run_identity`).
         Calling again with the same identity on a finished run returns at once and writes nothing;
         on an interrupted run it resumes from the latest saved state (same weights as an
         uninterrupted run), or completes a run killed while finishing.

@@ -195,3 +195,37 @@ def test_a_loss_parameter_given_at_its_default_is_the_same_run(tmp_path, data):
     explicit = run_identity(config(tmp_path, data, loss="jsd", loss_params={"beta": 0.5}))
     assert explicit.hash == plain.hash and explicit.changes(plain) == []
     assert run_identity(config(tmp_path, data, loss="jsd", beta=0.9)).changes(plain) == ["loss_params.beta"]
+
+
+def test_how_often_a_run_saves_logs_or_reports_is_not_what_it_is(tmp_path, data):
+    """save_every, log_every and report_to change no weight (checked here): a finished run is not refused for
+    them, and an interrupted run resumes under new ones."""
+    from safetensors.torch import load_file
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, logs):
+        if step == 2:
+            raise Stop
+
+    plain = distill(config(tmp_path / "plain", data, steps=4))
+    cfg = config(tmp_path / "run", data, steps=4, save_every=1)
+    with pytest.raises(Stop):
+        distill(cfg, callbacks=[stop])
+    resumed = distill(config(tmp_path / "run", data, steps=4, save_every=3, log_every=2))
+    want, got = (load_file(str(r.checkpoint_path / "model.safetensors")) for r in (plain, resumed))
+    assert all(bool((want[k] == got[k]).all()) for k in want)
+    assert distill(config(plain.path, data, steps=4, save_every=2, log_every=3)).path == plain.path
+    assert "save_every" not in resumed.manifest()["identity"]["config"]
+    assert resumed.config().save_every == 3  # config.yaml says how the last call ran
+
+
+def test_an_identity_recorded_with_the_operational_keys_still_matches(tmp_path, data):
+    """Runs recorded before these keys left the identity keep being the same run."""
+    run = distill(config(tmp_path / "run", data, save_every=1, log_every=2))
+    manifest = run.manifest()
+    manifest["identity"]["config"].update(save_every=1, log_every=2, report_to="none")
+    run.manifest_path.write_text(json.dumps(manifest))
+    before = tree(run.path)
+    assert distill(config(tmp_path / "run", data)).done and tree(run.path) == before
