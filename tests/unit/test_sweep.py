@@ -87,6 +87,17 @@ def test_teacher_aware_swaps_the_teacher_for_the_sft_run_and_uses_the_shared_cac
     ({"grid": "diagonal"}, "grid='diagonal'"),
     ({"eval": {"beams": 4}}, "unknown key"),
     ({"base": {**BASE, "output_dir": "x"}}, "remove it"),
+    # review of issue 12: a traceback, settings ignored in silence, an evaluation setting found after training
+    ({"axes": None}, r"missing \['axes'\]"),
+    ({"teacher_sft": {"student": "prune:1"}}, r"teacher_sft sets student.*always trains the base teacher"),
+    ({"teacher_sft": {"method": "word_kd"}}, r"teacher_sft sets method.*method=sft"),
+    ({"eval": {"n": -3}}, r"eval.n must be a positive integer or null \(every example\), got -3"),
+    ({"eval": {"max_new_tokens": 0}}, r"eval.max_new_tokens must be a positive integer, got 0"),
+    ({"eval": {"batch_size": 2.5}}, r"eval.batch_size must be a positive integer, got 2.5"),
+    ({"eval": {"n_boot": -1}}, r"eval.n_boot must be an integer >= 0 \(0: no bootstrap\), got -1"),
+    ({"eval": {"split": "dev"}}, r"eval.split='dev' is not one of"),
+    ({"eval": {"tokens": "yes"}}, r"eval.tokens must be true or false, got 'yes'"),
+    ({"eval": {"tasks": []}}, r"eval.tasks is empty"),
 ])
 def test_bad_specs_fail_with_a_message_naming_the_fix(bad, message):
     with pytest.raises(ValueError, match=message):
