@@ -348,6 +348,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     if validate:
         for overrides in frame["overrides"]:
             run_config(spec, json.loads(overrides), output_dir="validate-only", teacher_dir="validate-only")
+        if any(json.loads(o).get("teacher_aware") is True for o in frame["overrides"]):  # the teacher is trained
+            teacher_sft_config(spec, output_dir="validate-only")
     frame.attrs["spec"] = spec.to_dict()
     return frame
 
@@ -407,12 +409,21 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
 
 
 def teacher_sft_config(spec: SweepSpec, *, output_dir: str):
-    """The config that fine-tunes the base teacher on the tasks (the task-aware teacher)."""
+    """The config that fine-tunes the base teacher on the tasks (the task-aware teacher).
+
+    ``teacher_sft`` overrides the base; a length it gives (``steps`` or ``epochs``) replaces the base's.
+    """
     from kdlens.config import DistillConfig
 
-    base = {k: v for k, v in spec.base.items() if k not in KD_ONLY_KEYS and k not in ("student", "method")}
+    dropped = {"student", "method", *KD_ONLY_KEYS}
+    if {"steps", "epochs"} & set(spec.teacher_sft):
+        dropped |= {"steps", "epochs"}
+    base = {k: v for k, v in spec.base.items() if k not in dropped}
     data = {**base, **dict(spec.teacher_sft), "method": "sft", "student": None, "output_dir": output_dir}
-    return DistillConfig.from_dict(data)
+    try:
+        return DistillConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"sweep teacher_sft (the task-aware teacher's run): {err}") from err
 
 
 def schedule(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:

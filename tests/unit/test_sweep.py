@@ -375,3 +375,17 @@ def test_two_sweeps_on_one_directory_do_not_run_at_once(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_teacher_sft_length_replaces_the_base_length_and_a_bad_teacher_sft_fails_at_expansion():
+    """Review of issue 12: ``teacher_sft: {epochs: 3}`` over a base with ``steps`` failed only once the run
+    had saved its students, and a bad ``teacher_sft`` value passed ``--dry-run``."""
+    from kdlens.sweep import teacher_sft_config
+
+    aware = spec(axes={"teacher_aware": [False, True]}, teacher_sft={"epochs": 1.0})
+    teacher = teacher_sft_config(load_sweep_spec(aware), output_dir="t")
+    assert teacher.epochs == 1.0 and teacher.steps is None and teacher.method == "sft" and teacher.student is None
+    assert teacher_sft_config(load_sweep_spec(spec()), output_dir="t").steps == BASE["steps"]
+    with pytest.raises(ValueError, match=r"teacher_sft.*lr must be > 0"):
+        expand_sweep(spec(axes={"teacher_aware": [False, True]}, teacher_sft={"lr": -1.0}))
+    expand_sweep(spec(teacher_sft={"lr": -1.0}))  # no task-aware run: the teacher's run is never made
