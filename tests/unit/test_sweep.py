@@ -389,3 +389,30 @@ def test_teacher_sft_length_replaces_the_base_length_and_a_bad_teacher_sft_fails
     with pytest.raises(ValueError, match=r"teacher_sft.*lr must be > 0"):
         expand_sweep(spec(axes={"teacher_aware": [False, True]}, teacher_sft={"lr": -1.0}))
     expand_sweep(spec(teacher_sft={"lr": -1.0}))  # no task-aware run: the teacher's run is never made
+
+
+def test_changed_evaluation_settings_are_refused_before_any_write_and_overwrite_reevaluates(tmp_path, counted):
+    """Review of issue 12: a sweep whose eval settings changed rewrote spec.yaml (the report then showed
+    the new settings over the old results), then failed on the teacher's shard advising ``--overwrite``,
+    which did not apply to evaluations; deleting the teacher's evaluation by hand made the runs'
+    old evaluations join the teacher's new one."""
+    from kdlens.sweep import run_sweep
+
+    evaluation = {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False, "n_boot": 0}
+    sweep = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
+             "axes": {"sigma": [0.0]}, "eval": evaluation}
+    out = tmp_path / "sweep"
+    first = run_sweep(sweep, output_dir=out)
+    assert len(first.loc[first["task"] == "all"]) == 1 and len(counted) == 1
+    before = {name: (out / name).read_bytes() for name in ("spec.yaml", "manifest.json", "results.parquet")}
+    changed = {**sweep, "eval": {**evaluation, "n": 1, "max_new_tokens": 3}}
+    with pytest.raises(ValueError, match=r"evaluated with other settings \(max_new_tokens: 4 -> 3, n: 2 -> 1\).*"
+                                         r"--overwrite"):
+        run_sweep(changed, output_dir=out)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    run_sweep({**sweep, "eval": {**evaluation, "n_boot": 10, "tokens": True}}, output_dir=out)  # same outputs
+    again = run_sweep(changed, output_dir=out, overwrite=True)
+    assert len(counted) == 1  # the runs are kept; only their evaluations are redone
+    examples = pd.read_parquet(out / "examples.parquet")
+    assert examples.groupby("model_id").size().tolist() == [1, 1]  # n = 1 for the teacher and the run
+    assert (examples["n_output_tokens"] <= 3).all() and again["n"].iloc[0] == 1
