@@ -251,6 +251,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
                                   manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
         return run
+    if plan == "resume":
+        _check_same_precision(run, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
     if rem or micro_size == 0:
@@ -489,6 +491,24 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         run.mark_done(manifest)
     accelerator.wait_for_everyone()
     return run
+
+
+def _check_same_precision(run: RunDir, accelerator) -> None:
+    """Refuse to resume, in another precision, a run whose saved state was trained in one.
+
+    ``mixed_precision=auto`` (and ``device=auto``) resolve where the run is called: bf16 on a GPU,
+    none on a CPU. The identity keeps ``auto`` (a finished run reads the same everywhere), so the
+    state's precision is checked against the one the run recorded when it started training.
+    """
+    if run.latest_state() is None or not run.manifest_path.is_file():
+        return
+    recorded = run.manifest()
+    before, now = recorded.get("mixed_precision"), str(accelerator.mixed_precision)
+    if before is not None and before != now:
+        raise ValueError(f"{run.path} was started with mixed precision {before} on {recorded.get('device')}; resuming it "
+                         f"now {now} on {accelerator.device} would train its second half in another precision: "
+                         "resume it where it started, or set mixed_precision explicitly and pass overwrite=True "
+                         "(--overwrite) to train it again")
 
 
 def _default_cache_root() -> Path:

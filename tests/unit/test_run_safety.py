@@ -229,3 +229,30 @@ def test_an_identity_recorded_with_the_operational_keys_still_matches(tmp_path, 
     run.manifest_path.write_text(json.dumps(manifest))
     before = tree(run.path)
     assert distill(config(tmp_path / "run", data)).done and tree(run.path) == before
+
+
+def test_a_run_started_in_another_precision_is_not_resumed_in_this_one(tmp_path, data):
+    """``mixed_precision=auto`` is bf16 on a GPU and none on a CPU: a run killed on a GPU and resumed on a CPU
+    (a shared file system, a lent GPU gone) would train its second half in another precision without a word."""
+    class Stop(Exception):
+        pass
+
+    def stop(step, logs):
+        if step == 2:
+            raise Stop
+
+    cfg = config(tmp_path / "run", data, steps=4, save_every=1)
+    with pytest.raises(Stop):
+        distill(cfg, callbacks=[stop])
+    run = RunDir(cfg.output_dir)
+    manifest = run.manifest()
+    assert manifest["mixed_precision"] == "no"
+    manifest.update(mixed_precision="bf16", device="cuda:0")  # as the GPU that started it recorded
+    run.manifest_path.write_text(json.dumps(manifest))
+    before = tree(run.path)
+    with pytest.raises(ValueError, match=r"started with mixed precision bf16 on cuda:0.*now no on cpu"):
+        distill(cfg)
+    assert tree(run.path) == before
+    manifest.update(mixed_precision="no", device="cpu")
+    run.manifest_path.write_text(json.dumps(manifest))
+    assert distill(cfg).done
