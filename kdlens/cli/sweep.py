@@ -46,7 +46,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="also retry a run that raised an exception (default: only died workers)")
     parser.add_argument("--overwrite", action="store_true",
                         help="retrain, in place, the runs (and the task-aware teacher) on disk whose settings differ "
-                             "from the spec's now (its base, data or teacher weights changed); the others are kept")
+                             "from the spec's now (its base, data or teacher weights changed), and evaluate again "
+                             "when the eval settings changed; the others are kept")
     parser.add_argument("--no-eval", action="store_true", help="only train; evaluate in a later call")
     parser.add_argument("--dry-run", action="store_true", help="print the runs the spec expands to and exit")
     parser.set_defaults(func=run)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,8 +41,16 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_text, git_sha, read_json, remove_stale_temporaries, sha256_json, versions
-from kdlens._lock import exclusive_lock
+from kdlens._io import (
+    atomic_write_text,
+    git_sha,
+    is_temporary,
+    read_json,
+    remove_stale_temporaries,
+    sha256_json,
+    versions,
+)
+from kdlens._lock import LOCK_NAME, exclusive_lock
 from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
@@ -135,7 +144,9 @@ def run_sweep(
         Called with one line of text per step (the CLI prints it); logging gets it too.
     overwrite : bool
         Retrain, in place, every run (and the task-aware teacher) on disk whose identity differs from
-        the one the spec now gives (see Raises); runs of the same identity are kept either way.
+        the one the spec now gives (see Raises); runs of the same identity are kept either way. Also
+        evaluate again when the evaluation settings that decide the outputs (``eval.tasks``, ``n``,
+        ``max_new_tokens``, ``split``) changed since the runs were evaluated.
 
     Returns
     -------
@@ -152,6 +163,7 @@ def run_sweep(
         An invalid spec; run directories (or the task-aware teacher) on disk whose identity differs
         from what the spec now gives, i.e. whose full resolved config, training data or teacher
         weights changed (the message names each run and what changed; ``overwrite`` retrains them);
+        evaluations made under other evaluation settings (``overwrite`` redoes them);
         or a ``publish_dir`` published from another spec: the message names the problem.
     ModuleNotFoundError
         ``backend="ray"`` without ray installed (the message says how to install it).
@@ -180,11 +192,35 @@ def run_sweep(
     runs = expand_sweep(spec)
     published = published_run_ids(publish_dir, spec) if publish_dir is not None else set()
     settings = _eval_settings(spec) if evaluate else None
+    _refuse_foreign(root)
     with exclusive_lock(root, what="sweep"):
         remove_stale_temporaries(root)
         return _run_locked(spec, root, runs, published, settings, say, started, max_runs=max_runs,
                            time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite,
                            backend=backend, ray_backend=ray_backend)
+
+
+#: what a sweep directory holds (module docstring), and what a sweep killed while it made its teachers leaves
+_SWEEP_ENTRIES = frozenset({"spec.yaml", "runs.parquet", "runs", "teachers", "students", "teacher_cache",
+                            "examples.parquet", "tokens.parquet", "results.parquet", "manifest.json", LOCK_NAME})
+
+
+def _refuse_foreign(root: Path) -> None:
+    """Refuse a sweep directory that holds something else: its files would be overwritten (``manifest.json``,
+    ``spec.yaml``) and its whole tree searched for temporaries to delete."""
+    if not root.is_dir():
+        return
+    manifest = root / "manifest.json"
+    try:
+        ours = not manifest.exists() or "spec_hash" in dict(read_json(manifest))
+    except (ValueError, TypeError):  # not JSON, or JSON but not an object
+        ours = False
+    other = sorted(e.name for e in root.iterdir() if e.name not in _SWEEP_ENTRIES and not is_temporary(e.name))
+    if other or not ours:
+        shown = other or ["manifest.json"]
+        raise ValueError(f"{root} holds what is not a kdlens sweep ({', '.join(shown[:8])}"
+                         f"{', ...' if len(shown) > 8 else ''}): kdlens neither writes into nor deletes a directory "
+                         "it did not make; choose a new or empty output directory")
 
 
 def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[str], settings: dict[str, Any] | None,
@@ -197,10 +233,13 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
     todo = schedule(runs.loc[~runs["run_id"].isin(published)], spec)
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
+    if settings is not None:
+        _check_evaluations(root, manifest.get("eval"), settings, overwrite=overwrite, say=say)
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
                      "workers": workers if workers is not None or ray_backend else 1,  # Ray: set when it starts
-                     "backend": backend, "eval": settings,
+                     "backend": backend,
+                     "eval": settings if settings is not None else manifest.get("eval"),  # what evaluated the runs
                      "references": sweep_references(spec.base, map(json.loads, runs["overrides"]),
                                                     evaluation=settings)})
     session = SweepSession(spec, root, settings, say, manifest, runs, overwrite=overwrite)
@@ -235,6 +274,38 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
         results = read_results(publish_dir)
         say(f"{results['run_id'].nunique()} of {len(runs)} run(s) published in {publish_dir}")
     return results
+
+
+#: the evaluation settings that decide what an evaluation holds (n_boot, seed, fidelity and tokens only change
+#: what is computed from it; batch_size nothing: greedy decoding does not depend on the batch)
+_EVAL_OUTPUT_KEYS = ("tasks", "n", "max_new_tokens", "split")
+
+
+def _check_evaluations(root: Path, recorded: Any, settings: Mapping[str, Any], *, overwrite: bool,
+                       say: Callable[[str], None]) -> None:
+    """Refuse (or, with ``overwrite``, delete) the sweep's evaluations made under other evaluation settings.
+
+    Checked before the call writes anything: the runs' evaluations would otherwise be reused by the
+    run (or refused shard by shard after ``spec.yaml`` says the new settings).
+    """
+    if not isinstance(recorded, Mapping):
+        return
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    changed = [f"{k}: {recorded.get(k)} -> {settings.get(k)}" for k in sorted(_EVAL_OUTPUT_KEYS)
+               if not same(recorded.get(k), settings.get(k))]
+    evaluated = sorted(p for pattern in ("runs/*/eval", "teachers/*/eval") for p in root.glob(pattern) if p.is_dir())
+    if not changed or not evaluated:
+        return
+    if not overwrite:
+        raise ValueError(f"{root}: the sweep's runs were evaluated with other settings ({', '.join(changed)}); rerun "
+                         "with --overwrite (overwrite=True) to delete their evaluations and evaluate them again (the "
+                         "trained runs are kept), or use another output directory")
+    say(f"evaluation settings changed ({', '.join(changed)}): evaluating again ({len(evaluated)} evaluation(s) deleted)")
+    for path in evaluated:
+        shutil.rmtree(path)
 
 
 def _ray_backend(backend: str, address: str | None, task_options: Mapping[str, Any] | None):

@@ -194,6 +194,8 @@ class SweepSession:
             if not run.path.exists():
                 continue
             check = inspect_run(run, run_identity(self.config(row, run), memo=self.data_memo))
+            if check.state == "foreign":  # never replaced, overwrite or not
+                raise ValueError(mismatch_message(run, check))
             if check.same:
                 if check.state == "finished" and run.leftovers():
                     run.remove_leftovers()

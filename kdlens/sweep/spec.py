@@ -158,11 +158,19 @@ class SweepSpec:
         object.__setattr__(self, "base", {str(k): _normalize(str(k), v, fields) for k, v in self.base.items()})
         if self.grid not in _GRIDS:
             raise ValueError(f"sweep grid={self.grid!r} is not one of {list(_GRIDS)}")
+        if not isinstance(self.teacher_sft, Mapping):
+            raise ValueError(f"sweep teacher_sft must be a mapping of config keys, got {type(self.teacher_sft).__name__}")
         for key in self.teacher_sft:
             _known_key(str(key), fields, "sweep teacher_sft")
+            if key in _TEACHER_SFT_FIXED:
+                raise ValueError(f"sweep teacher_sft sets {key}, which the task-aware teacher's run fixes "
+                                 f"({_TEACHER_SFT_FIXED[key]}); remove it")
+        if not isinstance(self.eval, Mapping):
+            raise ValueError(f"sweep eval must be a mapping, got {type(self.eval).__name__}")
         unknown = sorted(set(self.eval) - set(_EVAL_KEYS))
         if unknown:
             raise ValueError(f"sweep eval: unknown key(s) {unknown}; known: {list(_EVAL_KEYS)}")
+        _check_eval(self.eval)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SweepSpec:
@@ -172,7 +180,7 @@ class SweepSpec:
         unknown = sorted(set(data) - set(_SPEC_KEYS))
         if unknown:
             raise ValueError(f"sweep spec: unknown key(s) {unknown}; known: {list(_SPEC_KEYS)}")
-        missing = [k for k in ("name", "base", "axes") if k not in data]
+        missing = [k for k in ("name", "base", "axes") if data.get(k) is None]
         if missing:
             raise ValueError(f"sweep spec is missing {missing}: it needs name, base and axes")
         return cls(**{k: data[k] for k in _SPEC_KEYS if k in data and data[k] is not None})
@@ -181,6 +189,41 @@ class SweepSpec:
         """A plain, YAML/JSON-serialisable dict that :meth:`from_dict` reads back."""
         out = dataclasses.asdict(self)
         return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
+
+
+#: keys of teacher_sft that the teacher's SFT run sets itself (a value there would be ignored)
+_TEACHER_SFT_FIXED = {"student": "it always trains the base teacher itself", "method": "method=sft",
+                      "output_dir": "<sweep dir>/teachers/sft"}
+
+
+def _check_eval(settings: Mapping[str, Any]) -> None:
+    """The evaluation settings' types and ranges, checked with the spec rather than after the first run."""
+    from kdlens.data import SPLITS
+
+    def integer(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    for key in ("max_new_tokens", "batch_size"):
+        if key in settings and not integer(settings[key], 1):
+            raise ValueError(f"sweep eval.{key} must be a positive integer, got {settings[key]!r}")
+    if "n_boot" in settings and not integer(settings["n_boot"], 0):
+        raise ValueError(f"sweep eval.n_boot must be an integer >= 0 (0: no bootstrap), got {settings['n_boot']!r}")
+    if settings.get("n") is not None and not integer(settings["n"], 1):
+        raise ValueError(f"sweep eval.n must be a positive integer or null (every example), got {settings['n']!r}")
+    if "seed" in settings and (isinstance(settings["seed"], bool) or not isinstance(settings["seed"], int)):
+        raise ValueError(f"sweep eval.seed must be an integer, got {settings['seed']!r}")
+    for key in ("tokens", "fidelity"):
+        if key in settings and not isinstance(settings[key], bool):
+            raise ValueError(f"sweep eval.{key} must be true or false, got {settings[key]!r}")
+    if "split" in settings and settings["split"] not in SPLITS:
+        raise ValueError(f"sweep eval.split={settings['split']!r} is not one of {list(SPLITS)}")
+    if "tasks" in settings:
+        tasks = settings["tasks"]
+        if isinstance(tasks, str):
+            tasks = [t for t in tasks.split(",") if t.strip()]
+        if not tasks:
+            raise ValueError("sweep eval.tasks is empty: name the evaluation tasks, or remove it to evaluate on "
+                             "the training tasks")
 
 
 def load_sweep_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec) -> SweepSpec:
@@ -305,6 +348,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     if validate:
         for overrides in frame["overrides"]:
             run_config(spec, json.loads(overrides), output_dir="validate-only", teacher_dir="validate-only")
+        if any(json.loads(o).get("teacher_aware") is True for o in frame["overrides"]):  # the teacher is trained
+            teacher_sft_config(spec, output_dir="validate-only")
     frame.attrs["spec"] = spec.to_dict()
     return frame
 
@@ -374,12 +419,21 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
 
 
 def teacher_sft_config(spec: SweepSpec, *, output_dir: str):
-    """The config that fine-tunes the base teacher on the tasks (the task-aware teacher)."""
+    """The config that fine-tunes the base teacher on the tasks (the task-aware teacher).
+
+    ``teacher_sft`` overrides the base; a length it gives (``steps`` or ``epochs``) replaces the base's.
+    """
     from kdlens.config import DistillConfig
 
-    base = {k: v for k, v in spec.base.items() if k not in KD_ONLY_KEYS and k not in ("student", "method")}
+    dropped = {"student", "method", *KD_ONLY_KEYS}
+    if {"steps", "epochs"} & set(spec.teacher_sft):
+        dropped |= {"steps", "epochs"}
+    base = {k: v for k, v in spec.base.items() if k not in dropped}
     data = {**base, **dict(spec.teacher_sft), "method": "sft", "student": None, "output_dir": output_dir}
-    return DistillConfig.from_dict(data)
+    try:
+        return DistillConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"sweep teacher_sft (the task-aware teacher's run): {err}") from err
 
 
 def schedule(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:

@@ -87,6 +87,17 @@ def test_teacher_aware_swaps_the_teacher_for_the_sft_run_and_uses_the_shared_cac
     ({"grid": "diagonal"}, "grid='diagonal'"),
     ({"eval": {"beams": 4}}, "unknown key"),
     ({"base": {**BASE, "output_dir": "x"}}, "remove it"),
+    # review of issue 12: a traceback, settings ignored in silence, an evaluation setting found after training
+    ({"axes": None}, r"missing \['axes'\]"),
+    ({"teacher_sft": {"student": "prune:1"}}, r"teacher_sft sets student.*always trains the base teacher"),
+    ({"teacher_sft": {"method": "word_kd"}}, r"teacher_sft sets method.*method=sft"),
+    ({"eval": {"n": -3}}, r"eval.n must be a positive integer or null \(every example\), got -3"),
+    ({"eval": {"max_new_tokens": 0}}, r"eval.max_new_tokens must be a positive integer, got 0"),
+    ({"eval": {"batch_size": 2.5}}, r"eval.batch_size must be a positive integer, got 2.5"),
+    ({"eval": {"n_boot": -1}}, r"eval.n_boot must be an integer >= 0 \(0: no bootstrap\), got -1"),
+    ({"eval": {"split": "dev"}}, r"eval.split='dev' is not one of"),
+    ({"eval": {"tokens": "yes"}}, r"eval.tokens must be true or false, got 'yes'"),
+    ({"eval": {"tasks": []}}, r"eval.tasks is empty"),
 ])
 def test_bad_specs_fail_with_a_message_naming_the_fix(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -364,3 +375,44 @@ def test_two_sweeps_on_one_directory_do_not_run_at_once(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_teacher_sft_length_replaces_the_base_length_and_a_bad_teacher_sft_fails_at_expansion():
+    """Review of issue 12: ``teacher_sft: {epochs: 3}`` over a base with ``steps`` failed only once the run
+    had saved its students, and a bad ``teacher_sft`` value passed ``--dry-run``."""
+    from kdlens.sweep import teacher_sft_config
+
+    aware = spec(axes={"teacher_aware": [False, True]}, teacher_sft={"epochs": 1.0})
+    teacher = teacher_sft_config(load_sweep_spec(aware), output_dir="t")
+    assert teacher.epochs == 1.0 and teacher.steps is None and teacher.method == "sft" and teacher.student is None
+    assert teacher_sft_config(load_sweep_spec(spec()), output_dir="t").steps == BASE["steps"]
+    with pytest.raises(ValueError, match=r"teacher_sft.*lr must be > 0"):
+        expand_sweep(spec(axes={"teacher_aware": [False, True]}, teacher_sft={"lr": -1.0}))
+    expand_sweep(spec(teacher_sft={"lr": -1.0}))  # no task-aware run: the teacher's run is never made
+
+
+def test_changed_evaluation_settings_are_refused_before_any_write_and_overwrite_reevaluates(tmp_path, counted):
+    """Review of issue 12: a sweep whose eval settings changed rewrote spec.yaml (the report then showed
+    the new settings over the old results), then failed on the teacher's shard advising ``--overwrite``,
+    which did not apply to evaluations; deleting the teacher's evaluation by hand made the runs'
+    old evaluations join the teacher's new one."""
+    from kdlens.sweep import run_sweep
+
+    evaluation = {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False, "n_boot": 0}
+    sweep = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
+             "axes": {"sigma": [0.0]}, "eval": evaluation}
+    out = tmp_path / "sweep"
+    first = run_sweep(sweep, output_dir=out)
+    assert len(first.loc[first["task"] == "all"]) == 1 and len(counted) == 1
+    before = {name: (out / name).read_bytes() for name in ("spec.yaml", "manifest.json", "results.parquet")}
+    changed = {**sweep, "eval": {**evaluation, "n": 1, "max_new_tokens": 3}}
+    with pytest.raises(ValueError, match=r"evaluated with other settings \(max_new_tokens: 4 -> 3, n: 2 -> 1\).*"
+                                         r"--overwrite"):
+        run_sweep(changed, output_dir=out)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    run_sweep({**sweep, "eval": {**evaluation, "n_boot": 10, "tokens": True}}, output_dir=out)  # same outputs
+    again = run_sweep(changed, output_dir=out, overwrite=True)
+    assert len(counted) == 1  # the runs are kept; only their evaluations are redone
+    examples = pd.read_parquet(out / "examples.parquet")
+    assert examples.groupby("model_id").size().tolist() == [1, 1]  # n = 1 for the teacher and the run
+    assert (examples["n_output_tokens"] <= 3).all() and again["n"].iloc[0] == 1
