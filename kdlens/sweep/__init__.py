@@ -55,6 +55,7 @@ from kdlens.sweep.spec import (
     run_config,
     run_id,
     schedule,
+    smoke_spec,
     teacher_sft_config,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "run_id",
     "run_sweep",
     "schedule",
+    "smoke_spec",
     "sweep_status",
     "teacher_sft_config",
     "teacher_table",

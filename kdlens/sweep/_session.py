@@ -539,6 +539,8 @@ def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    # the workers share one terminal: their step bars would overwrite each other (the session says each run)
+    os.environ["TQDM_DISABLE"] = "1"
 
 
 def _device_name(spec: SweepSpec) -> str:

@@ -75,6 +75,7 @@ __all__ = [
     "run_config",
     "run_id",
     "schedule",
+    "smoke_spec",
     "teacher_sft_config",
 ]
 
@@ -574,3 +575,64 @@ def _same_value(value: Any, reference: Any) -> bool:
     if isinstance(value, bool | int | float) and isinstance(reference, bool | int | float):
         return float(value) == float(reference)
     return json.dumps(value, sort_keys=True, default=str) == json.dumps(reference, sort_keys=True, default=str)
+
+
+def smoke_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *,
+               axes: Sequence[str] | Mapping[str, Sequence[Any]] | None = None, seeds: int = 2, steps: int = 2,
+               n_examples: int = 32, eval_n: int = 4, name: str | None = None) -> dict[str, Any]:
+    """A version of ``spec`` that runs in seconds: the same models, tasks and methods, tiny budgets.
+
+    For CI and the notebooks' smoke settings: it goes through every piece of the real sweep
+    (its teachers, caches, evaluation splits and tables) and proves nothing about distillation.
+
+    Parameters
+    ----------
+    spec : path to YAML, mapping or :class:`SweepSpec`
+    axes : list of axis names, or mapping axis -> values, optional
+        The axes kept (a list keeps their values, a mapping gives them); every other axis is held at
+        its reference value (its first), which moves into ``base``. Default: every axis.
+    seeds : int
+        The first ``seeds`` values of each replicate axis.
+    steps : int
+        Optimizer steps per run (no warmup).
+    n_examples : int
+        Training items per task, unless ``n_examples`` is a kept axis (the batch size is cut to the
+        smallest data size).
+    eval_n : int
+        Evaluation items per task and split.
+    name : str, optional
+        Default ``<spec name>_smoke``.
+
+    Returns
+    -------
+    dict
+        A spec mapping for :func:`kdlens.sweep.run_sweep`.
+    """
+    spec = load_sweep_spec(spec)
+    out = spec.to_dict()
+    wanted = list(spec.axes) if axes is None else list(axes)
+    unknown = [key for key in wanted if key not in spec.axes]
+    if unknown:
+        raise ValueError(f"{unknown} are not axes of sweep {spec.name!r}; its axes: {', '.join(spec.axes)}")
+    keep = {key: list(axes[key]) if isinstance(axes, Mapping) else list(spec.axes[key]) for key in wanted}
+    held = {key: values[0] for key, values in spec.axes.items() if key not in keep}
+    base = {**dict(spec.base), **{k: v for k, v in held.items() if k not in SPECIAL_AXES},
+            "steps": int(steps), "warmup_steps": 0, "log_every": 1}
+    base.pop("epochs", None)
+    if "n_examples" not in keep:
+        base["n_examples"] = int(n_examples)
+    smallest = min(keep.get("n_examples", [base["n_examples"]]))
+    if isinstance(smallest, int) and "batch_size" in base and base["batch_size"] > smallest:
+        base["batch_size"] = smallest  # a batch cannot hold more items than the data has
+    if "teacher_aware" in held:
+        if held["teacher_aware"] and not spec.aware_teacher:
+            keep["teacher_aware"] = [True]  # the sweep still trains its task-aware teacher (teacher_sft)
+        else:  # the axis is gone: its reference teacher becomes the base teacher
+            base["teacher"] = spec.aware_teacher if held["teacher_aware"] else base["teacher"]
+            out.pop("aware_teacher", None)
+            out.pop("teacher_sft", None)
+    out.update(name=name or f"{spec.name}_smoke", base=base, axes=keep,
+               eval={**dict(spec.eval), "n": int(eval_n), "n_boot": 200})
+    if spec.replicate:
+        out["replicate"] = {key: list(values)[:max(1, int(seeds))] for key, values in spec.replicate.items()}
+    return out
