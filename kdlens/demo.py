@@ -48,8 +48,9 @@ __all__ = ["DEMO_SETTINGS", "DEMO_SIGMA", "DEMO_TAU", "DEMO_TEACHER", "demo_spec
 DEMO_SETTINGS = ("lab", "smollm2")
 #: the teacher of the SmolLM2 setting
 DEMO_TEACHER = "smollm2-135m-instruct"
-#: the lab demo's noise point and temperature point (cells of analyses/lab_grid.yaml)
+#: the lab demo's noise point, sigma (a cell of analyses/lab_grid.yaml)
 DEMO_SIGMA = 5.0
+#: the lab demo's temperature point, tau (a cell of analyses/lab_grid.yaml)
 DEMO_TAU = 2.0
 
 _KD_GENERALIZATION = "kd-generalization"

@@ -354,7 +354,7 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
         base method for the other runs). ``overrides`` is the JSON text of
         the run's overrides (sorted keys); ``run_dir`` is relative to the sweep directory
         (``runs/<run_id>``); ``status`` is ``"pending"``. Rows of methods without a KD term (the
-        SFT baseline, ``seq_kd``, ``blackbox``) ignore :data:`KD_ONLY_KEYS` (:func:`not_applicable`;
+        SFT baseline, ``seq_kd``, ``blackbox``) ignore :data:`KD_ONLY_KEYS` (``_not_applicable``;
         ``seq_kd`` keeps ``teacher_aware``): those axes are NaN there and duplicates are dropped, so the
         baseline runs once per (student, seed, ...). ``attrs["spec"]`` holds the spec.
 
@@ -371,7 +371,7 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     rows, seen = [], set()
     for combo in combos:
         method = method_of(spec, combo)
-        combo = {k: v for k, v in combo.items() if k not in not_applicable(method)}
+        combo = {k: v for k, v in combo.items() if k not in _not_applicable(method)}
         key = json.dumps(combo, sort_keys=True, default=str)
         if key in seen:
             continue
@@ -401,7 +401,7 @@ def is_sft(method: str) -> bool:
     return entry is not None and not entry.needs_teacher
 
 
-def not_applicable(method: str) -> frozenset[str]:
+def _not_applicable(method: str) -> frozenset[str]:
     """The override keys a run of ``method`` ignores, so its rows drop them (and duplicates merge).
 
     A method without a KD term on teacher logits (``sft``, ``seq_kd``, ``blackbox``) ignores
@@ -621,7 +621,7 @@ def smoke_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *,
     base.pop("epochs", None)
     if "n_examples" not in keep:
         base["n_examples"] = int(n_examples)
-    smallest = min(keep.get("n_examples", [base["n_examples"]]))
+    smallest = min(keep["n_examples"]) if "n_examples" in keep else base["n_examples"]
     if isinstance(smallest, int) and "batch_size" in base and base["batch_size"] > smallest:
         base["batch_size"] = smallest  # a batch cannot hold more items than the data has
     if "teacher_aware" in held:
