@@ -436,6 +436,8 @@ class SweepSession:
         teacher*. Pooled over every complete cache of the teacher (one per training set); a teacher
         whose runs read no cache has no entry.
         """
+        import numpy as np
+
         from kdlens.distill import weights_fingerprint
 
         root = self.root / "teacher_cache"
@@ -445,8 +447,6 @@ class SweepSession:
                 self.margins[key] = (read_json(path.parent / "index.json").get("teacher_weights"),
                                      _cache_margins(path.parent))
         out = {}
-        import numpy as np
-
         for aware in sorted({self.aware(row) for row in self.runs.itertuples(index=False)}):
             model = _teacher_spec(self.spec, aware, self.root)
             try:
