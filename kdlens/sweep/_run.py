@@ -55,7 +55,7 @@ from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
 from kdlens.sweep._tables import read_results, sweep_status, write_results
-from kdlens.sweep.publish import publish_sweep, published_run_ids
+from kdlens.sweep.publish import TOKEN_ROWS_PER_RUN, publish_sweep, published_run_ids
 from kdlens.sweep.spec import SweepSpec, expand_sweep, load_sweep_spec, schedule
 
 __all__ = ["run_sweep", "full_results"]
@@ -97,6 +97,7 @@ def run_sweep(
     task_options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    token_rows_per_run: int = TOKEN_ROWS_PER_RUN,
 ) -> pd.DataFrame:
     """Train, evaluate and summarise every run of a sweep that is not finished yet.
 
@@ -147,6 +148,9 @@ def run_sweep(
         the one the spec now gives (see Raises); runs of the same identity are kept either way. Also
         evaluate again when the evaluation settings that decide the outputs (``eval.tasks``, ``n``,
         ``max_new_tokens``, ``split``) changed since the runs were evaluated.
+    token_rows_per_run : int
+        With ``publish_dir``: the per-token rows of each new run kept in the published folder
+        (:func:`kdlens.sweep.publish_sweep`; a repository keeps a sample, the metrics use them all).
 
     Returns
     -------
@@ -184,6 +188,8 @@ def run_sweep(
         raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if token_rows_per_run < 0:
+        raise ValueError(f"token_rows_per_run must be >= 0, got {token_rows_per_run}")
     ray_backend = _ray_backend(backend, address, task_options)
     started = _session._clock()  # read through the module: tests replace the clock
     spec = load_sweep_spec(spec)
@@ -197,7 +203,7 @@ def run_sweep(
         remove_stale_temporaries(root)
         return _run_locked(spec, root, runs, published, settings, say, started, max_runs=max_runs,
                            time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite,
-                           backend=backend, ray_backend=ray_backend)
+                           backend=backend, ray_backend=ray_backend, token_rows_per_run=token_rows_per_run)
 
 
 #: what a sweep directory holds (module docstring), and what a sweep killed while it made its teachers leaves
@@ -226,7 +232,7 @@ def _refuse_foreign(root: Path) -> None:
 def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[str], settings: dict[str, Any] | None,
                 say: Callable[[str], None], started: float, *, max_runs: int | None, time_budget_s: float | None,
                 publish_dir: str | os.PathLike | None, workers: int | None, overwrite: bool, backend: str,
-                ray_backend: Any) -> pd.DataFrame:
+                ray_backend: Any, token_rows_per_run: int) -> pd.DataFrame:
     """:func:`run_sweep` once it holds the sweep directory's lock."""
     if published:
         say(f"{len(published)} of {len(runs)} run(s) already published in {publish_dir}; they are skipped")
@@ -254,7 +260,7 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
     def after_each() -> None:  # publish after every run: a killed session loses only the runs in progress
         if publish_dir is not None and settings is not None:
             session.finish(runs, quiet=True)
-            publish_sweep(root, publish_dir)
+            publish_sweep(root, publish_dir, token_rows_per_run=token_rows_per_run)
 
     executor = None
     if ray_backend is not None:
@@ -270,6 +276,8 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
     finally:  # a failed worker run still leaves the finished runs' tables behind
         _write_runs(runs, root)
         results = session.finish(runs)
+        if publish_dir is not None and settings is not None and len(results):
+            publish_sweep(root, publish_dir, token_rows_per_run=token_rows_per_run)
     if publish_dir is not None and (Path(publish_dir) / "results.parquet").is_file():
         results = read_results(publish_dir)
         say(f"{results['run_id'].nunique()} of {len(runs)} run(s) published in {publish_dir}")
@@ -339,19 +347,30 @@ def full_results(spec: str | os.PathLike, publish_dir: str | os.PathLike, *, wor
 
     On a machine with CUDA the missing runs of ``spec`` are trained and evaluated under
     ``work_dir`` and merged into ``publish_dir`` (:func:`kdlens.sweep.run_sweep`); elsewhere the
-    published tables are read as they are. This is what the notebooks' full setting calls.
+    published tables are read as they are. This is what the notebooks' full setting calls. A CPU
+    grid (``base.device: cpu``, the lab) is never trained from here: a notebook should not start an
+    hour of training unasked; the message says how to run it.
 
     Raises
     ------
     FileNotFoundError
-        No CUDA device and nothing published yet: the message says how to run the grid.
+        Nothing published yet (and no CUDA device, or a CPU grid): the message says how to run the grid.
     """
     import torch
 
     publish_dir = Path(publish_dir)
-    if torch.cuda.is_available():
+    try:
+        cpu_grid = str(load_sweep_spec(spec).base.get("device", "auto")) == "cpu"
+    except (FileNotFoundError, ValueError):  # a spec that is not there: the message below names it
+        cpu_grid = False
+    if torch.cuda.is_available() and not cpu_grid:
         run_sweep(spec, output_dir=work_dir, publish_dir=publish_dir, progress=progress)
     if not (publish_dir / "results.parquet").is_file():
+        if cpu_grid:
+            raise FileNotFoundError(
+                f"no published results in {publish_dir}: {spec} is a CPU grid; run "
+                f"`kdlens sweep {spec} -o {work_dir} --workers 2 --publish {publish_dir}` (it resumes if stopped), "
+                "or set SMOKE = True")
         raise FileNotFoundError(
             f"no published results in {publish_dir} and no CUDA device to run {spec} here: run "
             f"`kdlens sweep {spec} -o {work_dir} --publish {publish_dir}` on a GPU (analyses/device/README.md "
