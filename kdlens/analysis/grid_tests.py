@@ -308,7 +308,8 @@ def axis_contrasts(
         ``family`` (= ``axis``), ``comparison`` (e.g. ``"σ = 2 vs σ = 0 at τ = 1"``), ``level_value``,
         then :data:`kdlens._schema.VERDICT_COLUMNS`; one row per non-reference level. Empty when
         the axis has fewer than two levels among the runs at the center, or no run at the reference
-        level (no test); ``attrs["skipped"]`` then says why, in words.
+        level (no test); ``attrs["skipped"]`` then holds one line saying why (a list, as in
+        :func:`ablation_tests`).
 
     Notes
     -----
@@ -320,7 +321,7 @@ def axis_contrasts(
                                baseline=baseline, task=task, margin=margin, level=level, scale=scale, units=units)
     out = finish_verdicts(rows, [*_LEAD, "level_value"], padjust, level=level, simultaneous=simultaneous)
     if skipped:
-        out.attrs["skipped"] = skipped
+        out.attrs["skipped"] = [skipped]
     return out
 
 

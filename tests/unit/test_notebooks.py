@@ -140,7 +140,7 @@ def test_full_setting_reads_the_published_tables_without_training(name, monkeypa
     assert not errors, errors
     assert "say nothing about distillation" not in verdict
     if name == "05_teacher_awareness.ipynb":
-        assert "Data: a partial grid: 2 of 6 runs" in verdict and "not testable" in verdict
+        assert "Data: a partial grid: 2 of 6 runs" in verdict and "not testable" in verdict, verdict
     else:
         assert "Data: the whole grid" in verdict
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "published").iterdir()} == before
