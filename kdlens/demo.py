@@ -7,7 +7,7 @@
 * student: the teacher pruned to a few layers (``prune:N``);
 * data: a reasoning-gym task (``chain_sum``) for training and testing, plus a slice of the MultiArith
   math test set when the shared kd-generalization data is present;
-* four student runs: SFT on the gold answers, word-level KD (forward KL, alpha = 1), KD with teacher
+* four student runs: SFT on the gold answers, word-level KD (forward KL, kd_weight = 1), KD with teacher
   noise sigma = 2 and KD with temperature tau = 2 (a one-at-a-time grid: the two tau = 1 KD runs
   share one teacher-logit cache, the tau = 2 run reads the teacher online, where a top-k cache is
   not faithful);
@@ -126,7 +126,7 @@ def demo_spec(
             "tasks": [f"chain_sum:{settings['train_n']}"],
             "method": "word_kd",
             "loss": "forward_kl",
-            "alpha": 1.0,
+            "kd_weight": 1.0,
             "steps": settings["steps"],
             "batch_size": 8,
             # a pruned student starts far from the teacher: a large step size shows an effect in a dozen steps

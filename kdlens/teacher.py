@@ -8,9 +8,11 @@ Two sources give the KD loss the teacher's next-token distribution on the respon
   token ids and the residual log-mass ``rho = log(1 - sum_{v in top-k} p_v)`` (tau = 1, raw
   logits). Later runs (a sigma or tau sweep) read the cache instead of running the teacher.
 
-Controls act on the teacher's RAW logits, before tau: Gaussian noise ``z + sigma * N(0, 1)`` drawn
-from a generator seeded by ``(seed, step, micro-batch, rank)`` (so a resumed run draws the same
-noise), then ``softmax(z / tau)`` inside the divergence.
+Controls act on the teacher's RAW logits, before tau: Gaussian noise ``z + sigma * N(0, 1)``, then
+``softmax(z / tau)`` inside the divergence. The noise of one token row is a pure function of
+``(seed, step, example, position)`` (:func:`teacher_noise`): only the data decide it, not the
+gradient accumulation, the process count, the padding or the other rows of the batch, and a resumed
+run draws the same.
 
 Top-k approximation (cache)
 ---------------------------
@@ -57,12 +59,22 @@ from typing import Any
 
 import torch
 
-from kdlens._io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, sha256_json
+from kdlens._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temporaries,
+    sha256_json,
+)
+from kdlens.losses._common import compute_dtype
 
 __all__ = [
     "TopK",
     "TeacherCache",
+    "NoiseKey",
     "noise_seed",
+    "teacher_noise",
     "add_noise",
     "topk_signal",
     "topk_pseudo_logits",
@@ -75,7 +87,8 @@ __all__ = [
 #: Pseudo-logit margin for an empty rest bucket: exp(-1e4) == 0 in float32, so the bucket has
 #: exactly zero probability while its log stays finite (0 * log 0 would give NaN in the KL sums).
 _EMPTY_BUCKET_MARGIN = 1.0e4
-_CACHE_FORMAT = 1
+#: 2: keyed and checked by the teacher's weights fingerprint (1 was keyed by the teacher's path)
+_CACHE_FORMAT = 2
 
 
 @dataclass
@@ -102,35 +115,163 @@ class TopK:
 
 
 def noise_seed(seed: int, *parts: int) -> int:
-    """A 63-bit seed derived from ``(seed, *parts)`` (e.g. step, micro-batch, rank).
+    """A 63-bit seed derived from ``(seed, *parts)`` (e.g. step, purpose).
 
-    Deriving instead of carrying one generator makes the noise a pure function of the step, so a
+    Deriving instead of carrying one generator makes every draw a pure function of the step, so a
     resumed run reproduces it without saving generator state.
     """
     blob = struct.pack(f">{1 + len(parts)}q", int(seed), *(int(p) for p in parts))
     return int.from_bytes(hashlib.sha256(b"kdlens-teacher-noise" + blob).digest()[:8], "big") >> 1
 
 
-def add_noise(logits: torch.Tensor, sigma: float, *, seed: int) -> torch.Tensor:
-    """Return ``logits + sigma * N(0, 1)`` (float32), drawn from a generator seeded with ``seed``.
+def _int64(value: int) -> int:
+    """An unsigned 64-bit constant as the signed int64 with the same bits (torch has no uint64 math)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+# SplitMix64 (Steele, Lea & Flood 2014): the Weyl increment and the two multipliers of its finalizer
+_GOLDEN = _int64(0x9E3779B97F4A7C15)
+_MIX1 = _int64(0xBF58476D1CE4E5B9)
+_MIX2 = _int64(0x94D049BB133111EB)
+#: entries of the noise computed at once: bounds the int64 temporaries (8 MiB on a CPU, where small
+#: blocks stay in cache, measured ~20 % faster than 32 MiB ones; 512 MiB on a GPU: fewer launches)
+_NOISE_BLOCK_ELEMENTS = {"cpu": 1 << 20, "cuda": 1 << 26}
+
+
+def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Logical right shift of int64 bits (torch's ``>>`` copies the sign bit)."""
+    return (x >> k).bitwise_and_((1 << (64 - k)) - 1)
+
+
+def _fmix64(z: torch.Tensor) -> torch.Tensor:
+    """SplitMix64's finalizer, a bijection of 64-bit words, IN PLACE on ``z`` (int64 products wrap mod 2**64)."""
+    z.bitwise_xor_(_srl(z, 30)).mul_(_MIX1)
+    z.bitwise_xor_(_srl(z, 27)).mul_(_MIX2)
+    return z.bitwise_xor_(_srl(z, 31))
+
+
+def _row_keys(seed: int, step: int, example_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    base = noise_seed(seed, step)
+    return _fmix64(_fmix64(example_ids.long() ^ base) ^ positions.long())
+
+
+def _normals_into(out: torch.Tensor, keys: torch.Tensor) -> None:
+    """Standard normals into ``out`` [len(keys), V] (float32): a SplitMix64 stream per key, Box-Muller pairs."""
+    vocab = out.shape[-1]
+    pairs = (vocab + 1) // 2
+    counter = torch.arange(1, pairs + 1, dtype=torch.long, device=keys.device) * _GOLDEN
+    z = _fmix64(keys[:, None] + counter)  # output number j of SplitMix64 started at the row's key
+    # 24-bit uniforms: u1 in (0, 1) from the top bits, the angle from the next 24
+    radius = _srl(z, 40).float().add_(0.5).mul_(2.0**-24).log_().mul_(-2.0).sqrt_()
+    angle = z.bitwise_right_shift_(16).bitwise_and_(0xFFFFFF).float().mul_(2.0 * math.pi * 2.0**-24)
+    if vocab % 2 == 0:  # entry 2j is the cosine of pair j, entry 2j + 1 its sine
+        view = out.view(len(keys), pairs, 2)
+        torch.mul(radius, torch.cos(angle), out=view[..., 0])
+        torch.mul(radius, angle.sin_(), out=view[..., 1])
+    else:
+        both = torch.stack([radius * torch.cos(angle), radius * angle.sin_()], dim=-1)
+        out.copy_(both.reshape(len(keys), -1)[:, :vocab])
+
+
+@dataclass(frozen=True)
+class NoiseKey:
+    """What the teacher noise of a batch is a function of.
+
+    Attributes
+    ----------
+    seed : int
+        The run seed.
+    step : int
+        The optimizer step (0-based).
+    example_ids : sequence of int
+        One id per batch row: the row's dataset index (unique within a step). Token position ``t``
+        of row ``i`` (the logit predicting token ``t + 1``, counted from the sequence start, as in
+        right-padded training batches) draws :func:`teacher_noise` ``(seed, step, example_ids[i], t)``.
+    """
+
+    seed: int
+    step: int
+    example_ids: Sequence[int]
+
+
+def teacher_noise(seed: int, step: int, example_ids: torch.Tensor | Sequence[int],
+                  positions: torch.Tensor | Sequence[int], vocab: int, *,
+                  device: torch.device | str | None = None) -> torch.Tensor:
+    """Standard normal noise for token rows: row ``i`` is a pure function of ``(seed, step, example_ids[i],
+    positions[i])``.
 
     Parameters
     ----------
-    logits : Tensor, float [..., V]
-        Raw teacher logits (before temperature).
-    sigma : float
-        Noise standard deviation, >= 0; 0 returns the logits unchanged (as float32).
-    seed : int
-        Generator seed, usually :func:`noise_seed` of the run seed and the step.
+    seed, step : int
+        Run seed and optimizer step.
+    example_ids, positions : Tensor [N] or sequence of int
+        The example (dataset index) and the token position of each row.
+    vocab : int
+        Entries per row.
+    device : device, optional
+        Where to compute (default: the ids' device). Integer hashing gives the same bits on every
+        device; the float transform (log, sqrt, cos) may differ by a rounding unit.
+
+    Returns
+    -------
+    Tensor, float32 [N, vocab]
+        Entry ``v`` of a row never depends on which other rows are generated with it, nor on ``vocab``
+        beyond ``v``: any chunk of rows (a fused, chunked divergence) can be drawn on its own.
+
+    Notes
+    -----
+    A counter-based generator: the row key ``fmix64(fmix64(example ^ S) ^ position)``, with ``S`` a
+    SHA-256 of ``(seed, step)`` (:func:`noise_seed`), starts a SplitMix64 stream (Steele et al.
+    2014); its output ``j`` gives two 24-bit uniforms and, by Box-Muller, entries ``2j`` (cos) and
+    ``2j + 1`` (sin). The uniforms are offset by half a unit, so draws stay below 5.9 sigma.
     """
-    if sigma < 0:
-        raise ValueError(f"sigma must be >= 0, got {sigma}")
-    logits = logits.float()
+    ids = torch.as_tensor(example_ids, dtype=torch.long, device=device)
+    pos = torch.as_tensor(positions, dtype=torch.long, device=ids.device)
+    if ids.shape != pos.shape or ids.ndim != 1:
+        raise ValueError(f"example_ids and positions must be 1-D of one length, got {tuple(ids.shape)} and "
+                         f"{tuple(pos.shape)}")
+    if vocab < 1:
+        raise ValueError(f"vocab must be >= 1, got {vocab}")
+    keys = _row_keys(seed, step, ids, pos)
+    out = torch.empty(len(keys), vocab, dtype=torch.float32, device=ids.device)
+    block = max(1, _NOISE_BLOCK_ELEMENTS.get(ids.device.type, 1 << 20) // vocab)
+    for start in range(0, len(keys), block):
+        _normals_into(out[start:start + block], keys[start:start + block])
+    return out
+
+
+def add_noise(logits: torch.Tensor, sigma: float, *, key: NoiseKey | None,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Return ``logits + sigma * teacher_noise(...)`` (float32) at the rows that count.
+
+    Parameters
+    ----------
+    logits : Tensor, float [B, T, V]
+        Raw teacher logits (before temperature), aligned so that row ``b``, position ``t`` belongs
+        to example ``key.example_ids[b]`` at position ``t``.
+    sigma : float
+        Noise standard deviation, >= 0; 0 returns the logits unchanged (as float32, or float64).
+    key : NoiseKey
+        Seed, step and example ids; required when ``sigma > 0``.
+    mask : Tensor, bool [B, T], optional
+        Positions that count: only they are drawn (the others are returned unchanged, as the loss
+        ignores them). None draws every position.
+    """
+    if not sigma >= 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    logits = logits.to(compute_dtype(logits.dtype))
     if sigma == 0:
         return logits
-    gen = torch.Generator(device=logits.device).manual_seed(seed)
-    noise = torch.randn(logits.shape, generator=gen, device=logits.device, dtype=torch.float32)
-    return logits + sigma * noise
+    if key is None:
+        raise ValueError("sigma > 0 needs a NoiseKey (seed, step, example ids) to draw the teacher noise from")
+    b, t = logits.shape[:2]
+    if len(key.example_ids) != b:
+        raise ValueError(f"NoiseKey has {len(key.example_ids)} example ids for a batch of {b} rows")
+    where = torch.ones(b, t, dtype=torch.bool, device=logits.device) if mask is None else mask.to(logits.device)
+    rows, positions = where.nonzero(as_tuple=True)
+    ids = torch.as_tensor(list(key.example_ids), dtype=torch.long, device=logits.device)[rows]
+    noise = teacher_noise(key.seed, key.step, ids, positions, logits.shape[-1], device=logits.device)
+    return logits.index_put((rows, positions), noise.mul_(sigma).to(logits.dtype), accumulate=True)
 
 
 def response_mask(labels: torch.Tensor) -> torch.Tensor:
@@ -241,7 +382,7 @@ def dense_teacher_logits(topk: TopK, vocab_size: int) -> torch.Tensor:
 def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Tensor,
                   teacher: torch.Tensor | TopK, *, mask: torch.Tensor, temperature: float = 1.0,
                   scale_by_temperature_squared: bool = False, sigma: float = 0.0,
-                  seed: int = 0, tail: str = "uniform") -> torch.Tensor:
+                  noise: NoiseKey | None = None, tail: str = "uniform") -> torch.Tensor:
     """Per-token KD loss from full teacher logits or a top-k signal, noise applied first.
 
     Parameters
@@ -257,18 +398,22 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
         Passed to ``loss_fn``.
     sigma : float
         Noise std added to the raw teacher (pseudo-)logits before tau.
-    seed : int
-        Noise generator seed.
+    noise : NoiseKey or None
+        Seed, step and example ids the noise is drawn from (:func:`add_noise`); needed when sigma > 0.
     tail : {"uniform", "bucket"}
         How a top-k entry stands in for the full teacher: ``"uniform"`` rebuilds full logits with
         the tail spread evenly (:func:`dense_teacher_logits`; the student side is exact), ``"bucket"``
-        compares (k+1)-way distributions (:func:`topk_pseudo_logits`). Ignored for full logits.
+        compares (k+1)-way distributions (:func:`topk_pseudo_logits`; the noise of the k + 1
+        pseudo-logits is the first k + 1 entries of the row's draw). Ignored for full logits.
 
     Returns
     -------
     Tensor, float32 [B, T]
         Per-token loss, 0 at masked positions.
     """
+    if hasattr(teacher, "kd_token_loss"):  # a teacher on its own tokenization (kdlens.distill._cross_tokenizer)
+        return teacher.kd_token_loss(loss_fn, student_logits, mask=mask, temperature=temperature,
+                                     scale_by_temperature_squared=scale_by_temperature_squared, sigma=sigma, noise=noise)
     if isinstance(teacher, TopK) and tail == "uniform":
         student, teacher_logits = student_logits, dense_teacher_logits(teacher, student_logits.shape[-1])
     elif isinstance(teacher, TopK) and tail == "bucket":
@@ -276,20 +421,22 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
     elif isinstance(teacher, TopK):
         raise ValueError(f"tail={tail!r} is not one of ['uniform', 'bucket']")
     else:
-        student, teacher_logits = student_logits, teacher.float()
-    teacher_logits = add_noise(teacher_logits, sigma, seed=seed)
+        student, teacher_logits = student_logits, teacher.to(compute_dtype(teacher.dtype))
+    teacher_logits = add_noise(teacher_logits, sigma, key=noise, mask=mask)
     return loss_fn(student, teacher_logits, mask=mask, temperature=temperature,
                    scale_by_temperature_squared=scale_by_temperature_squared, reduction="none")
 
 
-def cache_key(*, teacher_id: str, data_hash: str, max_length: int, top_k: int, dtype: str,
+def cache_key(*, teacher_weights: str, data_hash: str, max_length: int, top_k: int, dtype: str,
               vocab_size: int, precision: str = "float32") -> str:
     """Directory name of a teacher cache: a hash of what determines its content.
 
-    ``precision`` is the teacher's compute precision (``"bfloat16"`` under bf16 autocast): a cache
-    built in one precision is not read by a run in another.
+    ``teacher_weights`` is the teacher's weights fingerprint (:func:`kdlens.distill.weights_fingerprint`),
+    not its name or path: a teacher retrained in place gets a cache of its own. ``precision`` is
+    the teacher's compute precision (``"bfloat16"`` under bf16 autocast): a cache built in one
+    precision is not read by a run in another.
     """
-    return sha256_json({"teacher": teacher_id, "data_hash": data_hash, "max_length": max_length,
+    return sha256_json({"teacher_weights": teacher_weights, "data_hash": data_hash, "max_length": max_length,
                         "top_k": top_k, "dtype": dtype, "vocab_size": vocab_size, "precision": precision,
                         "format": _CACHE_FORMAT})[:20]
 
@@ -300,8 +447,8 @@ class TeacherCache:
     Layout of ``<root>/<cache_key>/``: ``shard-NNNNN.safetensors`` (each written atomically;
     tensors ``values`` [N, k], ``indices`` [N, k] int32, ``residual`` [N] float32 and
     ``lengths`` [n_examples] int64 for the examples it holds, in dataset order), ``index.json``
-    (teacher id, data hash, max_length, k, dtype, shard list) and a ``complete`` marker written
-    last. A cache without the marker is rebuilt (finished shards are kept).
+    (teacher weights fingerprint and name, data hash, max_length, k, dtype, shard list) and a
+    ``complete`` marker written last. A cache without the marker is rebuilt (finished shards are kept).
 
     Use :meth:`build` (runs the teacher) or :meth:`open` (reads an existing cache), then
     :meth:`batch` to fetch the entries of a collated batch.
@@ -329,9 +476,9 @@ class TeacherCache:
         return (Path(path) / "complete").is_file()
 
     @classmethod
-    def open(cls, path: str | os.PathLike, *, teacher_id: str | None = None,
+    def open(cls, path: str | os.PathLike, *, teacher_weights: str | None = None,
              data_hash: str | None = None) -> TeacherCache:
-        """Load a complete cache, checking that it belongs to this teacher and data."""
+        """Load a complete cache, checking that it belongs to this teacher (its weights fingerprint) and data."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -339,7 +486,10 @@ class TeacherCache:
             raise FileNotFoundError(f"{path} is not a complete teacher cache (no 'complete' marker); "
                                     "run with teacher_source=cache to build it")
         index = read_json(path / "index.json")
-        for name, want in (("teacher", teacher_id), ("data_hash", data_hash)):
+        if index.get("format") != _CACHE_FORMAT:
+            raise ValueError(f"teacher cache {path} has format {index.get('format')!r}, not {_CACHE_FORMAT}; "
+                             "delete it (it is rebuilt on the next run)")
+        for name, want in (("teacher_weights", teacher_weights), ("data_hash", data_hash)):
             if want is not None and index.get(name) != want:
                 raise ValueError(f"teacher cache {path} was built for {name}={index.get(name)!r}, "
                                  f"not {want!r}; delete it or point cache_dir elsewhere")
@@ -357,9 +507,10 @@ class TeacherCache:
     @classmethod
     def build(cls, path: str | os.PathLike, *, teacher: torch.nn.Module, features: Sequence[Mapping[str, Any]],
               collate: Callable[[Sequence[Mapping[str, Any]]], Mapping[str, torch.Tensor]], top_k: int,
-              vocab_size: int, teacher_id: str, data_hash: str, max_length: int, dtype: str = "float32",
+              vocab_size: int, teacher_weights: str, data_hash: str, max_length: int, dtype: str = "float32",
               batch_size: int = 8, shard_size: int = 256, device: torch.device | str = "cpu",
-              autocast_dtype: torch.dtype | None = None, progress: bool = False) -> TeacherCache:
+              autocast_dtype: torch.dtype | None = None, progress: bool = False,
+              teacher_name: str | None = None) -> TeacherCache:
         """Run the teacher over ``features`` (in order) and store its top-k logits per response token.
 
         Parameters
@@ -376,15 +527,54 @@ class TeacherCache:
             Logits kept per token (clipped to ``vocab_size``).
         vocab_size : int
             Common logit width of teacher and student; logits are truncated to it first.
+        teacher_weights : str
+            The teacher's weights fingerprint (:func:`kdlens.distill.weights_fingerprint`), checked by
+            :meth:`open`; ``teacher_name`` is recorded for people only.
+        """
+        k = min(int(top_k), int(vocab_size))
+        teacher.eval()
+
+        def signal(chunk: Sequence[Mapping[str, Any]]) -> tuple[TopK, torch.Tensor]:
+            batch = {key: value.to(device) for key, value in collate(chunk).items()}
+            with torch.no_grad(), torch.autocast(device_type=torch.device(device).type,
+                                                 dtype=autocast_dtype or torch.float32,
+                                                 enabled=autocast_dtype is not None):
+                logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            mask = response_mask(batch["labels"])
+            return topk_signal(logits[:, :-1, :vocab_size].float()[mask], k), mask.sum(-1)
+
+        return cls.build_from_signal(path, signal=signal, features=features, top_k=k, vocab_size=vocab_size,
+                                     teacher_weights=teacher_weights, teacher_name=teacher_name, data_hash=data_hash,
+                                     max_length=max_length, dtype=dtype, batch_size=batch_size,
+                                     shard_size=shard_size, progress=progress)
+
+    @classmethod
+    def build_from_signal(cls, path: str | os.PathLike, *,
+                          signal: Callable[[Sequence[Mapping[str, Any]]], tuple[TopK, torch.Tensor]],
+                          features: Sequence[Mapping[str, Any]], top_k: int, vocab_size: int, teacher_weights: str,
+                          data_hash: str, max_length: int, dtype: str = "float32", batch_size: int = 8,
+                          shard_size: int = 256, progress: bool = False,
+                          teacher_name: str | None = None) -> TeacherCache:
+        """Store the top-k signal of any teacher source (a local model, an HTTP endpoint) as a cache.
+
+        Parameters
+        ----------
+        signal : callable
+            ``signal(features) -> (topk, lengths)`` for up to ``batch_size`` examples: ``topk`` with
+            fields ``[N, top_k]`` / ``[N]``, one row per response token (examples in order, tokens in
+            order), and ``lengths`` [n] the number of response tokens of each example.
+        top_k : int
+            k of every row.
+        Other parameters as :meth:`build`.
         """
         from safetensors.torch import save
 
         path = Path(path)
         if cls.is_complete(path):
-            return cls.open(path, teacher_id=teacher_id, data_hash=data_hash)
+            return cls.open(path, teacher_weights=teacher_weights, data_hash=data_hash)
         path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)  # shards a killed build was writing (a live builder's are kept)
         store_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
-        k = min(int(top_k), int(vocab_size))
         shards = []
         starts = range(0, len(features), shard_size)
         iterator = starts
@@ -392,7 +582,6 @@ class TeacherCache:
             from tqdm.auto import tqdm
 
             iterator = tqdm(starts, desc="teacher cache", unit="shard")
-        teacher.eval()
         for shard_no, start in enumerate(iterator):
             chunk = features[start:start + shard_size]
             name = f"shard-{shard_no:05d}.safetensors"
@@ -401,30 +590,23 @@ class TeacherCache:
                 continue  # finished by an earlier, interrupted build of the same key
             vals, ids, res, lengths = [], [], [], []
             for b in range(0, len(chunk), batch_size):
-                batch = collate(chunk[b:b + batch_size])
-                batch = {key: value.to(device) for key, value in batch.items()}
-                with torch.no_grad(), torch.autocast(device_type=torch.device(device).type,
-                                                     dtype=autocast_dtype or torch.float32,
-                                                     enabled=autocast_dtype is not None):
-                    logits = teacher(input_ids=batch["input_ids"],
-                                     attention_mask=batch["attention_mask"]).logits
-                mask = response_mask(batch["labels"])
-                logits = logits[:, :-1, :vocab_size].float()[mask]  # [N, V] in row-major batch order
-                signal = topk_signal(logits, k)
-                del logits
-                vals.append(signal.values.to(store_dtype).cpu())
-                ids.append(signal.indices.to(torch.int32).cpu())
-                res.append(signal.residual.float().cpu())
-                lengths.append(mask.sum(-1).cpu())
+                topk, counts = signal(chunk[b:b + batch_size])
+                if topk.k != top_k or topk.values.shape[0] != int(counts.sum()):
+                    raise ValueError(f"the teacher signal gave {topk.values.shape[0]} rows of k={topk.k} for "
+                                     f"{int(counts.sum())} response tokens; expected k={top_k}")
+                vals.append(topk.values.to(store_dtype).cpu())
+                ids.append(topk.indices.to(torch.int32).cpu())
+                res.append(topk.residual.float().cpu())
+                lengths.append(counts.cpu())
             tensors = {"values": torch.cat(vals).contiguous(), "indices": torch.cat(ids).contiguous(),
                        "residual": torch.cat(res).contiguous(), "lengths": torch.cat(lengths).long()}
             atomic_write_bytes(path / name, save(tensors))
-        index = {"format": _CACHE_FORMAT, "teacher": teacher_id, "data_hash": data_hash,
-                 "max_length": max_length, "top_k": k, "dtype": dtype, "vocab_size": int(vocab_size),
+        index = {"format": _CACHE_FORMAT, "teacher_weights": teacher_weights, "teacher": teacher_name,
+                 "data_hash": data_hash, "max_length": max_length, "top_k": top_k, "dtype": dtype, "vocab_size": int(vocab_size),
                  "n_examples": len(features), "shards": shards}
         atomic_write_json(path / "index.json", index)
         atomic_write_text(path / "complete", "")
-        return cls.open(path, teacher_id=teacher_id, data_hash=data_hash)
+        return cls.open(path, teacher_weights=teacher_weights, data_hash=data_hash)
 
     def batch(self, example_indices: Sequence[int], mask: torch.Tensor) -> TopK:
         """Cache entries of a batch, laid out on its response mask.

@@ -27,6 +27,19 @@ def kd_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def arith_tasks(tmp_path_factory) -> str:
+    """A JSONL task of 16 additions with short rationales (the tiny tokenizer is byte-level)."""
+    import json
+
+    path = tmp_path_factory.mktemp("arith") / "arith.jsonl"
+    rows = [{"instruction": f"What is {3 + i} + {7 + 2 * i}?", "input": "",
+             "output": f"{3 + i} plus {7 + 2 * i} is {10 + 3 * i}. The answer is {10 + 3 * i}",
+             "answer": str(10 + 3 * i)} for i in range(16)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def tiny():
     """``(model, tokenizer)`` of the built-in tiny model (seed 0). Shared: do not modify it in place."""
     from kdlens.models import tiny_model
@@ -40,3 +53,18 @@ def smollm2():
     from kdlens.models import load_model
 
     return load_model("smollm2-135m-instruct")
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The ``output_dir`` of every run ``kdlens.distill.distill`` trains from now on (e.g. inside a sweep)."""
+    import kdlens.distill
+
+    calls, real = [], kdlens.distill.distill
+
+    def counting(config, **kw):
+        calls.append(config.output_dir)
+        return real(config, **kw)
+
+    monkeypatch.setattr(kdlens.distill, "distill", counting)
+    return calls

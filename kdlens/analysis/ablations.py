@@ -182,7 +182,7 @@ def add_gain(results: pd.DataFrame, *, baseline: str = "sft", match: Sequence[st
         Method of the reference runs.
     match : list of str, optional
         Columns a run and its baseline share. Default: every axis column that is not in
-        :data:`KD_ONLY_KEYS` (e.g. ``student``, ``seed``), plus ``task``.
+        :data:`kdlens._schema.KD_ONLY_KEYS` (e.g. ``student``, ``seed``), plus ``task``.
     metrics : list of str
         Metrics whose gain is added as ``<metric>_gain`` (with ``baseline_<metric>``).
 
@@ -194,9 +194,7 @@ def add_gain(results: pd.DataFrame, *, baseline: str = "sft", match: Sequence[st
     """
     require_columns(results, ["method", "task", "run_id", *metrics], what="results")
     if match is None:
-        skip = set(KD_ONLY_KEYS) | set(RUNS_COLUMNS) | {"method", "task", "n"} | set(_metric_columns())
-        skip |= {c for c in results.columns if c.endswith("_gain") or c.startswith("baseline_")}
-        match = [c for c in results.columns if c not in skip]
+        match = match_columns(results)
     keys = [*match, "task"]
     require_columns(results, keys, what="results")
     base = results.loc[results["method"] == baseline, [*keys, "run_id", *metrics]]
@@ -214,7 +212,16 @@ def add_gain(results: pd.DataFrame, *, baseline: str = "sft", match: Sequence[st
     return out
 
 
-def _metric_columns() -> list[str]:
+def match_columns(results: pd.DataFrame) -> list[str]:
+    """Columns a run shares with its baseline run: every axis column not in :data:`KD_ONLY_KEYS`
+    (e.g. ``student``, ``seed``), without ``method``, ``task`` and the metric columns."""
+    skip = set(KD_ONLY_KEYS) | set(RUNS_COLUMNS) | {"method", "task", "n"} | set(metric_columns())
+    skip |= {c for c in results.columns if c.endswith("_gain") or c.startswith("baseline_")}
+    return [c for c in results.columns if c not in skip]
+
+
+def metric_columns() -> list[str]:
+    """Every metric column of :func:`run_metrics` (with the ``_ci_low``/``_ci_high`` bounds)."""
     cols = []
     for metric in RESULTS_METRICS:
         cols.append(metric)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ import pandas as pd
 from kdlens._schema import FIDELITY_COLUMNS
 from kdlens.analysis._bootstrap import ratio_bootstrap_ci
 from kdlens.analysis._validate import require_columns, require_level, require_nonempty
+from kdlens.analysis.columns import STUDENT, TEACHER, examples_from_columns
 
 __all__ = [
     "METRICS",
@@ -65,7 +67,18 @@ def bleu_signature() -> str:
 
 
 def sentence_bleu(hypothesis: str, reference: str) -> float:
-    """Sentence BLEU of ``hypothesis`` against one ``reference``, scaled to [0, 1]."""
+    r"""Sentence BLEU of ``hypothesis`` against one ``reference``, scaled to [0, 1].
+
+    Notes
+    -----
+    :math:`\mathrm{BLEU} = \mathrm{BP}\cdot\exp\big(\sum_{n=1}^{4} w_n \log p_n\big)` with modified
+    n-gram precisions :math:`p_n`, uniform weights :math:`w_n` and brevity penalty
+    :math:`\mathrm{BP} = \min(1, e^{1 - r/c})` (reference length :math:`r`, hypothesis length :math:`c`);
+    sacrebleu's sentence settings (:data:`BLEU_SETTINGS`, signature :func:`bleu_signature`).
+
+    References: Papineni et al. 2002, ACL (``papineni2002bleu``); Post 2018, WMT, sacreBLEU
+    (``post2018call``). ``kdlens cite`` prints these entries (:mod:`kdlens.citations`).
+    """
     return float(_bleu_metric().sentence_score(hypothesis, [reference]).score) / 100.0
 
 
@@ -77,7 +90,16 @@ def _rouge_scorer():
 
 
 def rouge_l(hypothesis: str, reference: str) -> float:
-    """ROUGE-L F-measure of ``hypothesis`` against ``reference`` (rouge-score, stemmed)."""
+    r"""ROUGE-L F-measure of ``hypothesis`` against ``reference`` (rouge-score, stemmed).
+
+    Notes
+    -----
+    With :math:`L` the length of the longest common subsequence of the token sequences,
+    :math:`R = L/|\mathrm{ref}|`, :math:`P = L/|\mathrm{hyp}|` and :math:`F = 2PR/(P + R)`.
+
+    References: Lin 2004, Text Summarization Branches Out (``lin2004rouge``). ``kdlens cite`` prints
+    this entry (:mod:`kdlens.citations`).
+    """
     return float(_rouge_scorer().score(reference, hypothesis)["rougeL"].fmeasure)
 
 
@@ -111,7 +133,7 @@ def embedding_cosine(
     batch_size: int = 64,
     device: str | None = "cpu",
 ) -> np.ndarray:
-    """Row-wise cosine between sentence embeddings of ``hypotheses`` and ``references``.
+    r"""Row-wise cosine between sentence embeddings of ``hypotheses`` and ``references``.
 
     Parameters
     ----------
@@ -125,6 +147,14 @@ def embedding_cosine(
     Returns
     -------
     ndarray, shape [n]
+
+    Notes
+    -----
+    :math:`\cos(u, v) = u^\top v / (\|u\|\,\|v\|)` between all-MiniLM-L6-v2 sentence embeddings (a
+    MiniLM student trained as a Sentence-BERT encoder).
+
+    References: Reimers and Gurevych 2019, EMNLP-IJCNLP (``reimers2019sentence``); Wang et al. 2020,
+    MiniLM, NeurIPS (``wang2020minilm``). ``kdlens cite`` prints these entries (:mod:`kdlens.citations`).
     """
     if len(hypotheses) != len(references):
         raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
@@ -165,30 +195,47 @@ def _pairs(examples: pd.DataFrame, teacher: str | None, references: Sequence[str
 
 
 def fidelity(
-    examples: pd.DataFrame,
+    examples: pd.DataFrame | None = None,
     *,
     teacher: str | None = None,
-    references: Sequence[str] = ("teacher", "gold"),
+    references: Sequence[str] | None = None,
     metrics: Sequence[str] = ("bleu", "rouge_l", "embedding_cosine"),
     device: str | None = "cpu",
+    student_outputs: Sequence[str] | None = None,
+    teacher_outputs: Sequence[str] | None = None,
+    gold_rationales: Sequence[str] | None = None,
+    task: str | Sequence[str] = "task",
+    example_ids: Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Per-example fidelity of each model's rationale to the teacher's and to the gold rationale.
 
+    Two call forms: a kdlens examples table (``fidelity(examples, teacher="teacher")``), or one
+    student's rationales with its teacher's and/or the gold ones as plain columns
+    (``fidelity(student_outputs=[...], teacher_outputs=[...])``; the student is
+    ``model_id="student"``, see :func:`kdlens.analysis.columns.examples_from_columns`). Both give
+    the same numbers on the same rows.
+
     Parameters
     ----------
-    examples : DataFrame
+    examples : DataFrame, optional
         Examples table; needs ``model_id, task, example_id, sample, output`` (and
         ``gold_rationale`` for the gold reference). Greedy outputs (``sample == 0``) are compared.
     teacher : str, optional
         The teacher's ``model_id``; required for ``references`` containing ``"teacher"``. The
         teacher itself is compared only with the gold rationale.
-    references : subset of {"teacher", "gold"}
+    references : subset of {"teacher", "gold"}, optional
         ``"teacher"``: each other model against the teacher's output on the same
         (task, example_id). ``"gold"``: every model against the example's non-empty gold rationale.
+        Default: both with a table; in the column form, those whose columns are given.
     metrics : subset of {"bleu", "rouge_l", "embedding_cosine"}
         Metrics not requested are NaN. ``"embedding_cosine"`` needs the ``embed`` extra.
     device : str, optional
         Device of the sentence encoder (see :func:`embedding_cosine`).
+    student_outputs, teacher_outputs, gold_rationales : sequence of str, optional
+        The column form: one rationale per example. In this form the teacher's own outputs are
+        not compared with the gold rationales (only the student's are).
+    task, example_ids : optional
+        The column form's task name(s) and example ids.
 
     Returns
     -------
@@ -196,7 +243,35 @@ def fidelity(
         ``kdlens._schema.FIDELITY_COLUMNS``, one row per (model_id, reference, task, example_id).
         ``attrs["bleu_signature"]`` records the sacrebleu signature and ``attrs["metrics"]`` the
         metric definitions.
+
+    Notes
+    -----
+    Reasoning fidelity, as in the paradox paper: the similarity of a student's rationale to its
+    teacher's on the same prompt (sentence BLEU as the main measure).
+
+    References: Ramesh, Sengupta and Chakraborty 2025, Findings of ACL (``ramesh2025generalization``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
+    if student_outputs is not None:
+        if examples is not None:
+            raise ValueError("give either an examples table or student_outputs=, not both")
+        if teacher_outputs is None and gold_rationales is None:
+            raise ValueError("the column form needs teacher_outputs= and/or gold_rationales= to compare with")
+        examples = examples_from_columns(student_outputs=student_outputs, teacher_outputs=teacher_outputs,
+                                         gold_rationales=gold_rationales, task=task, example_ids=example_ids)
+        if teacher_outputs is None:  # gold only: the teacher rows hold no output
+            examples = examples.loc[examples["model_id"] == STUDENT]
+        else:
+            teacher = teacher or TEACHER
+        if references is None:
+            references = [r for r, c in (("teacher", teacher_outputs), ("gold", gold_rationales)) if c is not None]
+        if gold_rationales is not None:  # the column form compares the student only
+            examples = examples.assign(gold_rationale=examples["gold_rationale"].where(
+                examples["model_id"] == STUDENT, pd.NA))
+    if examples is None:
+        raise ValueError("fidelity needs an examples table, or student_outputs= with teacher_outputs= or "
+                         "gold_rationales=")
+    references = ("teacher", "gold") if references is None else references
     unknown = sorted(set(metrics) - set(METRICS))
     if unknown:
         raise ValueError(f"unknown fidelity metric(s) {unknown}; known: {sorted(METRICS)}")
@@ -242,6 +317,12 @@ def summarize_fidelity(
     DataFrame
         Columns ``model_id, reference, task, metric, value, ci_low, ci_high, n``; metrics with
         no finite value are skipped.
+
+    Notes
+    -----
+    Percentile bootstrap over examples, as in :func:`agreement`. References: Efron 1979
+    (``efron1979bootstrap``). ``kdlens cite`` prints these entries for a run that used this function
+    (:mod:`kdlens.citations`).
     """
     require_columns(fid, FIDELITY_COLUMNS, what="fidelity table")
     require_level(level)

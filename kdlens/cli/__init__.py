@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main", "build_parser", "SUBCOMMANDS"]
+__all__ = ["main", "build_parser", "error_message", "SUBCOMMANDS", "USER_ERRORS"]
 
 #: subcommand name -> module under kdlens.cli (in ``kdlens --help`` order)
 SUBCOMMANDS: dict[str, str] = {
@@ -25,10 +25,12 @@ SUBCOMMANDS: dict[str, str] = {
     "sweep": "kdlens.cli.sweep",
     "report": "kdlens.cli.report",
     "paper-stats": "kdlens.cli.paper_stats",
+    "cite": "kdlens.cli.cite",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``kdlens`` argument parser with every subcommand of :data:`SUBCOMMANDS` registered."""
     from kdlens import __version__
 
     parser = argparse.ArgumentParser(
@@ -42,7 +44,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: the exception types a user causes and can fix: bad values and inputs (ValueError, which includes
+#: JSON, Unicode and Arrow decoding errors), the file system and the network (OSError: missing,
+#: unreadable or unwritable paths, a full disk, an unreachable endpoint) and missing optional
+#: dependencies (ImportError). kdlens raises them with a message that names the problem and the
+#: fix; anything else (TypeError, KeyError, RuntimeError, ...) is a bug and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+
+_OS_HINTS = {
+    FileNotFoundError: "check the path",
+    PermissionError: "check the permissions of that path (or choose another one)",
+    IsADirectoryError: "a file was expected there, not a directory",
+    NotADirectoryError: "a directory was expected there (or a parent of the path is a file)",
+    FileExistsError: "remove it or choose another path",
+}
+
+
+def error_message(err: BaseException) -> str:
+    """One line for a user error: the message kdlens wrote, or the OS error with its path and a fix."""
+    if isinstance(err, OSError) and err.errno is not None and err.strerror:
+        where = f": {err.filename}" if err.filename is not None else ""
+        where += f" -> {err.filename2}" if err.filename2 is not None else ""
+        hint = next((h for kind, h in _OS_HINTS.items() if isinstance(err, kind)), None)
+        if hint is None and err.errno == 28:  # ENOSPC
+            hint = "free some disk space or choose another output directory"
+        text = f"{err.strerror}{where}" + (f"; {hint}" if hint else "")
+    elif type(err).__name__ == "OutOfMemoryError":  # torch's, without importing torch here
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        text = f"out of memory on the device ({first}); lower batch_size or max_length, or raise grad_accum"
+    else:
+        text = str(err) or type(err).__name__
+    return "; ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``kdlens`` command line on ``argv`` (default: ``sys.argv[1:]``); return its exit status.
+
+    0 on success; 1 with one line ``kdlens COMMAND: error: ...`` on stderr for a problem the user
+    can fix (:data:`USER_ERRORS`); 2 for a malformed command line (argparse's own convention);
+    130 when interrupted (a rerun resumes). Other exceptions are bugs and propagate with their
+    traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -50,9 +92,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as err:
-        # Expected user errors: one clear line, no traceback.
-        print(f"kdlens {args.command}: error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"kdlens {args.command}: interrupted; rerun the same command to resume (finished work is kept)",
+              file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        print(f"kdlens {args.command}: error: {error_message(err)}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        print(f"kdlens {args.command}: error: {error_message(err)}", file=sys.stderr)
         return 1
 
 

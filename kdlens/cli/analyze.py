@@ -62,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     from kdlens.analysis.rationale_fidelity import fidelity, summarize_fidelity
     from kdlens.analysis.teacher_agreement import agreement
 
+    if args.n_boot < 0:
+        raise ValueError(f"--n-boot must be >= 0 (0 = no bootstrap intervals), got {args.n_boot}")
     examples = _read_table(args.examples)
     tokens = _read_table(args.tokens) if args.tokens else None
     metrics = ("bleu", "rouge_l") if args.no_embedding else ("bleu", "rouge_l", "embedding_cosine")

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-__all__ = ["add_parser", "run", "config_from_items"]
+__all__ = ["add_parser", "add_overwrite_flag", "run", "config_from_items"]
 
 _EPILOG = """\
 examples:
   kdlens distill teacher=tiny student=prune:1 tasks=chain_sum:64 method=word_kd \\
       loss=reverse_kl steps=4 output_dir=runs/x
   kdlens distill kdlens/configs/word_kd_smollm2.yaml sigma=1.0 output_dir=runs/noise1
-keys: see kdlens.config.DistillConfig (nested: lora.r=16, feature.layer_map=skip).
-Rerunning a finished run does nothing; rerunning an interrupted one resumes it."""
+keys: see kdlens.config.DistillConfig (nested: lora.r=16, feature.layer_map=skip,
+mpdistil.curriculum=none).
+Rerunning a finished run does nothing; rerunning an interrupted one resumes it. A run directory
+holding other settings (config, data or teacher weights) is refused; --overwrite replaces it."""
 
 
 def config_from_items(items: Sequence[str], *, method: str | None = None):
@@ -41,18 +43,25 @@ def config_from_items(items: Sequence[str], *, method: str | None = None):
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
-        "distill", help="distill a teacher into a student (word-level, feature, sequence-level, on-policy or black-box KD)",
+        "distill", help="distill a teacher into a student (word-level, feature, sequence-level, on-policy, black-box or meta KD)",
         description="Distill a teacher into a student and write a run directory.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
                         help="an optional YAML config, then overrides")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run)
     return parser
+
+
+def add_overwrite_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="output_dir holds a run with other settings (config, data or teacher weights): delete it "
+                             "and train this one (a run with the same settings is kept)")
 
 
 def run(args: argparse.Namespace) -> int:
     from kdlens.distill import distill
 
-    run_dir = distill(config_from_items(args.items))
+    run_dir = distill(config_from_items(args.items), overwrite=args.overwrite)
     print(run_dir.path)
     return 0

@@ -46,6 +46,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         help="auto (the GPU when CUDA is available, else the CPU; default), cpu, cuda, cuda:1")
     parser.add_argument("--dtype", default=None, help="e.g. float32, bfloat16 (default: load_model's choice)")
     parser.add_argument("--overwrite", action="store_true", help="recompute shards made under other settings")
+    parser.add_argument("--mode", choices=("generate", "loglikelihood"), default="generate",
+                        help="generate and extract answers (default), or score multiple-choice records' choices by "
+                             "log-likelihood as lm-evaluation-harness does")
+    parser.add_argument("--scoring", default=None,
+                        help="generate: kdlens (default), strict-match, strict-match-cot, flexible-extract "
+                             "(lm-evaluation-harness's GSM8K filters); loglikelihood: acc (default), acc_norm")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines on stderr")
     parser.set_defaults(func=run)
     return parser
@@ -93,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
                         num_samples=args.num_samples, seed=args.seed)
     examples = evaluate(models, args.task, decoding=decoding, n=args.n, batch_size=args.batch_size,
                         max_new_tokens=args.max_new_tokens, output_dir=args.output_dir, split=args.split,
-                        device=args.device, dtype=args.dtype, overwrite=args.overwrite)
+                        device=args.device, dtype=args.dtype, overwrite=args.overwrite, scoring=args.scoring,
+                        mode=args.mode)
     summary = (examples.groupby(["model_id", "task"], sort=False)
                .agg(n=("correct", "size"), accuracy=("correct", "mean"), gold_nll=("gold_nll", "mean"),
                     output_tokens=("n_output_tokens", "mean"))

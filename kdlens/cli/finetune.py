@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kdlens.cli.distill import add_overwrite_flag
+
 __all__ = ["add_parser", "run"]
 
 _EPILOG = """\
@@ -20,6 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("items", nargs="*", metavar="[CONFIG.yaml] key=value",
                         help="an optional YAML config, then overrides")
+    add_overwrite_flag(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -28,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
     from kdlens.cli.distill import config_from_items
     from kdlens.distill import distill
 
-    run_dir = distill(config_from_items(args.items, method="sft"))
+    run_dir = distill(config_from_items(args.items, method="sft"), overwrite=args.overwrite)
     print(run_dir.path)
     return 0

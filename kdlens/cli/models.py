@@ -25,6 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from kdlens.models import BUILTINS, cache_root, prepare_builtin
 
     if args.convert:
+        if args.convert not in BUILTINS:
+            raise ValueError(f"unknown built-in model {args.convert!r}; known: {', '.join(BUILTINS)}")
         started = time.perf_counter()
         directory = prepare_builtin(args.convert)
         print(f"{args.convert}: ready in {directory} ({time.perf_counter() - started:.1f} s)")

@@ -19,17 +19,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--domain", default="math", choices=("math", "commonsense"), help="default: math")
     parser.add_argument("-o", "--output", default=None,
                         help="CSV file to write (atomically); default: print the CSV to stdout")
-    parser.add_argument("--improvements", action="store_true",
-                        help="write the per (teacher, student, method, task) improvement table instead of the tests")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--improvements", action="store_true",
+                      help="write the per (teacher, student, method, task) improvement table instead of the tests")
+    kind.add_argument("--robustness", action="store_true",
+                      help="write the claims re-tested on defensible units, with three-way verdicts and sentences "
+                           "(kdlens.analysis.robustness), instead of the authors' tests")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     from kdlens._io import atomic_write_text
-    from kdlens.analysis.paper import improvements, reproduce
+    from kdlens.analysis.paper import improvements, reproduce, robustness
 
-    table = (improvements if args.improvements else reproduce)(args.results_dir, args.domain)
+    fn = improvements if args.improvements else robustness if args.robustness else reproduce
+    table = fn(args.results_dir, args.domain)
     text = table.to_csv(index=False)
     if args.output is None:
         sys.stdout.write(text)

@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--workers", type=int, default=1, metavar="N",
                         help="train and evaluate N runs at a time, each in its own process (a small model leaves "
                              "most of a GPU idle; default 1)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="retrain, in place, the runs (and the task-aware teacher) on disk whose settings differ "
+                             "from the spec's now (its base, data or teacher weights changed); the others are kept")
     parser.add_argument("--no-eval", action="store_true", help="only train; evaluate in a later call")
     parser.add_argument("--dry-run", action="store_true", help="print the runs the spec expands to and exit")
     parser.set_defaults(func=run)
@@ -50,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(runs)} run(s); {int((runs['status'] == 'pending').sum())} not started", file=sys.stderr)
         return 0
     if args.publish and args.no_eval:
-        print("kdlens sweep: --publish needs evaluated runs; drop --no-eval", file=sys.stderr)
-        return 2
+        raise ValueError("--publish needs evaluated runs; drop --no-eval")
     results = run_sweep(args.spec, output_dir=args.output_dir, evaluate=not args.no_eval, max_runs=args.max_runs,
                         time_budget_s=args.time_budget, publish_dir=args.publish, workers=args.workers,
+                        overwrite=args.overwrite,
                         progress=lambda line: print(f"kdlens sweep: {line}", file=sys.stderr, flush=True))
     if len(results):
         where = args.publish or args.output_dir

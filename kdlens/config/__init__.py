@@ -13,6 +13,7 @@ that lists the closest known keys.
 """
 
 from kdlens.config._distill import DistillConfig, cache_is_faithful, config_to_yaml, load_config
+from kdlens.config._endpoint import REPORT_TO, EndpointConfig
 from kdlens.config._overrides import apply_overrides, parse_overrides
 from kdlens.config._sections import (
     BlackboxConfig,
@@ -20,7 +21,9 @@ from kdlens.config._sections import (
     FeatureConfig,
     GKDConfig,
     LoraConfig,
+    MetaDistilConfig,
     MiniLLMConfig,
+    MPDistilConfig,
     SeqKDConfig,
 )
 
@@ -33,6 +36,10 @@ __all__ = [
     "DistiLLMConfig",
     "MiniLLMConfig",
     "BlackboxConfig",
+    "MetaDistilConfig",
+    "MPDistilConfig",
+    "EndpointConfig",
+    "REPORT_TO",
     "load_config",
     "apply_overrides",
     "parse_overrides",

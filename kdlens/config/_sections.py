@@ -3,12 +3,13 @@ generation-based method. Each is a dataclass validated in ``__post_init__``."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["LoraConfig", "FeatureConfig", "SeqKDConfig", "GKDConfig", "DistiLLMConfig", "MiniLLMConfig",
-           "BlackboxConfig", "METHOD_SECTIONS", "NESTED_SECTIONS", "ON_POLICY"]
+           "BlackboxConfig", "MetaDistilConfig", "MPDistilConfig", "METHOD_SECTIONS", "NESTED_SECTIONS", "ON_POLICY"]
 
 _FEATURE_KINDS = ("l2", "l1", "cosine", "ce", "mmd")
 _LAYER_MAP_STRATEGIES = ("uniform", "skip", "last")
@@ -185,8 +186,10 @@ class DistiLLMConfig:
         ``>= threshold`` over the last recorded value.
     eval_every : int
         Steps between validation-loss measurements.
-    val_size : int
-        Training examples held out for the validation loss (0 = none: phi stays 0).
+    val_size : int or None
+        Training examples held out for the validation loss (0 = none: phi stays 0). None (default)
+        holds out ``min(16, n // 5)`` of the ``n`` examples, and never so many that fewer than one
+        global batch is left to train on.
     replay_capacity : int
         Sequences kept in the replay buffer (oldest evicted).
     temperature : float
@@ -198,7 +201,7 @@ class DistiLLMConfig:
     threshold: float = 0.1
     phi_max: float = 1.0
     eval_every: int = 20
-    val_size: int = 16
+    val_size: int | None = None
     replay_capacity: int = 1000
     temperature: float = 1.0
     max_new_tokens: int = 64
@@ -208,7 +211,7 @@ class DistiLLMConfig:
         if not 0.0 <= self.phi_max <= 1.0 or self.phi_increment < 0 or self.threshold < 0:
             raise ValueError(f"distillm: need 0 <= phi_max <= 1, phi_increment >= 0 and threshold >= 0, got "
                              f"{self.phi_max}, {self.phi_increment}, {self.threshold}")
-        if self.eval_every < 1 or self.val_size < 0 or self.replay_capacity < 1:
+        if self.eval_every < 1 or (self.val_size is not None and self.val_size < 0) or self.replay_capacity < 1:
             raise ValueError(f"distillm: need eval_every >= 1, val_size >= 0, replay_capacity >= 1, got "
                              f"{self.eval_every}, {self.val_size}, {self.replay_capacity}")
 
@@ -285,4 +288,185 @@ METHOD_SECTIONS = {"seq_kd": SeqKDConfig, "gkd": GKDConfig, "distillm": DistiLLM
 #: methods that score generated sequences with the teacher online
 ON_POLICY = ("gkd", "distillm", "minillm")
 #: every nested section of the config (merged key by key by overrides)
-NESTED_SECTIONS = ("feature", "lora", *METHOD_SECTIONS)
+NESTED_SECTIONS = ("feature", "lora", "endpoint", *METHOD_SECTIONS)
+
+
+def _positive(section: str, **values: float | None) -> None:
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{section}.{name} must be a finite number > 0, got {value}")
+
+
+def _at_least_one(section: str, **values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{section}.{name} must be >= 1, got {value}")
+
+
+@dataclass
+class MetaDistilConfig:
+    """``metadistil`` (Zhou et al., ACL 2022): the teacher learns from a look-ahead student.
+
+    Each teacher update takes a pilot copy of the student one SGD step of ``pilot_lr`` along the
+    run's KD loss (``word_kd``'s ``(1 - alpha) * CE + alpha * D`` with the run's ``loss``, ``sigma``
+    and ``temperature``), and moves the teacher against the pilot's cross-entropy on a quiz batch
+    (a second-order gradient through the pilot step); then the real student step is taken on the KD
+    loss from the updated teacher.
+
+    Parameters
+    ----------
+    quiz_size : int
+        Training examples held out (seeded) as the quiz set; the student never trains on them.
+    quiz_batch_size : int or None
+        Quiz examples per teacher update (None = the run's ``batch_size``).
+    teacher_lr : float
+        AdamW learning rate of the teacher (MetaDistil's default 1e-5).
+    pilot_lr : float or None
+        Step size of the pilot (look-ahead) SGD step (None = the run's ``lr``, as in the paper).
+    update_every : int
+        Update the teacher every N student steps (1 = every step).
+    """
+
+    quiz_size: int = 16
+    quiz_batch_size: int | None = None
+    teacher_lr: float = 1e-5
+    pilot_lr: float | None = None
+    update_every: int = 1
+
+    def __post_init__(self) -> None:
+        _at_least_one("metadistil", quiz_size=self.quiz_size, quiz_batch_size=self.quiz_batch_size,
+                      update_every=self.update_every)
+        _positive("metadistil", teacher_lr=self.teacher_lr, pilot_lr=self.pilot_lr)
+        if self.quiz_batch_size is not None and self.quiz_batch_size > self.quiz_size:
+            raise ValueError(f"metadistil.quiz_batch_size={self.quiz_batch_size} is larger than the quiz set "
+                             f"(metadistil.quiz_size={self.quiz_size}); lower it or raise quiz_size")
+
+
+_META_LOSSES = ("collaborative", "competitive")
+_CURRICULA = ("policy", "uniform", "none")
+_REWARDS = ("binary", "real")
+_CLASS_TARGETS = ("answer", "response")
+
+
+@dataclass
+class MPDistilConfig:
+    """``mpdistil`` (Sengupta et al., ICLR 2024): four resumable stages in ``<output_dir>/stages/``.
+
+    1. teacher fine-tuning on the tasks (cross-entropy); 2. student distillation with
+    ``alpha * tau^2 * MSE(softmax(z_T / tau), softmax(z_S / tau)) + (1 - alpha) * CE
+    + beta * MSE(normalized hidden states of mapped layers)``; 3. a meta-teacher (the teacher with
+    its body frozen and its head trained) on the quiz sets, from the hidden states of teacher and
+    student; 4. a curriculum: a policy picks the task whose quiz batch the student trains on next,
+    rewarded by the quiz examples where the student's true-class probability beats the
+    meta-teacher's (REINFORCE). Stages 1-2 use the run's ``steps``/``epochs``, ``batch_size``,
+    ``lr`` and schedule.
+
+    Parameters
+    ----------
+    tau, alpha, beta : float
+        Stage 2's temperature, soft-loss weight (in [0, 1]) and hidden-state weight (MPDistil's
+        defaults 5, 0.5, 100).
+    layer_map : str or list of int
+        Student-to-teacher layers of the hidden-state term (:func:`kdlens.losses.layer_map`).
+    finetune_teacher : bool
+        Run stage 1; False takes ``teacher`` as already fine-tuned on the tasks (its classifier
+        head too, for an encoder).
+    teacher_steps : int or None
+        Stage 1 length (None = the run's ``steps``/``epochs``).
+    teacher_lr : float or None
+        Stage 1 learning rate (None = the run's ``lr``).
+    target : {"answer", "response"}
+        Causal LMs: the class tokens whose probability is the true-class probability of stages
+        3-4, the gold answer alone after the prompt (``"answer"``) or the whole gold response
+        (rationale and answer, ``"response"``). Encoders classify the prompt into the task's labels.
+    quiz_size : int
+        Examples held out of each task (seeded) as its quiz set: stages 1-2 never train on them.
+    quiz_batch_size : int
+        Quiz examples per step of stages 3 and 4 (and per reward).
+    meta_teacher : bool
+        Run stage 3; False (ablation) lets the student compete with the stage-1 teacher itself.
+    meta_loss : {"collaborative", "competitive"}
+        ``1/2 CE(T'(h_T), y) + 1/2 CE(T'(h_S), y)`` or
+        ``CE(T'(h_T), y) - mean p_T'(y | h_T) + mean p_T'(y | h_S)``.
+    meta_steps : int
+        Optimizer steps of stage 3.
+    meta_lr : float
+        AdamW learning rate of the meta-teacher's head.
+    curriculum : {"policy", "uniform", "none"}
+        Stage 4 with the learned policy, with tasks drawn uniformly (ablation: the same quiz
+        training without a learned curriculum), or not at all (ablation: the stage-2 student is final).
+    reward : {"binary", "real"}
+        Per reward batch, the number of examples where ``p_S(y|x) > p_T'(y|x)``, or the sum of
+        ``p_S(y|x) - p_T'(y|x)``.
+    episodes, episode_steps : int
+        Stage 4 runs ``episodes x episode_steps`` student steps; the policy is updated after each episode.
+    gamma : float in (0, 1]
+        Discount of the episode's rewards (0.99).
+    policy_lr : float
+        Adam learning rate of the policy (and of its summary of the student).
+    curriculum_lr : float or None
+        Stage 4 student learning rate (None = the run's ``lr``).
+    target_task : str or None
+        Rewards are measured on this task's quiz set (MPDistil's main task); None pools every
+        task's quiz set.
+    max_labels : int
+        Encoders: the most distinct answers a task may have to be read as a label set.
+    """
+
+    tau: float = 5.0
+    alpha: float = 0.5
+    beta: float = 100.0
+    layer_map: str | list[int] = "uniform"
+    finetune_teacher: bool = True
+    teacher_steps: int | None = None
+    teacher_lr: float | None = None
+    target: str = "answer"
+    quiz_size: int = 16
+    quiz_batch_size: int = 8
+    meta_teacher: bool = True
+    meta_loss: str = "collaborative"
+    meta_steps: int = 100
+    meta_lr: float = 1e-3
+    curriculum: str = "policy"
+    reward: str = "binary"
+    episodes: int = 20
+    episode_steps: int = 8
+    gamma: float = 0.99
+    policy_lr: float = 1e-2
+    curriculum_lr: float | None = None
+    target_task: str | None = None
+    max_labels: int = 16
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer_map, str) and "," in self.layer_map:
+            self.layer_map = [int(x) for x in self.layer_map.split(",") if x.strip()]
+        if isinstance(self.layer_map, str):
+            _known("mpdistil.layer_map", self.layer_map, _LAYER_MAP_STRATEGIES)
+        else:
+            self.layer_map = [int(x) for x in self.layer_map]
+            if not self.layer_map or any(x < 0 for x in self.layer_map):
+                raise ValueError(f"mpdistil.layer_map needs teacher layer indices >= 0, got {self.layer_map}")
+        _known("mpdistil.target", self.target, _CLASS_TARGETS)
+        _known("mpdistil.meta_loss", self.meta_loss, _META_LOSSES)
+        _known("mpdistil.curriculum", self.curriculum, _CURRICULA)
+        _known("mpdistil.reward", self.reward, _REWARDS)
+        _positive("mpdistil", tau=self.tau, teacher_lr=self.teacher_lr, meta_lr=self.meta_lr,
+                  policy_lr=self.policy_lr, curriculum_lr=self.curriculum_lr)
+        _at_least_one("mpdistil", teacher_steps=self.teacher_steps, quiz_size=self.quiz_size,
+                      quiz_batch_size=self.quiz_batch_size, meta_steps=self.meta_steps, episodes=self.episodes,
+                      episode_steps=self.episode_steps)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"mpdistil.alpha (soft-loss weight) must be in [0, 1], got {self.alpha}")
+        if not (math.isfinite(self.beta) and self.beta >= 0):
+            raise ValueError(f"mpdistil.beta (hidden-state weight) must be a finite number >= 0, got {self.beta}")
+        if not 0.0 < self.gamma <= 1.0:
+            raise ValueError(f"mpdistil.gamma (reward discount) must be in (0, 1], got {self.gamma}")
+        if self.max_labels < 2:
+            raise ValueError(f"mpdistil.max_labels must be >= 2 (a label set), got {self.max_labels}")
+        if self.quiz_batch_size > self.quiz_size:
+            raise ValueError(f"mpdistil.quiz_batch_size={self.quiz_batch_size} is larger than each task's quiz set "
+                             f"(mpdistil.quiz_size={self.quiz_size}); lower it or raise quiz_size")
+
+
+METHOD_SECTIONS.update(metadistil=MetaDistilConfig, mpdistil=MPDistilConfig)
+NESTED_SECTIONS = ("feature", "lora", "endpoint", *METHOD_SECTIONS)

@@ -12,11 +12,20 @@ from typing import Any
 
 from kdlens.data._answers import (
     ANSWER_KINDS,
+    HARNESS_INVALID,
     NUMERIC_TOLERANCE,
+    SCORING_MODES,
+    ScoringMode,
     answers_equal,
     extract_answer,
+    harness_exact_match,
+    harness_flexible_extract,
+    harness_strict_match,
+    harness_strict_match_cot,
     infer_kind,
+    same_answer,
     score,
+    score_as,
 )
 from kdlens.data._files import row_to_record
 from kdlens.data._format import (
@@ -33,16 +42,23 @@ from kdlens.data._gym import DEFAULT_SIZE, TaskInfo, gym_seed
 from kdlens.data._records import Record, save_records
 from kdlens.data._registry import SPLITS, load_task, load_tasks, tasks
 
+#: reasoning-gym task name -> :class:`kdlens.data.TaskInfo`: a plain dict built on first access from the
+#: reasoning-gym registry (a declaration only, resolved by the module's ``__getattr__``)
+TASKS: dict[str, TaskInfo]
+
 __all__ = [
     "ALPACA_PREAMBLE",
     "ANSWER_KINDS",
     "DEFAULT_SIZE",
+    "HARNESS_INVALID",
     "IGNORE_INDEX",
     "NUMERIC_TOLERANCE",
+    "SCORING_MODES",
     "SPLITS",
     "TASKS",
     "TRUNCATION_POLICIES",
     "Record",
+    "ScoringMode",
     "TaskInfo",
     "answers_equal",
     "collate",
@@ -51,13 +67,19 @@ __all__ = [
     "extract_answer",
     "format_prompt",
     "gym_seed",
+    "harness_exact_match",
+    "harness_flexible_extract",
+    "harness_strict_match",
+    "harness_strict_match_cot",
     "infer_kind",
     "load_task",
     "load_tasks",
     "response_text",
     "row_to_record",
+    "same_answer",
     "save_records",
     "score",
+    "score_as",
 ]
 
 

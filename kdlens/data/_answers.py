@@ -27,12 +27,15 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from kdlens.data._records import Record
 
-__all__ = ["ANSWER_KINDS", "extract_answer", "answers_equal", "infer_kind", "score", "NUMERIC_TOLERANCE"]
+__all__ = ["ANSWER_KINDS", "extract_answer", "answers_equal", "same_answer", "infer_kind", "score", "NUMERIC_TOLERANCE",
+           "SCORING_MODES", "ScoringMode", "score_as", "harness_strict_match", "harness_strict_match_cot",
+           "harness_flexible_extract", "harness_exact_match", "HARNESS_INVALID"]
 
 #: Absolute tolerance of a correct numeric answer (the paradox paper's protocol).
 NUMERIC_TOLERANCE = 1e-3
@@ -194,24 +197,74 @@ def _normalize_exact(value: str) -> str:
     return " ".join(value.split()).casefold().rstrip(".").strip()
 
 
+def _choice_letter(value: str) -> str:
+    return value.strip().strip("()").strip().upper()
+
+
+def same_answer(a: str | None, b: str | None, kind: str | None = None) -> bool:
+    """Whether two extracted answers are the same answer: THE definition, shared by scoring and agreement.
+
+    Parameters
+    ----------
+    a, b : str or None
+        Extracted answers (a prediction and a gold answer, or a student's and a teacher's prediction).
+    kind : {"numeric", "choice", "exact"} or None
+        The task's answer kind (:func:`infer_kind` of its gold answer). None infers it from the two
+        answers alone: numeric when both parse as numbers, choice when both are one letter A-E,
+        else exact.
+
+    Returns
+    -------
+    bool
+        numeric: ``|a - b| <= 1e-3`` when both parse (fractions, thousands commas, ``$`` and ``%``
+        understood: ``"1/2"`` equals ``"0.5"``), else the exact rule; choice: the same letter
+        (``"(B)"`` equals ``"B"``); exact: equal after whitespace collapse, case-folding and
+        dropping a trailing period. ``None`` never equals anything, not even ``None``. Symmetric.
+
+    Notes
+    -----
+    Two predictions that each lie within the tolerance of a gold answer may lie 2e-3 apart and so
+    not be "the same answer" as each other; extracted answers that close are rare.
+    """
+    if a is None or b is None:
+        return False
+    if kind is None:
+        if _to_float(a) is not None and _to_float(b) is not None:
+            kind = "numeric"
+        elif _CHOICE_GOLD.fullmatch(a.strip()) and _CHOICE_GOLD.fullmatch(b.strip()):
+            kind = "choice"
+        else:
+            kind = "exact"
+    _check_kind(kind)
+    if kind == "numeric":
+        x, y = _to_float(a), _to_float(b)
+        if x is not None and y is not None:
+            return abs(x - y) <= NUMERIC_TOLERANCE
+    elif kind == "choice":
+        return _choice_letter(a) == _choice_letter(b)
+    return _normalize_exact(a) == _normalize_exact(b)
+
+
 def answers_equal(pred: str | None, gold: str, kind: str = "numeric") -> bool:
-    """Whether an extracted answer matches a gold one under the kind's rule.
+    """Whether an extracted answer matches a gold one under the kind's rule (:func:`same_answer`).
 
     numeric: ``|pred - gold| <= 1e-3`` (fractions and thousands commas understood); choice: same
     letter; exact: equal after whitespace collapse, case-folding and dropping a trailing period.
-    ``pred=None`` is never correct. Symmetric, so it also measures teacher–student agreement.
+    ``pred=None`` is never correct.
+
+    Raises
+    ------
+    ValueError
+        ``kind="numeric"`` with a gold answer that is not a number.
     """
     _check_kind(kind)
+    if kind == "numeric" and _to_float(gold) is None:
+        raise ValueError(f"gold answer {gold!r} is not a number; use kind='exact' or 'choice'")
     if pred is None:
         return False
-    if kind == "numeric":
-        a, b = _to_float(pred), _to_float(gold)
-        if b is None:
-            raise ValueError(f"gold answer {gold!r} is not a number; use kind='exact' or 'choice'")
-        return a is not None and abs(a - b) <= NUMERIC_TOLERANCE
-    if kind == "choice":
-        return pred.strip().strip("()").upper() == gold.strip().strip("()").upper()
-    return _normalize_exact(pred) == _normalize_exact(gold)
+    if kind == "numeric" and _to_float(pred) is None:
+        return False  # a gold number is matched only by a number
+    return same_answer(pred, gold, kind)
 
 
 def infer_kind(answer: str) -> str:
@@ -249,3 +302,144 @@ def score(text: str, record: Record) -> tuple[str | None, bool]:
         return pred, pred is not None and gym_score(record, pred) >= 1.0
     pred = extract_answer(text, kind)
     return pred, answers_equal(pred, record.answer, kind)
+
+
+# ------------------------------------------------------------------------------------------------
+# lm-evaluation-harness's scoring of GSM8K-style answers, as named scoring modes next to kdlens's own
+
+
+#: what the harness's regex filter returns when nothing matches (lm_eval/filters/extraction.py)
+HARNESS_INVALID = "[invalid]"
+# lm_eval/tasks/gsm8k/gsm8k.yaml and gsm8k-cot*.yaml (filter_list), copied verbatim
+_HARNESS_STRICT = re.compile(r"#### (\-?[0-9\.\,]+)")
+_HARNESS_STRICT_COT = re.compile(r"The answer is (\-?[0-9\.\,]+).")
+_HARNESS_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
+# the exact_match metric of those tasks: ignore_case true, ignore_punctuation false, these regexes_to_ignore
+_HARNESS_IGNORE = (",", "\\$", "(?s).*#### ", "\\.$")
+
+
+def _harness_regex(text: str, pattern: re.Pattern, group_select: int) -> str:
+    """The harness's ``RegexFilter.apply`` on one response (lm_eval/filters/extraction.py)."""
+    matches = pattern.findall(text if isinstance(text, str) else "")
+    if not matches:
+        return HARNESS_INVALID
+    match = matches[group_select]
+    if isinstance(match, tuple):  # several groups: the first non-empty one
+        match = next((m for m in match if m), HARNESS_INVALID)
+    return match.strip()
+
+
+def harness_strict_match(text: str) -> str:
+    """GSM8K's ``strict-match`` filter: the number after the first ``#### `` (``"[invalid]"`` if none).
+
+    ``regex_pattern: "#### (\\-?[0-9\\.\\,]+)"``, ``group_select: 0``, then ``take_first``
+    (lm_eval/tasks/gsm8k/gsm8k.yaml).
+    """
+    return _harness_regex(text, _HARNESS_STRICT, 0)
+
+
+def harness_strict_match_cot(text: str) -> str:
+    """The chain-of-thought tasks' ``strict-match``: the number in the first ``"The answer is N."``.
+
+    ``regex_pattern: "The answer is (\\-?[0-9\\.\\,]+)."`` (lm_eval/tasks/gsm8k/gsm8k-cot.yaml,
+    gsm8k-cot-zeroshot.yaml); ``"[invalid]"`` when absent.
+    """
+    return _harness_regex(text, _HARNESS_STRICT_COT, 0)
+
+
+def harness_flexible_extract(text: str) -> str:
+    """GSM8K's ``flexible-extract`` filter: the last number-like run in the text.
+
+    ``regex_pattern: "(-?[$0-9.,]{2,})|(-?[0-9]+)"``, ``group_select: -1``: the last match, its first
+    non-empty group, stripped; so ``"costs $1,000."`` gives ``"$1,000."`` (the exact-match metric
+    then drops ``$``, ``,`` and the final period).
+    """
+    return _harness_regex(text, _HARNESS_FLEXIBLE, -1)
+
+
+def harness_exact_match(pred: str | None, gold: str) -> bool:
+    """The GSM8K tasks' ``exact_match``: equal strings after the tasks' ``regexes_to_ignore`` and lower-casing.
+
+    Each of ``","``, ``"\\$"``, ``"(?s).*#### "``, ``"\\.$"`` is removed from both sides in that order,
+    then both are lower-cased (``ignore_case: true``, ``ignore_punctuation: false``), as
+    ``exact_match_hf_evaluate`` in lm_eval/api/metrics.py. A string comparison: ``"5.0"`` is not ``"5"``.
+    ``None`` (and the harness's ``"[invalid]"``, unless the gold is literally that) is never correct.
+    """
+    if pred is None:
+        return False
+    for pattern in _HARNESS_IGNORE:
+        pred, gold = re.sub(pattern, "", pred), re.sub(pattern, "", gold)
+    return pred.lower() == gold.lower()
+
+
+@dataclass(frozen=True)
+class ScoringMode:
+    """A way to turn generated text into an answer and judge it.
+
+    Attributes
+    ----------
+    name : str
+    extract : callable or None
+        ``text -> answer string`` (the harness's filters); None for kdlens's own :func:`score`.
+    description : str
+    source : str
+        Where the definition comes from.
+    kinds : tuple of str
+        Answer kinds it applies to (the harness modes are numeric, GSM8K-style).
+    """
+
+    name: str
+    extract: Callable[[str], str] | None
+    description: str
+    source: str
+    kinds: tuple[str, ...] = ANSWER_KINDS
+
+
+#: name -> scoring mode; ``kdlens`` (the default) is :func:`score`
+SCORING_MODES: dict[str, ScoringMode] = {
+    "kdlens": ScoringMode("kdlens", None, "kdlens's extraction (markers, else the last number) and answer kinds",
+                          "kdlens.data.score"),
+    "strict-match": ScoringMode("strict-match", harness_strict_match,
+                                "lm-evaluation-harness GSM8K: the number after '#### ', exact match",
+                                "lm_eval/tasks/gsm8k/gsm8k.yaml", ("numeric",)),
+    "strict-match-cot": ScoringMode("strict-match-cot", harness_strict_match_cot,
+                                    "lm-evaluation-harness GSM8K-CoT: the number in 'The answer is N.', exact match",
+                                    "lm_eval/tasks/gsm8k/gsm8k-cot.yaml", ("numeric",)),
+    "flexible-extract": ScoringMode("flexible-extract", harness_flexible_extract,
+                                    "lm-evaluation-harness GSM8K: the last number in the text, exact match",
+                                    "lm_eval/tasks/gsm8k/gsm8k.yaml", ("numeric",)),
+}
+
+
+def score_as(text: str, record: Record, mode: str = "kdlens") -> tuple[str | None, bool]:
+    """Extract and judge an answer under a named scoring mode of :data:`SCORING_MODES`.
+
+    Parameters
+    ----------
+    text : str
+        Generated output.
+    record : Record
+    mode : str
+        ``"kdlens"`` (:func:`score`), or one of lm-evaluation-harness's GSM8K filters
+        ``"strict-match"``, ``"strict-match-cot"``, ``"flexible-extract"`` (numeric answers only),
+        judged with :func:`harness_exact_match` against ``record.answer``.
+
+    Returns
+    -------
+    (str or None, bool)
+        The extracted answer (None where the harness would give ``"[invalid]"``) and whether it is
+        correct.
+    """
+    entry = SCORING_MODES.get(mode)
+    if entry is None:
+        raise ValueError(f"unknown scoring mode {mode!r}; known: {', '.join(SCORING_MODES)}")
+    if entry.extract is None:
+        return score(text, record)
+    kind = record.meta.get("answer_kind") or infer_kind(record.answer)
+    if kind not in entry.kinds:
+        raise ValueError(f"scoring={mode!r} is lm-evaluation-harness's filter for {'/'.join(entry.kinds)} answers; "
+                         f"task {record.task!r} has {kind} answers (e.g. {record.answer!r}): use scoring='kdlens'")
+    pred = entry.extract(text if isinstance(text, str) else "")
+    if pred == HARNESS_INVALID:
+        return None, False
+    return pred, harness_exact_match(pred, record.answer)

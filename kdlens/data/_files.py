@@ -157,9 +157,18 @@ def _parse_jsonl(path: Path, text: str) -> list[tuple[int, Any]]:
     return rows
 
 
+def read_utf8(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 is a ValueError naming it and the first bad byte."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         "re-save it as UTF-8") from None
+
+
 def _read_rows(path: Path) -> list[tuple[str, int, Any]]:
     """``(where, index, row)`` for each row of a JSON array or JSONL file."""
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path)
     if not text.strip():
         raise ValueError(f"{path} is empty; a task file needs at least one record")
     if path.suffix == ".jsonl":

@@ -51,6 +51,7 @@ ALPACA_PREAMBLE = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 )
 
+#: ``truncation=`` policies of :func:`encode_for_training` for examples longer than ``max_length``
 TRUNCATION_POLICIES = ("left", "right", "error")
 
 

@@ -4,7 +4,7 @@ A state directory ``state/step-N/`` holds the trainable parameters (safetensors)
 and scheduler states, every RNG state (Python, NumPy, torch CPU and CUDA) and ``trainer.json``
 (step, data position, tokens seen). It is built under a temporary name and renamed, so a kill
 leaves either the previous state or the new one. The teacher noise needs no saved generator: it
-is a pure function of ``(seed, step, micro-batch, rank)`` (:func:`kdlens.teacher.noise_seed`).
+is a pure function of ``(seed, step, example, position)`` (:func:`kdlens.teacher.teacher_noise`).
 """
 
 from __future__ import annotations

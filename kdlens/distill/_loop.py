@@ -11,6 +11,12 @@
         clip, step, schedule; log; save a resumable state every save_every steps
     save checkpoint/ (HF format), manifest.json, then done
 
+Before any of it, :func:`distill` compares the run's identity (config, data, weights:
+:mod:`kdlens.distill._identity`) with what the directory holds, under the directory's lock
+(:mod:`kdlens._lock`): a finished run of the same identity is returned untouched, an interrupted
+one resumes, another identity is an error unless ``overwrite``. Models, data and sizes are all
+checked before the first write, so a bad input leaves the directory as it was.
+
 Normalising every micro-batch by the token count of the whole global batch (known in advance
 from the labels) makes the update a token mean over the global batch, so 2 x 4 accumulation equals
 one batch of 8 and N processes equal one at the same global batch (DDP averages gradients, so each
@@ -19,11 +25,12 @@ process's loss is multiplied by the process count).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,13 +40,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdlens._io import atomic_write_json, atomic_write_text, git_sha, sha256_json, versions
-from kdlens.config import DistillConfig, config_to_yaml, load_config
+from kdlens._io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    git_sha,
+    sha256_json,
+    versions,
+)
+from kdlens._lock import exclusive_lock, shared_lock
+from kdlens.citations import run_references
+from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
+from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
+from kdlens.distill._identity import RunIdentity, check_run_dir, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
 from kdlens.distill._rundir import RunDir
+from kdlens.distill._trackers import Trackers, tracker_settings
 from kdlens.teacher import TeacherCache, cache_key
 
 __all__ = ["distill", "StepCallback"]
@@ -70,7 +89,7 @@ def _accelerator(cfg: DistillConfig):
 
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
+        raise ValueError("device=cuda but no CUDA device is visible; use device=cpu or device=auto")
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "no"
@@ -89,7 +108,9 @@ def _load_models(cfg: DistillConfig, device: torch.device):
     # pruning, because pruned layers keep a copy of the teacher's config
     eager = cfg.method == "feature_kd" and cfg.feature.attention
     teacher = teacher_tok = None
-    if cfg.teacher and (method.needs_teacher or (cfg.student or "").startswith("prune:") or cfg.student is None):
+    served = cfg.teacher_source == "endpoint"  # the teacher is an HTTP endpoint, not loaded here
+    if cfg.teacher and not served and (method.needs_teacher or (cfg.student or "").startswith("prune:")
+                                       or cfg.student is None):
         teacher, teacher_tok = load_model(cfg.teacher, dtype=dtype)
         if eager:
             teacher.set_attn_implementation("eager")
@@ -114,27 +135,24 @@ def _logit_width(model: torch.nn.Module) -> int:
     return int(model.get_output_embeddings().weight.shape[0])
 
 
-def _encode(cfg: DistillConfig, tokenizer) -> tuple[list[dict[str, list[int]]], list[Any], int]:
-    """Encoded training examples that have at least one target token, their records, and how many were dropped."""
-    from kdlens.data import encode_for_training, load_tasks
+def _encode(cfg: DistillConfig, tokenizer):
+    """The training examples within max_length (whole prompts; see :mod:`kdlens.distill._examples`)."""
+    from kdlens.data import load_tasks
+    from kdlens.distill._examples import encode_examples
 
     records = load_tasks(cfg.tasks, split=cfg.split, seed=cfg.seed, n=cfg.n_examples)
-    features, kept, dropped = [], [], 0
-    for record in records:
-        feat = encode_for_training(tokenizer, record, max_length=cfg.max_length, system=cfg.system_prompt)
-        if _target_count(feat):
-            features.append({k: list(feat[k]) for k in ("input_ids", "attention_mask", "labels")})
-            kept.append(record)
-        else:
-            dropped += 1  # the response was truncated away: nothing to learn from it
-    if not features:
-        raise ValueError(f"tasks {cfg.tasks} gave no example with a response within max_length={cfg.max_length}")
-    return features, kept, dropped
+    return encode_examples(tokenizer, records, max_length=cfg.max_length, system=cfg.system_prompt)
 
 
 def _target_count(feature: Mapping[str, Sequence[int]]) -> int:
     """Tokens the loss counts in one sequence (labels after the first position)."""
     return sum(label != -100 for label in feature["labels"][1:])
+
+
+def _steps_per_epoch(n: int, cfg: DistillConfig) -> int:
+    if n < cfg.batch_size:
+        raise ValueError(f"only {n} training examples for batch_size={cfg.batch_size}; lower batch_size or add data")
+    return n // cfg.batch_size
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -151,19 +169,8 @@ def _write_log(run: RunDir, rows: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(run.log_path, "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows))
 
 
-def _check_or_write_config(run: RunDir, cfg: DistillConfig) -> None:
-    if run.config_path.is_file():
-        previous = load_config(run.config_path)
-        if previous.to_dict() != cfg.to_dict():
-            changed = sorted(k for k, v in cfg.to_dict().items() if previous.to_dict().get(k) != v)
-            raise ValueError(f"{run.path} holds an unfinished run with a different config (changed: {changed}); "
-                             "use another output_dir, or delete the directory to start over")
-    else:
-        atomic_write_text(run.config_path, config_to_yaml(cfg))
-
-
 def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
-            callbacks: Sequence[StepCallback] = ()) -> RunDir:
+            callbacks: Sequence[StepCallback] = (), overwrite: bool = False) -> RunDir:
     """Train a student (or fine-tune a teacher) as ``config`` says; return its run directory.
 
     Parameters
@@ -172,24 +179,66 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         See :class:`kdlens.config.DistillConfig`; ``output_dir`` is required.
     callbacks : sequence of callable
         ``callback(step, logs)`` after each optimizer step (see :data:`StepCallback`).
+    overwrite : bool
+        When ``output_dir`` holds a run of another identity (or one made before kdlens recorded
+        identities), delete it and train this config there. A run of the same identity is kept.
 
     Returns
     -------
     RunDir
-        The finished run. Calling again on a finished run returns at once and writes nothing; on
-        an interrupted run it resumes from the latest saved state (same weights as an uninterrupted
-        run); on a directory holding a different config it raises ValueError.
+        The finished run. A run's identity is its resolved config (less ``output_dir`` and
+        ``cache_dir``), its training data and its models' weights (:func:`kdlens.distill.run_identity`).
+        Calling again with the same identity on a finished run returns at once and writes nothing;
+        on an interrupted run it resumes from the latest saved state (same weights as an
+        uninterrupted run), or completes a run killed while finishing.
+
+    Raises
+    ------
+    ValueError
+        ``output_dir`` holds a run of another identity (the message names the changed config keys,
+        ``data``, ``teacher weights`` or ``student weights``) and ``overwrite`` is False; or a bad
+        input (checked before anything is written); or ``output_dir`` is a file or not writable.
+    kdlens._lock.DirectoryInUseError
+        Another process is writing ``output_dir`` (the message names it).
     """
     cfg = _as_config(config)
     if not cfg.output_dir:
         raise ValueError("output_dir is not set: where should the run directory go? (output_dir=runs/NAME)")
     run = RunDir(cfg.output_dir)
-    if run.done:
-        return run
+    if run.path.exists() and not run.path.is_dir():
+        raise ValueError(f"output_dir {run.path} is a file, not a directory; choose another path")
+    identity = run_identity(cfg)  # reads the data and fingerprints the weights; writes nothing
+    if run.done:  # the common rerun: read under a shared lock, touch nothing
+        with shared_lock(run.path):
+            if check_run_dir(run, identity, overwrite=overwrite) == "finished" and not run.leftovers():
+                return run
     accelerator = _accelerator(cfg)
-    if accelerator.is_main_process:
-        _check_or_write_config(run, cfg)
-    accelerator.wait_for_everyone()
+    lock = exclusive_lock(run.path, what="run") if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:
+        return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+
+
+def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, callbacks: Sequence[StepCallback],
+           overwrite: bool) -> RunDir:
+    """Everything of :func:`distill` after the lock: check the directory and the inputs, then write and train."""
+    plan = check_run_dir(run, identity, overwrite=overwrite)
+    if plan == "finished" or (plan == "resume" and run.has_checkpoint):
+        if accelerator.is_main_process and plan == "resume":  # killed while finishing: complete it
+            run.complete()
+        elif accelerator.is_main_process:  # finished, with what a kill left behind
+            run.remove_leftovers()
+        accelerator.wait_for_everyone()
+        return run
+    if hasattr(METHODS[cfg.method], "drive"):  # a method that runs its own stages (see Method.drive)
+        if accelerator.is_main_process:
+            if plan == "replace":
+                run.clear()
+            run.remove_leftovers()
+            run.start(cfg, identity)
+        accelerator.wait_for_everyone()
+        METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
+                                  manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
+        return run
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
     if rem or micro_size == 0:
@@ -200,13 +249,48 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     method = METHODS[cfg.method]
     teacher, student, tokenizer, teacher_tok = _load_models(cfg, accelerator.device)
     vocab = _logit_width(student)
-    if teacher is not None:
+    cross = teacher is not None and uses_cross_tokenizer(cfg, teacher_tok, tokenizer)  # different tokenizers
+    if teacher is not None and not cross:
         from kdlens.models import check_compatible
 
         vocab = check_compatible(teacher_tok, tokenizer, teacher_vocab_size=_logit_width(teacher),
                                  student_vocab_size=vocab)
-    features, records, dropped = _encode(cfg, tokenizer)
+    encoded = _encode(cfg, tokenizer)
+    features, records = encoded.features, encoded.records
     data_hash = sha256_json([[f["input_ids"], f["labels"]] for f in features])
+    if cfg.lora is not None:  # before the first write: a target the model lacks is a config error
+        student = apply_lora(student, cfg.lora)
+    if not hasattr(method, "begin"):
+        _steps_per_epoch(len(features), cfg)
+    loss_fn = None
+    if cfg.loss is not None:  # methods with a KD term on teacher logits
+        from kdlens.losses import get_loss
+
+        loss_fn = get_loss(cfg.loss, **cfg.loss_params)
+    from kdlens.data import collate as _collate
+    from kdlens.distill._preflight import preflight
+
+    pad_id = tokenizer.pad_token_id
+
+    def collate(feats):
+        return _collate(list(feats), pad_token_id=pad_id, padding_side="right")
+
+    # on the first batch, with the online teacher (a logit cache is built only after the first write); a
+    # cross-tokenizer or served teacher has no logits on the student's tokens here: only the tokenizer checks
+    student.to(accelerator.device)  # where accelerate would put it; the teacher is there already
+    checks = preflight(cfg, student=student,
+                       teacher_fn=None if cross else _make_teacher_fn(teacher, None, vocab, accelerator),
+                       loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=None if cross else teacher_tok,
+                       features=encoded.features,
+                       records=encoded.records, collate=collate, vocab=vocab, device=accelerator.device,
+                       log=accelerator.is_main_process)
+    trackers = Trackers(cfg.report_to, run.path, enabled=accelerator.is_main_process)  # a missing package fails here
+    if accelerator.is_main_process:  # every input is checked: the first write
+        if plan == "replace":
+            run.clear()
+        run.remove_leftovers()
+        run.start(cfg, identity)
+    accelerator.wait_for_everyone()
     method_run = None
     if hasattr(method, "begin"):  # generation-based methods: their own training data and per-step batches
         begin = RunContext(config=cfg, run=run, features=features, records=records, tokenizer=tokenizer,
@@ -218,38 +302,42 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             method_run = method.begin(begin)  # reads the caches the main process wrote
         features = method_run.features
     n = len(features)
-    steps_per_epoch = n // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"only {n} training examples for batch_size={cfg.batch_size}; lower batch_size or add data")
+    steps_per_epoch = _steps_per_epoch(n, cfg)
     total_steps = cfg.steps if cfg.steps is not None else max(1, math.ceil(cfg.epochs * steps_per_epoch))
-
-    from kdlens.data import collate as _collate
-
-    pad_id = tokenizer.pad_token_id
-
-    def collate(feats):
-        return _collate(list(feats), pad_token_id=pad_id, padding_side="right")
 
     teacher_id = _teacher_id(cfg.teacher) if cfg.teacher else None
     cache = None
     if teacher is not None and cfg.teacher_source == "cache":
         root = Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root()
         precision = str(_autocast_dtype(accelerator) or torch.float32).removeprefix("torch.")
-        path = root / cache_key(teacher_id=teacher_id, data_hash=data_hash, max_length=cfg.max_length,
-                                top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab, precision=precision)
+        # keyed by the teacher's weights, not its path: a teacher retrained in place gets a new cache
+        path = root / cache_key(teacher_weights=identity.teacher_weights, data_hash=data_hash,
+                                max_length=cfg.max_length, top_k=cfg.top_k, dtype=cfg.cache_dtype, vocab_size=vocab,
+                                precision=precision)
         if accelerator.is_main_process and not TeacherCache.is_complete(path):
             TeacherCache.build(path, teacher=teacher, features=features, collate=collate, top_k=cfg.top_k,
-                               vocab_size=vocab, teacher_id=teacher_id, data_hash=data_hash,
+                               vocab_size=vocab, teacher_weights=identity.teacher_weights, teacher_name=teacher_id,
+                               data_hash=data_hash,
                                max_length=cfg.max_length, dtype=cfg.cache_dtype, batch_size=micro_size,
                                device=accelerator.device, autocast_dtype=_autocast_dtype(accelerator),
                                progress=_progress_enabled(accelerator))
         accelerator.wait_for_everyone()
-        cache = TeacherCache.open(path, teacher_id=teacher_id, data_hash=data_hash)
+        cache = TeacherCache.open(path, teacher_weights=identity.teacher_weights, data_hash=data_hash)
         teacher = None  # the cache replaces it; free its memory
-    teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
+    if cfg.teacher_source == "endpoint" and method.needs_teacher:  # a served teacher's top-k, as a cache
+        from kdlens.teacher_endpoint import endpoint_cache
 
-    if cfg.lora is not None:
-        student = apply_lora(student, cfg.lora)
+        cache = endpoint_cache(cfg, features, data_hash=data_hash, vocab_size=vocab,
+                               root=Path(cfg.cache_dir) if cfg.cache_dir else _default_cache_root(),
+                               is_main_process=accelerator.is_main_process, wait=accelerator.wait_for_everyone,
+                               token_to_id=tokenizer.get_vocab(), progress=_progress_enabled(accelerator))
+        teacher_id = cache.index["teacher"]
+    teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
+    if cross:  # the teacher reads its own tokenization of every example
+        teacher_fn = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, features, records, loss=cfg.loss,
+                                           loss_params=cfg.loss_params, max_length=cfg.max_length,
+                                           system=cfg.system_prompt, autocast=accelerator.autocast)
+
     modules: dict[str, torch.nn.Module] = {"student": student}
     if cfg.method == "feature_kd" and cfg.feature.hidden:
         projection = _projection(cfg, student, teacher)
@@ -263,11 +351,6 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     prepared = accelerator.prepare(*modules.values(), optimizer)
     wrapped = dict(zip(names, prepared[:-1], strict=True))
     optimizer = prepared[-1]
-    loss_fn = None
-    if method.needs_teacher:
-        from kdlens.losses import get_loss
-
-        loss_fn = get_loss(cfg.loss, **cfg.loss_params)
 
     start = 0
     state = run.latest_state()
@@ -282,8 +365,12 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
         log_rows = []
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
-        atomic_write_json(run.manifest_path, _manifest(cfg, run, "running", teacher_id, data_hash, n, dropped,
-                                                       total_steps, accelerator, modules, cache, None))
+        manifest = _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded, total_steps, accelerator,
+                             modules, cache, None, checks, identity)
+        if cross:
+            manifest["cross_tokenizer"] = teacher_fn.summary()
+        atomic_write_json(run.manifest_path, manifest)
+    trackers.start(tracker_settings(cfg))
     started = time.perf_counter()
 
     log_file = open(run.log_path, "a", encoding="utf-8") if accelerator.is_main_process else None
@@ -315,7 +402,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
                 ctx = StepContext(student=wrapped["student"], batch=batch,
                                   example_indices=[global_batch[j] for j in mine], n_tokens=n_tokens,
                                   config=cfg, teacher=teacher_fn, loss_fn=loss_fn, vocab_size=vocab,
-                                  step=step, micro=micro, rank=rank, batch_source=source,
+                                  step=step, batch_source=source,
                                   modules={k: v for k, v in wrapped.items() if k != "student"})
                 sync = micro == cfg.grad_accum - 1
                 with _maybe_no_sync(accelerator, list(wrapped.values()), sync):
@@ -341,6 +428,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
             if log_file is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps):
                 log_file.write(json.dumps(last_logs, sort_keys=True) + "\n")
                 log_file.flush()
+                trackers.log(last_logs, step + 1)
             if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < total_steps:
                 if accelerator.is_main_process:
                     save_state(run.state_root, step + 1,
@@ -358,24 +446,24 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     finally:
         if log_file is not None:
             log_file.close()
+        trackers.finish()
 
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        merge = cfg.lora.merge if cfg.lora is not None else True
-        save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
-                        merge_lora=merge)
+    if accelerator.is_main_process:  # finishing: see kdlens.distill._rundir for why in this order
         if "projection" in wrapped:
-            from safetensors.torch import save_file
+            from safetensors.torch import save
 
             proj = {k: v.detach().cpu().contiguous()
                     for k, v in accelerator.unwrap_model(wrapped["projection"]).state_dict().items()}
-            save_file(proj, str(run.path / ".projection.tmp"))
-            os.replace(run.path / ".projection.tmp", run.path / "feature_projection.safetensors")
-        manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, dropped, total_steps, accelerator,
-                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs})
-        atomic_write_json(run.manifest_path, manifest)
-        shutil.rmtree(run.state_root, ignore_errors=True)
-        atomic_write_text(run.done_path, "")
+            atomic_write_bytes(run.path / "feature_projection.safetensors", save(proj))
+        merge = cfg.lora.merge if cfg.lora is not None else True
+        save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
+                        merge_lora=merge)  # from here on a killed run is completed, not trained again
+        manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
+                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity)
+        if cross:
+            manifest["cross_tokenizer"] = teacher_fn.summary()
+        run.mark_done(manifest)
     accelerator.wait_for_everyone()
     return run
 
@@ -456,25 +544,29 @@ def _progress(iterable, accelerator, *, initial: int, total: int):
     return tqdm(iterable, initial=initial, total=total, desc="distill", unit="step")
 
 
-def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, dropped: int,
-              total_steps: int, accelerator, modules, cache, final) -> dict[str, Any]:
+def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, encoded,
+              total_steps: int, accelerator, modules, cache, final, preflight, identity: RunIdentity) -> dict[str, Any]:
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
     return {
         "status": status,
+        "identity": identity.to_dict(),
         "versions": versions(),
         "git_sha": git_sha(),
         "seed": cfg.seed,
         "data_hash": data_hash,
         "tasks": cfg.tasks,
         "n_examples": n,
-        "n_dropped_examples": dropped,
+        "n_dropped_examples": encoded.n_dropped,
+        "dropped_examples": encoded.dropped,  # reason -> count (kdlens.distill._examples.DROP_REASONS)
+        "n_truncated_responses": encoded.truncated,
         "teacher": teacher_id,
         "student": cfg.trained_model,
         "method": cfg.method,
-        "loss": cfg.loss if METHODS[cfg.method].needs_teacher else None,
-        "loss_params": cfg.loss_params,
-        "alpha": cfg.alpha,
-        "beta": cfg.beta,
+        "method_settings": _method_settings(cfg),
+        "loss": cfg.loss,
+        "loss_params": _loss_params_used(cfg),
+        "kd_weight": cfg.kd_weight,
+        "feature_weight": cfg.feature_weight,
         "sigma": cfg.sigma,
         "temperature": cfg.temperature,
         "scale_by_temperature_squared": cfg.scale_by_temperature_squared,
@@ -489,5 +581,20 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "mixed_precision": str(accelerator.mixed_precision),
         "lora": cfg.lora is not None,
         "trainable_parameters": trainable,
+        "preflight": preflight,  # kdlens.distill._preflight: the checks on the first batch
         "final": final,
+        "references": run_references(cfg),  # use -> BibTeX keys (kdlens.citations; `kdlens cite RUN_DIR`)
     }
+
+
+def _method_settings(cfg: DistillConfig) -> dict[str, Any] | None:
+    """The method's own config section (e.g. ``metadistil``), as recorded in the manifest."""
+    section = getattr(cfg, cfg.method, None)
+    return dataclasses.asdict(section) if dataclasses.is_dataclass(section) else None
+
+
+def _loss_params_used(cfg: DistillConfig) -> dict[str, Any]:
+    """Every parameter of the divergence the run trains with: the loss's defaults, then the config's."""
+    from kdlens.losses import LOSSES
+
+    return {**LOSSES[cfg.loss].params, **cfg.loss_params} if cfg.loss is not None else {}

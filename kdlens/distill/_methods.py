@@ -19,7 +19,8 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from kdlens.teacher import TopK, kd_token_loss, noise_seed, response_mask
+from kdlens.losses._common import compute_dtype
+from kdlens.teacher import NoiseKey, TopK, kd_token_loss, response_mask
 
 __all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "SFT",
            "WordKD", "FeatureKD"]
@@ -64,8 +65,8 @@ class StepContext:
         The KD divergence (``kdlens.losses.get_loss(config.loss, **config.loss_params)``).
     vocab_size : int
         Common logit width of teacher and student.
-    step, micro, rank : int
-        Optimizer step, micro-batch index within it, process rank (seed the teacher noise).
+    step : int
+        Optimizer step (0-based); with the seed and the example indices it keys the teacher noise.
     modules : dict
         Extra trainable modules owned by the run (e.g. ``"projection"`` of feature KD).
     batch_source : {"gold", "fresh", "replay"}
@@ -82,14 +83,13 @@ class StepContext:
     loss_fn: Callable[..., torch.Tensor] | None = None
     vocab_size: int | None = None
     step: int = 0
-    micro: int = 0
-    rank: int = 0
     modules: dict[str, torch.nn.Module] = field(default_factory=dict)
     batch_source: str = "gold"
 
     @property
-    def noise_seed(self) -> int:
-        return noise_seed(self.config.seed, self.step, self.micro, self.rank)
+    def noise_key(self) -> NoiseKey:
+        """The teacher noise of this micro-batch: a function of (seed, step, example, position) only."""
+        return NoiseKey(self.config.seed, self.step, list(self.example_indices))
 
 
 @dataclass
@@ -189,8 +189,10 @@ class FixedDataRun:
 class Method(Protocol):
     """A training method: a batch loss plus what it needs from the run.
 
-    Hooks
+    Notes
     -----
+    The hooks a method implements:
+
     ``__call__(ctx: StepContext)``
         Required: the loss parts of one micro-batch.
     ``begin(ctx: RunContext) -> MethodRun``
@@ -199,12 +201,33 @@ class Method(Protocol):
         the teacher's decodings; DistiLLM holds out a validation split), and its ``prepare_step``
         may replace each step's gold batch by generated sequences (on-policy methods). Its
         ``state_dict`` (phi, replay buffer, ...) is saved and restored with the training state.
+        ``RunContext.teacher`` is the loop's online teacher itself, so a method may train it
+        (``metadistil`` updates it in ``prepare_step``, before the student's step).
+    ``check_config(config)``
+        Optional, called at the end of :class:`kdlens.config.DistillConfig` validation: raise
+        ``ValueError`` for settings the method cannot honour (e.g. a teacher cache for a method
+        that trains its teacher), before anything is loaded or written.
+    ``drive(config, *, run, callbacks, distill, manifest)``
+        Optional: the method runs its own stages instead of the loop (``mpdistil``). The loop has
+        checked the run's identity and written ``config.yaml``; ``drive`` trains, writes
+        ``checkpoint/``, ``manifest.json`` (with the entries of ``manifest``: the run's identity and
+        references, which the loop computes) and ``done`` of ``run`` (a :class:`RunDir`), calls each
+        callback after each step of every stage, and may call ``distill`` (this function, passed in
+        so that method modules never import the loop) for a stage that is an ordinary run of its own.
+    ``trains_encoders``
+        Optional attribute, default False: the method accepts encoder classifiers
+        (:func:`kdlens.models.is_encoder`) as teacher and student.
     """
 
     name: str
     needs_teacher: bool
     needs_hidden_states: bool
     description: str
+    #: the divergence when the config names none; None = no KD term on teacher logits, so the
+    #: config refuses sigma, temperature, the tau^2 switch, loss, loss_params and kd_weight
+    default_loss: str | None
+    #: why, for a method without a KD term (completes "method=NAME ..., so sigma=2 would be ignored")
+    without_kd_term: str
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Loss parts of one micro-batch: ``"loss"`` (to backpropagate) and detached parts to log."""
@@ -227,7 +250,7 @@ def _ce_tokens(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor, *
     """
     target = labels[:, 1:].clamp_min(0)
     with torch.set_grad_enabled(torch.is_grad_enabled() and weight != 0):
-        ce = F.cross_entropy(logits.float().transpose(1, 2), target, reduction="none")
+        ce = F.cross_entropy(logits.to(compute_dtype(logits.dtype)).transpose(1, 2), target, reduction="none")
     return ce * mask
 
 
@@ -237,7 +260,7 @@ def _kd_tokens(ctx: StepContext, student_logits: torch.Tensor, teacher: TeacherO
     return kd_token_loss(ctx.loss_fn, student_logits, teacher.logits, mask=mask,
                          temperature=cfg.temperature,
                          scale_by_temperature_squared=cfg.scale_by_temperature_squared,
-                         sigma=cfg.sigma, seed=ctx.noise_seed, tail=cfg.cache_tail)
+                         sigma=cfg.sigma, noise=ctx.noise_key, tail=cfg.cache_tail)
 
 
 @dataclass(frozen=True)
@@ -248,6 +271,8 @@ class SFT:
     needs_teacher: bool = False
     needs_hidden_states: bool = False
     description: str = "supervised fine-tuning on gold responses (teachers, SFT baselines)"
+    default_loss: str | None = None
+    without_kd_term: str = "trains on gold responses without a teacher signal"
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         mask = response_mask(ctx.batch["labels"])
@@ -258,33 +283,35 @@ class SFT:
 
 @dataclass(frozen=True)
 class WordKD:
-    """Word-level KD on fixed (gold) sequences: ``(1 - alpha) * CE + alpha * D(p_teacher || q_student)``.
+    """Word-level KD on fixed (gold) sequences: ``(1 - w) * CE + w * D(p_teacher || q_student)``, ``w = kd_weight``.
 
     Notes
     -----
     Hinton et al. 2015; Kim & Rush 2016 (word-level). ``D`` is any :mod:`kdlens.losses`
-    divergence at temperature tau on the (noised) teacher logits; alpha = 1 is pure KD.
+    divergence at temperature tau on the (noised) teacher logits; ``kd_weight = 1`` is pure KD.
     """
 
     name: str = "word_kd"
     needs_teacher: bool = True
     needs_hidden_states: bool = False
-    description: str = "teacher-forced token-level KD on gold sequences, (1-alpha)*CE + alpha*KD"
+    description: str = "teacher-forced token-level KD on gold sequences, (1-kd_weight)*CE + kd_weight*KD"
+    default_loss: str | None = "forward_kl"
+    without_kd_term: str = ""
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        alpha = ctx.config.alpha
+        w = ctx.config.kd_weight
         labels = ctx.batch["labels"]
         mask = response_mask(labels)
         teacher = ctx.teacher(ctx.batch, ctx.example_indices)
         _, logits = _student_forward(ctx)
         kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-        ce = _ce_tokens(logits, labels, mask, weight=1.0 - alpha).sum() / ctx.n_tokens
-        return {"loss": (1.0 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach()}
+        ce = _ce_tokens(logits, labels, mask, weight=1.0 - w).sum() / ctx.n_tokens
+        return {"loss": (1.0 - w) * ce + w * kd, "ce": ce.detach(), "kd": kd.detach()}
 
 
 @dataclass(frozen=True)
 class FeatureKD:
-    """``word_kd`` plus ``beta`` times hidden-state (PKD) and attention (MiniLM) matching.
+    """``word_kd`` plus ``feature_weight`` times hidden-state (PKD) and attention (MiniLM) matching.
 
     Notes
     -----
@@ -297,7 +324,9 @@ class FeatureKD:
     name: str = "feature_kd"
     needs_teacher: bool = True
     needs_hidden_states: bool = True
-    description: str = "word_kd + beta * (hidden-state and attention matching over a layer map)"
+    description: str = "word_kd + feature_weight * (hidden-state and attention matching over a layer map)"
+    default_loss: str | None = "forward_kl"
+    without_kd_term: str = ""
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         from kdlens.losses import attention_kl, layer_map, pkd_loss
@@ -309,7 +338,7 @@ class FeatureKD:
         teacher = ctx.teacher(ctx.batch, ctx.example_indices, hidden=True, attentions=fcfg.attention)
         out, logits = _student_forward(ctx, hidden=True, attentions=fcfg.attention)
         kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-        ce = _ce_tokens(logits, labels, mask, weight=1.0 - cfg.alpha).sum() / ctx.n_tokens
+        ce = _ce_tokens(logits, labels, mask, weight=1.0 - cfg.kd_weight).sum() / ctx.n_tokens
         # hidden_states[0] is the embedding output, i = block i; layer_map pairs index into them
         pairs = layer_map(len(out.hidden_states) - 1, len(teacher.hidden_states) - 1, fcfg.layer_map)
         # the feature positions are those that predict a target token, as for the logit terms
@@ -333,5 +362,5 @@ class FeatureKD:
             parts["attention"] = (att * share).detach()
             feat = feat + fcfg.attention_weight * att
         feat = feat * share
-        loss = (1.0 - cfg.alpha) * ce + cfg.alpha * kd + cfg.beta * feat
+        loss = (1.0 - cfg.kd_weight) * ce + cfg.kd_weight * kd + cfg.feature_weight * feat
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feature": feat.detach(), **parts}

@@ -5,7 +5,7 @@
   did, without saving generator states.
 * :func:`sample_rows` — generated training rows for the prompts of a gold global batch.
 * :func:`kd_loss` — the loss of one micro-batch: on gold rows the ``word_kd`` objective
-  ``(1 - alpha) * CE + alpha * D``; on generated rows only ``D`` (the teacher scores the sampled
+  ``(1 - kd_weight) * CE + kd_weight * D``; on generated rows only ``D`` (the teacher scores the sampled
   tokens; a cross-entropy on a model's own samples would be self-training, not distillation).
 """
 
@@ -24,7 +24,8 @@ __all__ = ["step_generator", "step_seed", "sample_rows", "kd_loss"]
 
 # purposes of the per-step random streams; distinct so that, e.g., the GKD draw and the sampling
 # seed of the same step are independent
-PURPOSES = {"gkd_draw": 1, "sample": 2, "distillm_draw": 3, "replay": 4, "holdout": 5}
+PURPOSES = {"gkd_draw": 1, "sample": 2, "distillm_draw": 3, "replay": 4, "holdout": 5, "quiz": 6, "curriculum": 7,
+            "order": 8, "reward": 9}
 
 
 def step_seed(seed: int, step: int, purpose: str) -> int:
@@ -63,6 +64,6 @@ def kd_loss(ctx: StepContext) -> dict[str, torch.Tensor]:
     kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
     if ctx.batch_source != "gold":
         return {"loss": kd, "kd": kd.detach()}
-    alpha = ctx.config.alpha
-    ce = _ce_tokens(logits, labels, mask).sum() / ctx.n_tokens
-    return {"loss": (1.0 - alpha) * ce + alpha * kd, "ce": ce.detach(), "kd": kd.detach()}
+    w = ctx.config.kd_weight
+    ce = _ce_tokens(logits, labels, mask, weight=1.0 - w).sum() / ctx.n_tokens
+    return {"loss": (1.0 - w) * ce + w * kd, "ce": ce.detach(), "kd": kd.detach()}

@@ -2,22 +2,39 @@
 
 Layout of ``<output_dir>/``::
 
-    config.yaml       resolved DistillConfig (written first; a rerun must match it)
-    manifest.json     versions, seed, data hash, teacher id, method, loss, sigma, tau, steps, git sha
+    manifest.json     the run's identity (written first, once the inputs are checked), then versions,
+                      seed, data hash, teacher id, method, loss, sigma, tau, steps, git sha, status
+    config.yaml       resolved DistillConfig
     train_log.jsonl   one JSON object per logged step: step, loss parts, lr, tokens/s
     state/step-N/     resumable training state (see kdlens.distill._checkpoint), latest only
     checkpoint/       the trained model in Hugging Face format (safetensors) + tokenizer
-    done              written last; its presence makes a rerun a no-op
+    done              its presence makes a rerun of the same identity a no-op
+    .kdlens.lock      held by the process writing the run (kdlens._lock)
+
+Finishing is ordered so that a kill at any point resumes or completes: the checkpoint (written
+atomically, only once training ended) comes first, so a run killed after it is completed from it
+without training (:meth:`RunDir.complete`); then ``manifest.json`` says done, then the ``done``
+marker, then ``state/`` is deleted (a finished run with a ``state/`` left is tidied on its next call).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kdlens._io import read_json
+from kdlens._io import (
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temporaries,
+    stale_temporaries,
+)
+from kdlens._lock import LOCK_NAME
 
 __all__ = ["RunDir"]
 
@@ -96,6 +113,85 @@ class RunDir:
             return None
         states = [p for p in self.state_root.glob("step-*") if p.is_dir() and p.name[5:].isdigit()]
         return max(states, key=lambda p: int(p.name[5:]), default=None)
+
+    # ------------------------------------------------------------------ identity and lifecycle
+
+    def identity(self):
+        """The :class:`~kdlens.distill._identity.RunIdentity` recorded in the manifest, or None."""
+        from kdlens.distill._identity import RunIdentity
+
+        if not self.manifest_path.is_file():
+            return None
+        recorded = self.manifest().get("identity")
+        return RunIdentity.from_dict(recorded) if isinstance(recorded, Mapping) else None
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """True once training ended: ``checkpoint/`` is written (atomically) only then."""
+        return (self.checkpoint_path / "config.json").is_file()
+
+    def has_progress(self) -> bool:
+        """Whether anything of a training is here: a state, a checkpoint or a logged step."""
+        logged = self.log_path.is_file() and self.log_path.stat().st_size > 0
+        return self.latest_state() is not None or self.has_checkpoint or logged
+
+    def leftovers(self) -> list[Path]:
+        """What killed writers left in a finished run: ``state/`` and stale temporaries."""
+        found = stale_temporaries(self.path) if self.path.is_dir() else []
+        return ([self.state_root] if self.done and self.state_root.exists() else []) + found
+
+    def remove_leftovers(self) -> None:
+        """Delete :meth:`leftovers` (hold the run's lock)."""
+        if self.done:
+            self._remove_state()
+        if self.path.is_dir():
+            remove_stale_temporaries(self.path)
+
+    def start(self, config: Any, identity: Any) -> None:
+        """Record a run about to train: its identity (in ``manifest.json``), then ``config.yaml``."""
+        from kdlens.config import config_to_yaml
+
+        atomic_write_json(self.manifest_path, {"status": "running", "identity": identity.to_dict()})
+        atomic_write_text(self.config_path, config_to_yaml(config))
+
+    def mark_done(self, manifest: Mapping[str, Any]) -> None:
+        """The last steps of finishing, after the checkpoint: the manifest, the ``done`` marker, no state."""
+        atomic_write_json(self.manifest_path, dict(manifest))
+        atomic_write_text(self.done_path, "")
+        self._remove_state()
+
+    def _remove_state(self) -> None:
+        shutil.rmtree(self.state_root, ignore_errors=True)
+
+    def complete(self) -> None:
+        """Finish a run killed after its checkpoint was written, without training again.
+
+        The manifest keeps what the run recorded when it started training; its ``final`` entry is the
+        last logged step (every run logs its last step) with ``wall_s`` unknown.
+        """
+        if not self.has_checkpoint:
+            raise FileNotFoundError(f"{self.path} has no complete checkpoint/ to finish the run from")
+        manifest = self.manifest()
+        if manifest.get("status") != "done":
+            rows = self.log()
+            manifest = {**manifest, "status": "done",
+                        "final": {**(rows[-1] if rows else {}), "wall_s": None, "completed_after_kill": True}}
+        self.mark_done(manifest)
+
+    def clear(self) -> None:
+        """Delete the run recorded here (to train another identity in its place); keeps the lock file.
+
+        The ``done`` marker goes first and ``manifest.json`` last, so a delete cut short leaves a
+        directory that is neither taken for finished nor for empty: the next call names the old run
+        again. Everything else is moved aside at once and then deleted.
+        """
+        self.done_path.unlink(missing_ok=True)
+        trash = Path(tempfile.mkdtemp(prefix=f".overwritten.old-{os.getpid()}-", dir=self.path))
+        for entry in self.path.iterdir():
+            if entry.name not in (LOCK_NAME, self.manifest_path.name, trash.name):
+                os.replace(entry, trash / entry.name)
+        self.manifest_path.unlink(missing_ok=True)
+        shutil.rmtree(trash, ignore_errors=True)
 
     def load_model(self, **kwargs: Any):
         """``(model, tokenizer)`` of the trained checkpoint via :func:`kdlens.models.load_model`."""

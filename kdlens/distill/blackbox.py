@@ -11,6 +11,9 @@ The teacher is either
   (a list of user-turn strings in, one string per prompt out), or
 * ``blackbox.url="http://host:port/v1"``: an OpenAI-compatible chat endpoint
   (``POST {url}/chat/completions``), see :class:`OpenAIChatTeacher`.
+
+With text only there is no teacher logit to add noise to or to soften: ``sigma``, ``temperature``
+and ``scale_by_temperature_squared`` (and ``loss``, ``kd_weight``) are refused at config time.
 """
 
 from __future__ import annotations
@@ -18,22 +21,19 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from kdlens._http import JSONClient
 from kdlens._io import atomic_write_text, sha256_json
 from kdlens.distill._methods import SFT, FixedDataRun, RunContext, StepContext
 
 __all__ = ["BlackBoxKD", "OpenAIChatTeacher", "resolve_teacher", "teacher_features", "CACHE_NAME"]
 
 CACHE_NAME = "blackbox_teacher.jsonl"
-_RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
 
 class OpenAIChatTeacher:
@@ -59,7 +59,7 @@ class OpenAIChatTeacher:
 
     Notes
     -----
-    Uses only ``urllib`` from the standard library. One request per prompt, in order.
+    Uses :class:`kdlens._http.JSONClient` (standard library only). One request per prompt, in order.
     """
 
     def __init__(self, url: str, *, model: str = "teacher", system: str | None = None, max_tokens: int = 256,
@@ -69,49 +69,26 @@ class OpenAIChatTeacher:
             raise ValueError(f"black-box teacher url {url!r} must start with http:// or https://")
         self.endpoint = url.rstrip("/") + "/chat/completions"
         self.model, self.system, self.max_tokens, self.temperature = model, system, max_tokens, temperature
-        self.timeout, self.retries, self.api_key = timeout, retries, api_key
+        self.client = JSONClient(self.endpoint, api_key=api_key, timeout=timeout, retries=retries,
+                                 what="black-box teacher", hint="is the server running? check blackbox.url")
 
     def _request(self, prompt: str) -> str:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + \
             [{"role": "user", "content": prompt}]
-        body = json.dumps({"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
-                           "temperature": self.temperature}).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last: Exception | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(0.5 * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.endpoint, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    raw = response.read()
-            except urllib.error.HTTPError as err:
-                detail = err.read()[:300].decode(errors="replace")
-                if err.code not in _RETRY_STATUS:
-                    raise RuntimeError(f"black-box teacher at {self.endpoint} answered HTTP {err.code}: "
-                                       f"{detail}") from err
-                last = RuntimeError(f"HTTP {err.code}: {detail}")
-                continue
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                last = err
-                continue
-            return _content(raw, self.endpoint)
-        raise RuntimeError(f"black-box teacher at {self.endpoint} failed after {self.retries + 1} attempts "
-                           f"(last error: {last}); is the server running? check blackbox.url") from last
+        answer = self.client.post({"model": self.model, "messages": messages, "max_tokens": self.max_tokens,
+                                   "temperature": self.temperature})
+        return _content(answer, self.client.public)
 
     def __call__(self, prompts: Sequence[str]) -> list[str]:
         return [self._request(p) for p in prompts]
 
 
-def _content(raw: bytes, endpoint: str) -> str:
+def _content(data: Any, endpoint: str) -> str:
     try:
-        data = json.loads(raw)
         content = data["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as err:
+    except (KeyError, IndexError, TypeError) as err:
         raise ValueError(f"black-box teacher at {endpoint} sent no choices[0].message.content: "
-                         f"{raw[:300]!r}") from err
+                         f"{str(data)[:300]!r}") from err
     if not isinstance(content, str):
         raise ValueError(f"black-box teacher at {endpoint} sent non-text content: {content!r}")
     return content
@@ -155,7 +132,7 @@ def _read_cache(path, records) -> dict[int, str]:
 
 def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[str]]) -> list[dict[str, list[int]]]:
     """Query the teacher for every record (cached, resumable); encode its answers as training data."""
-    from kdlens.data import encode_for_training
+    from kdlens.distill._examples import encode_examples
 
     cfg = ctx.config
     path = ctx.run.path / CACHE_NAME
@@ -175,13 +152,10 @@ def teacher_features(ctx: RunContext, teacher: Callable[[Sequence[str]], list[st
             done[i] = text
         atomic_write_text(path, "".join(json.dumps({"index": i, "prompt_sha": sha256_json(ctx.records[i].prompt),
                                                     "text": done[i]}) + "\n" for i in sorted(done)))
-    features = [encode_for_training(ctx.tokenizer, replace(record, rationale=done[i]), max_length=cfg.max_length,
-                                    system=cfg.system_prompt) for i, record in enumerate(ctx.records)]
-    # an answer truncated away entirely leaves nothing to learn from (as in the loop's own encoding)
-    features = [f for f in features if any(label != -100 for label in f["labels"][1:])]
-    if not features:
-        raise ValueError(f"no teacher answer fits within max_length={cfg.max_length} after its prompt; raise it")
-    return features
+    # the loop's own rules: whole prompts, long answers cut at their end, the rest counted and said
+    answered = [replace(record, rationale=done[i]) for i, record in enumerate(ctx.records)]
+    return encode_examples(ctx.tokenizer, answered, max_length=cfg.max_length, system=cfg.system_prompt,
+                           what="teacher answers").features
 
 
 @dataclass(frozen=True)
@@ -192,6 +166,8 @@ class BlackBoxKD:
     needs_teacher: bool = False
     needs_hidden_states: bool = False
     description: str = "black-box KD: CE on a text-only teacher's answers (Python callable or OpenAI-compatible URL)"
+    default_loss: str | None = None
+    without_kd_term: str = "has only its teacher's text, no logits"
 
     def begin(self, ctx: RunContext) -> FixedDataRun:
         return FixedDataRun(teacher_features(ctx, resolve_teacher(ctx.config)))

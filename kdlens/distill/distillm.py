@@ -15,7 +15,7 @@ trains on is chosen each step by the adaptive off-policy schedule (REFERENCE.md 
   ``r < phi`` the batch is sampled from the buffer; else the gold batch is used.
 
 Fresh and replayed batches are scored by the teacher with the divergence alone; gold batches use
-``(1 - alpha) * CE + alpha * D`` as in ``word_kd``. The train log records ``phi``, ``distillm_draw``
+``(1 - kd_weight) * CE + kd_weight * D`` as in ``word_kd``. The train log records ``phi``, ``distillm_draw``
 (r), ``batch_source`` (gold, fresh, replay), ``replay_size``, ``val_loss`` (when measured) and
 ``gen_tokens_per_s`` (fresh batches).
 """
@@ -31,7 +31,7 @@ import torch
 from kdlens.distill._methods import RunContext, StepContext, StepData
 from kdlens.distill._onpolicy import kd_loss, sample_rows, step_generator, step_seed
 from kdlens.distill._replay import ReplayBuffer
-from kdlens.teacher import kd_token_loss, response_mask
+from kdlens.teacher import NoiseKey, kd_token_loss, response_mask
 
 __all__ = ["DistiLLM", "AdaptiveSchedule"]
 
@@ -84,8 +84,17 @@ class AdaptiveSchedule:
         self.history = [float(x) for x in state["history"]]
 
 
-def _holdout(n: int, size: int, seed: int) -> tuple[list[int], list[int]]:
-    """(train positions, validation positions), a seeded split of ``range(n)``."""
+def _holdout(n: int, size: int | None, seed: int, batch_size: int) -> tuple[list[int], list[int]]:
+    """(train positions, validation positions), a seeded split of ``range(n)``.
+
+    ``size=None`` holds out ``min(16, n // 5)`` examples, at most ``n - batch_size``.
+    """
+    if size is None:
+        size = min(16, n // 5, n - batch_size)
+        if size < 1:
+            raise ValueError(f"method=distillm holds out examples for the validation loss that drives phi, but "
+                             f"{n} training examples with batch_size={batch_size} leave none: add data, lower "
+                             "batch_size, or set distillm.val_size=0 (phi then stays 0: gold batches only)")
     if size == 0:
         return list(range(n)), []
     if size >= n:
@@ -103,8 +112,13 @@ class _DistiLLMRun:
     buffer: ReplayBuffer
 
     @torch.no_grad()
-    def validation_loss(self, student: torch.nn.Module) -> float:
-        """Token-mean divergence of student vs teacher on the held-out gold examples."""
+    def validation_loss(self, student: torch.nn.Module, step: int) -> float:
+        """Token-mean divergence of student vs teacher on the held-out gold examples.
+
+        The teacher signal is the training one (noise sigma, temperature tau, the tau^2 factor): the
+        schedule reacts to the loss the student is trained on. Validation example ``j`` draws its
+        noise as example ``len(train) + j`` of step ``step``, apart from every training example.
+        """
         from kdlens.data import collate
         from kdlens.losses import get_loss
 
@@ -123,8 +137,10 @@ class _DistiLLMRun:
                 s = student(**kw).logits[:, :-1, :vocab]
                 t = teacher(**kw).logits[:, :-1, :vocab]
                 mask = response_mask(batch["labels"])
+                ids = [len(self.features) + start + j for j in range(batch["input_ids"].shape[0])]
                 loss = kd_token_loss(loss_fn, s, t, mask=mask, temperature=cfg.temperature,
-                                     scale_by_temperature_squared=cfg.scale_by_temperature_squared)
+                                     scale_by_temperature_squared=cfg.scale_by_temperature_squared,
+                                     sigma=cfg.sigma, noise=NoiseKey(cfg.seed, step, ids))
                 total += float(loss.sum())
                 count += int(mask.sum())
         finally:
@@ -136,7 +152,7 @@ class _DistiLLMRun:
         cfg, dcfg = self.ctx.config, self.ctx.config.distillm
         logs: dict[str, Any] = {}
         if self.val and step % dcfg.eval_every == 0:
-            logs["val_loss"] = self.validation_loss(student)
+            logs["val_loss"] = self.validation_loss(student, step)
             self.schedule.update(logs["val_loss"])
         r = float(torch.rand((), generator=step_generator(cfg.seed, step, "distillm_draw"), dtype=torch.float64))
         source = self.schedule.choose(r, step, total_steps, self.buffer.full)
@@ -175,10 +191,12 @@ class DistiLLM:
     needs_teacher: bool = True
     needs_hidden_states: bool = False
     description: str = "skew KL/RKL with an adaptive share of student outputs and a replay buffer"
+    default_loss: str | None = "forward_kl"
+    without_kd_term: str = ""
 
     def begin(self, ctx: RunContext) -> _DistiLLMRun:
         dcfg = ctx.config.distillm
-        train, val = _holdout(len(ctx.features), dcfg.val_size, ctx.config.seed)
+        train, val = _holdout(len(ctx.features), dcfg.val_size, ctx.config.seed, ctx.config.batch_size)
         schedule = AdaptiveSchedule(increment=dcfg.phi_increment, threshold=dcfg.threshold, max_phi=dcfg.phi_max)
         return _DistiLLMRun(ctx, [ctx.features[i] for i in train], [ctx.features[i] for i in val], schedule,
                             ReplayBuffer(dcfg.replay_capacity))

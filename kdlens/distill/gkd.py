@@ -68,6 +68,8 @@ class GKD:
     needs_teacher: bool = True
     needs_hidden_states: bool = False
     description: str = "on-policy KD: with probability lambda train on student samples scored by the teacher"
+    default_loss: str | None = "forward_kl"
+    without_kd_term: str = ""
 
     def begin(self, ctx: RunContext) -> _GKDRun:
         return _GKDRun(ctx, ctx.features)

@@ -8,8 +8,16 @@
     distribution ``mix * p_T + (1 - mix) * q_S`` (``minillm.mix`` = 0.2), under ``no_grad``; the
     loss is :func:`policy_gradient_loss` on them.
 
-The run's ``loss`` must be ``reverse_kl`` (validated): it is the token-level form's divergence and
-names what the policy-gradient form minimises.
+The run's ``loss`` is ``reverse_kl`` (the default for this method; another is refused): it is the
+token-level form's divergence and names what the policy-gradient form minimises.
+
+Teacher signal, both forms: the objective is the reverse KL of the distributions at temperature
+tau, ``KL(q_S^tau || p_T^tau)`` with ``softmax(z / tau)``, where the teacher's raw logits carry the
+run's noise ``sigma`` (drawn per example and position, :func:`kdlens.teacher.teacher_noise`), times
+tau^2 when ``scale_by_temperature_squared``. In the policy-gradient form the student samples at
+temperature tau from ``mix * p_T^tau + (1 - mix) * q_S^tau`` (the clean teacher: the proposal), the
+importance weights use that proposal exactly, and the rewards and the single-step term use the
+noisy teacher signal.
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ import torch
 
 from kdlens.distill._methods import RunContext, StepContext, StepData, _student_forward
 from kdlens.distill._onpolicy import kd_loss, sample_rows, step_seed
-from kdlens.teacher import response_mask
+from kdlens.teacher import add_noise, response_mask
 
 __all__ = ["MiniLLM", "policy_gradient_loss"]
 
 
 def policy_gradient_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor,
-                         mask: torch.Tensor, *, mix: float = 0.2) -> dict[str, torch.Tensor]:
+                         mask: torch.Tensor, *, mix: float = 0.2, temperature: float = 1.0,
+                         proposal_logits: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Per-token MiniLLM policy-gradient loss on sampled sequences.
 
     Parameters
@@ -36,13 +45,19 @@ def policy_gradient_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     student_logits : Tensor, float [B, T, V]
         Student logits at the positions that predict ``tokens`` (with gradient).
     teacher_logits : Tensor, float [B, T, V]
-        Teacher logits at the same positions (no gradient needed).
+        The teacher signal at the same positions (raw logits, noise included; no gradient needed).
     tokens : Tensor, long [B, T]
         The sampled tokens ``y_t`` (any value where masked).
     mask : Tensor, bool [B, T]
         Generated positions; within a row they must be contiguous (one continuation).
     mix : float in [0, 1)
         Teacher share of the sampling distribution, for the importance weights.
+    temperature : float > 0
+        tau: every distribution is ``softmax(z / tau)``; the samples must come from the mixture at
+        the same tau.
+    proposal_logits : Tensor [B, T, V] or None
+        The teacher logits the samples were drawn with (the clean teacher when ``teacher_logits``
+        carries noise); None = ``teacher_logits``.
 
     Returns
     -------
@@ -53,27 +68,34 @@ def policy_gradient_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     Notes
     -----
     Gu et al. 2024, "MiniLLM: Knowledge Distillation of Large Language Models", eq. 5-7. With
-    ``q`` the student, ``p`` the teacher, per-token reward ``r_t = log p(y_t) - log q(y_t)``
-    (detached) and the length-normalised return of the *later* tokens
-    ``R_{t+1} = mean_{t' > t} r_t'`` (0 for the last token)::
+    ``q`` the student, ``p`` the teacher signal (both at temperature tau), per-token reward
+    ``r_t = log p(y_t) - log q(y_t)`` (detached) and the length-normalised return of the *later*
+    tokens ``R_{t+1} = mean_{t' > t} r_t'`` (0 for the last token)::
 
         pg_t     = -w_t * R_{t+1} * log q(y_t)              (long-term term, REINFORCE)
         single_t =  w_t * KL(q(.|y_<t) || p(.|y_<t))        (single-step term, full vocabulary)
 
-    ``w_t = q(y_t) / (mix * p(y_t) + (1 - mix) * q(y_t))`` (detached) corrects for sampling from
-    the teacher-mixed distribution (MiniLLM's per-token approximation, without clipping). The
-    single-step term is the exact expectation of ``-r_t`` over ``y_t ~ q``, so the reward of the
-    current token enters only there. Minimising ``pg`` raises ``log q(y_t)`` when the later
-    tokens are rewarded (``R_{t+1} > 0``: the teacher likes them more than the student does).
+    ``w_t = q(y_t) / (mix * p'(y_t) + (1 - mix) * q(y_t))`` (detached, ``p'`` the proposal teacher)
+    corrects for sampling from the teacher-mixed distribution (MiniLLM's per-token approximation,
+    without clipping). The single-step term is the exact expectation of ``-r_t`` over ``y_t ~ q``, so
+    the reward of the current token enters only there. Minimising ``pg`` raises ``log q(y_t)`` when
+    the later tokens are rewarded (``R_{t+1} > 0``: the teacher likes them more than the student does).
     """
     if not 0.0 <= mix < 1.0:
         raise ValueError(f"mix must be in [0, 1), got {mix}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
     mask = mask.bool()
-    log_q = torch.log_softmax(student_logits.float(), dim=-1)
-    log_p = torch.log_softmax(teacher_logits.float(), dim=-1).detach()
+    log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1).detach()
     index = tokens.clamp_min(0).unsqueeze(-1)
     log_q_y = log_q.gather(-1, index).squeeze(-1)
     log_p_y = log_p.gather(-1, index).squeeze(-1)
+    if proposal_logits is None:
+        proposal_y = log_p_y
+    else:
+        proposal = torch.log_softmax(proposal_logits.float().detach() / temperature, dim=-1)
+        proposal_y = proposal.gather(-1, index).squeeze(-1)
     m = mask.float()
     reward = ((log_p_y - log_q_y).detach()) * m
     # suffix sums over later tokens: R_{t+1} = (sum_{t'>t} r) / (number of later tokens)
@@ -81,7 +103,7 @@ def policy_gradient_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     later_n = m.flip(-1).cumsum(-1).flip(-1) - m
     ret = torch.where(later_n > 0, later_sum / later_n.clamp_min(1.0), torch.zeros_like(later_sum))
     q_y = log_q_y.detach().exp()
-    weight = q_y / (mix * log_p_y.exp() + (1.0 - mix) * q_y) * m
+    weight = q_y / (mix * proposal_y.exp() + (1.0 - mix) * q_y) * m
     rkl = (log_q.exp() * (log_q - log_p)).sum(-1)
     pg = -weight * ret * log_q_y * m
     single = weight * rkl * m
@@ -98,8 +120,9 @@ class _MiniLLMRun:
         cfg, mcfg = self.ctx.config, self.ctx.config.minillm
         if mcfg.form == "token":
             return StepData(features, "gold")
+        # at tau: the samples must come from the mixture of the tempered distributions the loss compares
         rows, generated = sample_rows(student, self.ctx.tokenizer, features, max_new_tokens=mcfg.max_new_tokens,
-                                      temperature=1.0, seed=step_seed(cfg.seed, step, "sample"),
+                                      temperature=cfg.temperature, seed=step_seed(cfg.seed, step, "sample"),
                                       vocab_size=self.ctx.vocab_size, mix_model=self.ctx.teacher, mix=mcfg.mix)
         return StepData(rows, "fresh", {"gen_tokens_per_s": generated.tokens_per_s,
                                         "gen_tokens": generated.n_generated})
@@ -126,6 +149,8 @@ class MiniLLM:
     needs_teacher: bool = True
     needs_hidden_states: bool = False
     description: str = "reverse KL: token-level on gold, or policy gradient on teacher-mixed student samples"
+    default_loss: str | None = "reverse_kl"
+    without_kd_term: str = ""
 
     def begin(self, ctx: RunContext) -> _MiniLLMRun:
         return _MiniLLMRun(ctx, ctx.features)
@@ -133,11 +158,15 @@ class MiniLLM:
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         if ctx.batch_source == "gold":  # the token-level form
             return kd_loss(ctx)
+        cfg = ctx.config
         labels = ctx.batch["labels"]
         mask = response_mask(labels)
         teacher = ctx.teacher(ctx.batch, ctx.example_indices)
         _, logits = _student_forward(ctx)
-        parts = policy_gradient_loss(logits, teacher.logits, labels[:, 1:], mask, mix=ctx.config.minillm.mix)
-        pg, single = parts["pg"].sum() / ctx.n_tokens, parts["single"].sum() / ctx.n_tokens
+        signal = add_noise(teacher.logits, cfg.sigma, key=ctx.noise_key, mask=mask)
+        parts = policy_gradient_loss(logits, signal, labels[:, 1:], mask, mix=cfg.minillm.mix,
+                                     temperature=cfg.temperature, proposal_logits=teacher.logits)
+        scale = cfg.temperature**2 if cfg.scale_by_temperature_squared else 1.0
+        pg, single = scale * parts["pg"].sum() / ctx.n_tokens, scale * parts["single"].sum() / ctx.n_tokens
         reward = parts["reward"].sum() / ctx.n_tokens
         return {"loss": pg + single, "pg": pg.detach(), "single": single.detach(), "reward": reward.detach()}

@@ -12,6 +12,11 @@ its index, a hash of its prompt tokens, the chosen tokens and, for the interpola
 BLEU of every candidate); the file is rewritten atomically after each decoded batch, so a killed
 run resumes decoding where it stopped. ``seq_kd_teacher.meta.json`` records the decoding speed.
 
+Teacher signal: the student never sees the teacher's logits, only its decoded tokens, so the
+run-level ``sigma``, ``temperature`` and ``scale_by_temperature_squared`` (which act on the logits
+of a KD term) are refused at config time rather than applied to the decoding. A noisier or softer
+teacher output is asked for explicitly: ``seq_kd.do_sample=true seq_kd.temperature=T``.
+
 Naming: the kd-generalization ("paradox") paper's code labels as "SeqKD" a token-level forward KL
 on the gold sequences. That is ``method=word_kd loss=forward_kl`` in kdlens, not this method.
 """
@@ -154,6 +159,8 @@ class SeqKD:
     needs_teacher: bool = True
     needs_hidden_states: bool = False
     description: str = "sequence-level KD: CE on the teacher's decodings of the training prompts (cached)"
+    default_loss: str | None = None
+    without_kd_term: str = "trains with cross-entropy on the teacher's decoded text, not on its logits"
 
     def begin(self, ctx: RunContext) -> FixedDataRun:
         return FixedDataRun(decode_training_set(ctx))

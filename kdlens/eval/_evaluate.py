@@ -39,6 +39,8 @@ def evaluate(
     device: Any = None,
     dtype: Any = None,
     overwrite: bool = False,
+    scoring: str | None = None,
+    mode: str = "generate",
 ) -> pd.DataFrame:
     """Generate with every model on every task, score the answers, and return the examples table.
 
@@ -60,6 +62,13 @@ def evaluate(
     max_length : longest prompt + gold rationale scored for ``gold_nll`` (longer ones are cut on the left)
     device, dtype : where and in which precision to load models given by name
     overwrite : recompute shards written under other settings instead of raising
+    scoring : how answers are judged. ``mode="generate"``: a name of :data:`kdlens.data.SCORING_MODES`,
+        ``"kdlens"`` (default, :func:`kdlens.data.score`) or lm-evaluation-harness's GSM8K filters
+        ``"strict-match"``, ``"strict-match-cot"``, ``"flexible-extract"`` (:func:`kdlens.data.score_as`).
+        ``mode="loglikelihood"``: ``"acc"`` (default) or ``"acc_norm"``.
+    mode : ``"generate"`` (default) decodes and extracts answers; ``"loglikelihood"`` scores the choices
+        of multiple-choice records by log-likelihood as lm-evaluation-harness does
+        (:mod:`kdlens.eval._choices`; ARC- and Winogrande-style records), no generation.
 
     Returns
     -------
@@ -81,7 +90,13 @@ def evaluate(
     * ``gold_nll``: teacher-forced mean NLL (nats/token) of the gold rationale + EOS in the training
       format of :func:`kdlens.data.encode_for_training`; NaN when the record has no rationale. One
       value per record, repeated across samples.
-    * ``pred_answer`` / ``correct``: :func:`kdlens.data.score` of ``output`` against the record.
+    * ``pred_answer`` / ``correct``: :func:`kdlens.data.score_as` of ``output`` against the record under
+      ``scoring``, recorded in the table's metadata (``examples.parquet`` and ``DataFrame.attrs["scoring"]``)
+      and the manifest. Finished shards are re-scored under the requested mode (no new generation).
+    * ``mode="loglikelihood"``: ``output`` is the chosen choice, ``pred_answer`` its label,
+      ``n_output_tokens`` its continuation tokens, ``finish_reason`` ``"loglikelihood"``,
+      ``mean_logprob`` its log-likelihood per token, ``gold_nll`` minus the gold choice's per token and
+      ``gold_rationale`` the gold choice; :func:`kdlens.eval.score_choices` gives every choice's score.
 
     Determinism: see :mod:`kdlens.eval._generate` (greedy is batch-independent; sampling is
     seeded per (task, example, sample)).
@@ -94,6 +109,7 @@ def evaluate(
     ``examples.parquet`` is written last, from the shards.
     """
     decoding = Decoding.coerce(decoding)
+    scoring = _check_mode(mode, scoring)
     for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("max_length", max_length)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -101,11 +117,14 @@ def evaluate(
     task_records = load_tasks_checked(tasks, split=split, seed=data_seed, n=n)
     settings = {"n": n, "split": split, "data_seed": data_seed, "max_new_tokens": max_new_tokens,
                 "max_length": max_length}
+    if mode == "loglikelihood":  # other rows altogether (generation settings are then irrelevant)
+        settings.update(mode=mode, scoring=scoring)
     out_dir = Path(output_dir) if output_dir is not None else None
     manifest = Manifest(out_dir) if out_dir is not None else None
     if manifest is not None:
         manifest.record_run(models=described, tasks=list(task_records), decoding=decoding.to_dict(),
-                            settings={**settings, "batch_size": batch_size, "dtype": str(dtype), "device": str(device)})
+                            settings={**settings, "batch_size": batch_size, "dtype": str(dtype), "device": str(device),
+                                      "mode": mode, "scoring": scoring})
 
     frames = []
     for model_id, spec in models.items():
@@ -119,7 +138,7 @@ def evaluate(
                 shard = load_shard(shard_path(out_dir, model_id, task), fingerprints[task], EXAMPLES_COLUMNS,
                                    EXAMPLES_DTYPES, overwrite=overwrite)
                 if shard is not None:
-                    done[task] = shard
+                    done[task] = shard if mode == "loglikelihood" else _rescore(shard, task_records[task], scoring)
                     logger.info("%s / %s: finished shard found, skipped", model_id, task)
         pending = [task for task in task_records if task not in done]
         if pending:
@@ -127,16 +146,20 @@ def evaluate(
             try:
                 for task in pending:
                     start = time.perf_counter()
-                    frame = _evaluate_unit(model, tokenizer, model_id, task_records[task], decoding=decoding,
-                                           batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                           max_length=max_length)
+                    if mode == "loglikelihood":
+                        frame = _choice_unit(model, tokenizer, model_id, task_records[task], scoring=scoring,
+                                             batch_size=batch_size, max_length=max_length)
+                    else:
+                        frame = _evaluate_unit(model, tokenizer, model_id, task_records[task], decoding=decoding,
+                                               batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                               max_length=max_length, scoring=scoring)
                     seconds = time.perf_counter() - start
                     logger.info("%s / %s: %d rows in %.1f s (%.2f examples/s, %.1f generated tokens/s)",
                                 model_id, task, len(frame), seconds, len(frame) / seconds,
                                 frame["n_output_tokens"].sum() / seconds)
                     if out_dir is not None:
                         path = write_parquet(frame, shard_path(out_dir, model_id, task),
-                                             metadata={"fingerprint": fingerprints[task]})
+                                             metadata={"fingerprint": fingerprints[task], "scoring": scoring})
                         manifest.add_shard(model_id, task, path, len(frame), fingerprints[task])
                     done[task] = frame
             finally:
@@ -151,15 +174,67 @@ def evaluate(
         raise ValueError(f"two rows share the key {first}: two task specs give the same task name and "
                          "example ids; evaluate them in separate output directories")
     if out_dir is not None:
-        path = write_parquet(table, out_dir / EXAMPLES_NAME, metadata={"models": described, "tasks": list(task_records)})
-        manifest.add_table(path, len(table), models=list(models), tasks=list(task_records))
+        path = write_parquet(table, out_dir / EXAMPLES_NAME, metadata={"models": described, "tasks": list(task_records),
+                                                                       "mode": mode, "scoring": scoring})
+        manifest.add_table(path, len(table), models=list(models), tasks=list(task_records), mode=mode,
+                           scoring=scoring)
+    table.attrs["scoring"] = scoring
+    table.attrs["mode"] = mode
     return table
 
 
+def _check_mode(mode: str, scoring: str | None) -> str:
+    """The scoring to use (validated), given the evaluation mode."""
+    from kdlens.data import SCORING_MODES
+    from kdlens.eval._choices import CHOICE_SCORINGS
+
+    known = {"generate": tuple(SCORING_MODES), "loglikelihood": CHOICE_SCORINGS}
+    if mode not in known:
+        raise ValueError(f"unknown evaluation mode {mode!r}; known: {', '.join(known)}")
+    scoring = scoring if scoring is not None else known[mode][0]
+    if scoring not in known[mode]:
+        raise ValueError(f"scoring={scoring!r} does not apply to mode={mode!r}; use one of {', '.join(known[mode])}")
+    return scoring
+
+
+def _rescore(frame: pd.DataFrame, records: Sequence[Any], scoring: str) -> pd.DataFrame:
+    """``pred_answer``/``correct`` of finished rows recomputed from their ``output`` under ``scoring``."""
+    from kdlens.data import score_as
+
+    by_id = {record.id: record for record in records}
+    judged = [score_as(text, by_id[example_id], scoring) for text, example_id in zip(frame["output"],
+                                                                                   frame["example_id"], strict=True)]
+    frame = frame.copy()
+    frame["pred_answer"] = [pred for pred, _ in judged]
+    frame["correct"] = [bool(ok) for _, ok in judged]
+    return conform(frame, EXAMPLES_COLUMNS, EXAMPLES_DTYPES)
+
+
+def _choice_unit(model: Any, tokenizer: Any, model_id: str, records: Sequence[Any], *, scoring: str,
+                 batch_size: int, max_length: int) -> pd.DataFrame:
+    """Rows of one (model, task) scored by log-likelihood of each record's choices (no generation)."""
+    from kdlens.eval._choices import choice_predictions, score_choices
+
+    choices = score_choices(model, tokenizer, records, batch_size=batch_size, max_length=max_length)
+    picked = choice_predictions(choices, scoring).set_index("example_id")
+    gold = choices.loc[choices["is_gold"]].set_index("example_id")
+    rows = []
+    for record in records:
+        best, right = picked.loc[record.id], gold.loc[record.id]
+        rows.append({
+            "model_id": model_id, "task": record.task, "split": record.split, "example_id": record.id, "sample": 0,
+            "prompt": record.prompt, "output": best["text"], "pred_answer": best["label"],
+            "gold_answer": record.answer, "correct": bool(best["correct"]), "n_output_tokens": int(best["n_tokens"]),
+            "finish_reason": "loglikelihood", "mean_logprob": float(best["loglik"]) / int(best["n_tokens"]),
+            "gold_nll": -float(right["loglik"]) / int(right["n_tokens"]), "gold_rationale": right["text"],
+        })
+    return conform(rows, EXAMPLES_COLUMNS, EXAMPLES_DTYPES)
+
+
 def _evaluate_unit(model: Any, tokenizer: Any, model_id: str, records: Sequence[Any], *, decoding: Decoding,
-                   batch_size: int, max_new_tokens: int, max_length: int) -> pd.DataFrame:
+                   batch_size: int, max_new_tokens: int, max_length: int, scoring: str = "kdlens") -> pd.DataFrame:
     """Rows of one (model, task): generate every (record, sample), score it, add the gold NLL."""
-    from kdlens.data import encode_for_generation, score
+    from kdlens.data import encode_for_generation, score_as
 
     prompts = [list(encode_for_generation(tokenizer, record)) for record in records]
     units = [(i, s) for i in range(len(records)) for s in range(decoding.num_samples)]
@@ -178,7 +253,7 @@ def _evaluate_unit(model: Any, tokenizer: Any, model_id: str, records: Sequence[
     rows = []
     for i, s in units:
         record, generation = records[i], generations[(i, s)]
-        pred, correct = score(generation.text, record)
+        pred, correct = score_as(generation.text, record, scoring)
         rows.append({
             "model_id": model_id, "task": record.task, "split": record.split, "example_id": record.id,
             "sample": s, "prompt": record.prompt, "output": generation.text, "pred_answer": pred,

@@ -187,7 +187,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[Sequence[
     prompts : B lists of token ids (already chat-formatted), each non-empty
     max_new_tokens : int >= 1
     decoding : :class:`Decoding` or strategy name
-    seeds : B ints, one random stream per row (required for sampling; see :func:`sample_seed`)
+    seeds : B ints, one random stream per row (required for sampling; see ``kdlens.eval._generate.sample_seed``)
 
     Returns
     -------

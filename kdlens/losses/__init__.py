@@ -7,7 +7,9 @@ Output-distribution divergences (one call shape, student first)::
 
 ``forward_kl``, ``reverse_kl``, ``jsd`` (``beta``), ``tvd``, ``skew_forward_kl`` (``alpha``),
 ``skew_reverse_kl`` (``alpha``), ``ab_divergence`` (``alpha``, ``beta``), ``soft_cross_entropy``,
-``mse_soft``, ``l1_soft``, ``l2_soft``; catalogued in :data:`LOSSES`, configured by :func:`get_loss`.
+``mse_soft``, ``l1_soft``, ``l2_soft``; across vocabularies (distillation between tokenizers):
+``uld`` and ``span_aligned`` (:data:`CROSS_VOCABULARY_LOSSES`), with :func:`sorted_l1`; catalogued in
+:data:`LOSSES`, configured by :func:`get_loss`.
 Memory-bounded evaluation: :func:`chunked_divergence` (logits given) and :func:`fused_divergence`
 (hidden states and lm heads given). Feature losses: :func:`feature_loss`, :func:`mmd_rbf`,
 :func:`layer_map`, :func:`pkd_loss`, :func:`attention_kl`, :class:`FeatureProjection`.
@@ -15,6 +17,7 @@ Memory-bounded evaluation: :func:`chunked_divergence` (logits given) and :func:`
 
 from ._chunked import chunked_divergence
 from ._common import REDUCTIONS, reduce
+from ._cross_vocab import sorted_l1, span_aligned, uld
 from ._divergences import (
     ab_divergence,
     forward_kl,
@@ -39,10 +42,11 @@ from ._features import (
     pkd_loss,
 )
 from ._fused import fused_divergence
-from ._registry import LOSSES, LossEntry, get_loss
+from ._registry import CROSS_VOCABULARY_LOSSES, LOSSES, LossEntry, get_loss
 
 __all__ = [
     "LOSSES",
+    "CROSS_VOCABULARY_LOSSES",
     "LossEntry",
     "get_loss",
     "REDUCTIONS",
@@ -58,6 +62,9 @@ __all__ = [
     "mse_soft",
     "l1_soft",
     "l2_soft",
+    "uld",
+    "span_aligned",
+    "sorted_l1",
     "chunked_divergence",
     "fused_divergence",
     "FEATURE_KINDS",

@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 IGNORE_INDEX = -100
+#: accepted ``reduction=`` values of every loss (see :func:`reduce`)
 REDUCTIONS = ("none", "token_mean", "sequence_mean", "sum")
 
 
@@ -163,7 +164,7 @@ def reduce(
     values : torch.Tensor
         ``[...]`` per-token values (e.g. ``[B, T]``).
     mask : torch.Tensor or None
-        bool ``[...]`` from :func:`as_mask`; None means every position counts.
+        bool ``[...]`` from ``as_mask``; None means every position counts.
     reduction : {"none", "token_mean", "sequence_mean", "sum"}
         ``"none"``: ``[...]`` with masked positions 0. ``"token_mean"``: sum over counted positions
         divided by their number. ``"sequence_mean"``: the mean over each sequence's counted tokens

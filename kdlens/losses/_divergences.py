@@ -9,9 +9,20 @@ Notation (kdlens REFERENCE.md section 1): ``p = softmax(teacher_logits / tau)`` 
 ``q = softmax(student_logits / tau)`` (student), ``KL(a||b) = sum_v a_v (log a_v - log b_v)``.
 Everything is computed from ``log_softmax`` in float32 (float64 stays float64), with the conventions
 ``0 log 0 = 0`` and "a vocabulary entry that is ``-inf`` in both teacher and student does not exist"
-(it contributes 0 to every loss), so a shared vocabulary mask never produces NaN. An entry with
-teacher mass that the student masks (``p_v > 0``, ``q_v = 0``) makes the divergences that need
-``q_v > 0`` genuinely infinite (for example forward KL); that is the mathematics, not an overflow.
+(it contributes 0 to every loss), so a shared vocabulary mask never produces NaN.
+
+Values and gradients are finite for every finite or ``-inf`` input, in every dtype:
+
+* an entry that only ONE side masks (``p_v > 0 = q_v``, or the reverse) would make a KL-type term
+  (``forward_kl``, ``reverse_kl``, ``soft_cross_entropy``) infinite, with NaN gradients. The masked
+  side's log-probability is floored at :data:`log_floor` (``log`` of the smallest normal number of
+  the compute dtype, -87.3 in float32): the entry costs what a probability of 1.2e-38 would, a
+  large finite penalty whose gradient pushes the other side's mass off it;
+* ``ab_divergence`` with a negative exponent weighs an entry by ``p_v^alpha`` (or ``q_v^beta``),
+  which overflows for tiny probabilities (``-inf`` entries, or logits 1e4 apart). There every
+  log-probability is floored at the level where the largest possible sum still fits the dtype
+  (:func:`_ab_floor`); entries above that level are exact, entries below it saturate (their
+  gradient is 0).
 """
 
 from __future__ import annotations
@@ -52,14 +63,26 @@ _NEG_INF = float("-inf")
 # elementwise building blocks on log-probabilities [..., V]
 
 
+def log_floor(dtype: torch.dtype) -> float:
+    """``log`` of the smallest normal number of ``dtype`` (-87.34 in float32, -708.4 in float64)."""
+    return math.log(torch.finfo(dtype).tiny)
+
+
+def _floor_absent(lb: torch.Tensor) -> torch.Tensor:
+    """``lb`` with its ``-inf`` entries replaced by :func:`log_floor` (zero gradient there)."""
+    floor = torch.full((), log_floor(lb.dtype), dtype=lb.dtype, device=lb.device)
+    return torch.where(torch.isneginf(lb), floor, lb)
+
+
 def _kl_terms(la: torch.Tensor, lb: torch.Tensor) -> torch.Tensor:
     """Elementwise ``a_v (log a_v - log b_v)`` with ``0`` wherever ``a_v = 0``, ``[..., V]``.
 
     The difference is replaced *before* the product so that the backward pass never sees
-    ``0 * (-inf - x)`` (the "double where" that keeps gradients finite).
+    ``0 * (-inf - x)`` (the "double where" that keeps gradients finite). Where ``b_v = 0 < a_v`` the
+    term would be infinite: ``log b_v`` is floored at :func:`log_floor` (module docstring).
     """
     absent = torch.isneginf(la)
-    diff = torch.where(absent, torch.zeros((), dtype=la.dtype, device=la.device), la - lb)
+    diff = torch.where(absent, torch.zeros((), dtype=la.dtype, device=la.device), la - _floor_absent(lb))
     return la.exp() * diff
 
 
@@ -177,6 +200,10 @@ def forward_kl(
     :math:`\mathrm{KL}(p\|q) = \sum_v p_v(\log p_v - \log q_v)` (Hinton et al. 2015; with
     ``scale_by_temperature_squared=True`` this is Hinton's soft-target loss). Finite iff every entry
     with teacher mass has student mass.
+
+    References: Kullback and Leibler 1951, the divergence (``kullback1951information``); Hinton, Vinyals
+    and Dean 2015, distillation with it (``hinton2015distilling``). ``kdlens cite`` prints these entries
+    for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: _sum_over_vocab(lambda q_, p_: _kl_terms(p_, q_), lq, lp),
@@ -207,6 +234,10 @@ def reverse_kl(
     -----
     :math:`\mathrm{KL}(q\|p) = \sum_v q_v(\log q_v - \log p_v)`, the token-level form of MiniLLM
     (Gu et al. 2023).
+
+    References: Kullback and Leibler 1951 (``kullback1951information``); Gu et al. 2024, MiniLLM, ICLR
+    (``gu2024minillm``). ``kdlens cite`` prints these entries for a run that used this function
+    (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: _sum_over_vocab(_kl_terms, lq, lp),
@@ -254,6 +285,10 @@ def jsd(
     is 0 at both ends, which would make the loss vanish; like TRL's ``generalized_jsd_loss``,
     ``beta=0`` returns the forward KL and ``beta=1`` the reverse KL exactly (the normalized limits).
     The function is therefore discontinuous at the two end points by design.
+
+    References: Lin 1991, the Jensen-Shannon divergence (``lin1991divergence``); Agarwal et al. 2024,
+    GKD, ICLR, the generalized form (``agarwal2024onpolicy``). ``kdlens cite`` prints these entries for
+    a run that used this function (:mod:`kdlens.citations`).
     """
     beta = check_unit_interval("beta", beta)
     if beta == 0.0:
@@ -300,6 +335,9 @@ def tvd(
     -----
     :math:`\mathrm{TVD}(p, q) = \tfrac12\sum_v |p_v - q_v|` (used as a KD objective e.g. in
     Wen et al. 2023, f-divergence minimization for sequence-level KD).
+
+    References: Wen et al. 2023, ACL (``wen2023fdivergence``). ``kdlens cite`` prints these entries for
+    a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: 0.5 * _sum_over_vocab(lambda q_, p_: (p_.exp() - q_.exp()).abs(), lq, lp),
@@ -337,6 +375,9 @@ def skew_forward_kl(
     :math:`\mathrm{SKL}_\alpha(p, q) = \mathrm{KL}(p\,\|\,\alpha p + (1-\alpha) q)` (Ko et al. 2024).
     The mixture keeps the value finite (at most :math:`-\log\alpha`) even when the student gives
     an entry zero mass.
+
+    References: Ko et al. 2024, DistiLLM, ICML (``ko2024distillm``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
     alpha = check_unit_interval("alpha", alpha)
     return _divergence(
@@ -373,6 +414,9 @@ def skew_reverse_kl(
     Notes
     -----
     :math:`\mathrm{SRKL}_\alpha(p, q) = \mathrm{KL}(q\,\|\,(1-\alpha) p + \alpha q)` (Ko et al. 2024).
+
+    References: Ko et al. 2024, DistiLLM, ICML (``ko2024distillm``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
     alpha = check_unit_interval("alpha", alpha)
     return _divergence(
@@ -387,18 +431,48 @@ def skew_reverse_kl(
     )
 
 
+def _ab_floor(alpha: float, beta: float, vocab: int, dtype: torch.dtype) -> float:
+    """Log-probability floor that keeps every ``AB(alpha, beta)`` term, sum and gradient finite in ``dtype``.
+
+    Without a negative exponent it is :func:`log_floor` (used only for one-sided ``-inf`` entries
+    whose limit is infinite). With one, a term is at most ``c * exp(e * |floor|)`` (``e`` the most
+    negative exponent's size, ``c`` the largest coefficient such as ``1 / |alpha beta|``); the forward
+    sum and the backward pass each add up to ``V`` of them, so the floor leaves ``V^2 * c * max|exponent|``
+    (and a margin of e^8) of room below the largest float.
+    """
+    tiny = log_floor(dtype)
+    s = alpha + beta
+    negative = max([-e for e in (alpha, beta, s) if e < 0], default=0.0)
+    if negative == 0.0:
+        return tiny
+    if alpha != 0.0 and beta != 0.0 and s != 0.0:
+        coeff = max(1.0 / abs(alpha * beta), 1.0 / abs(alpha * s), 1.0 / abs(beta * s))
+    else:  # alpha = -beta, or one exponent 0: a 1 / a^2 prefactor
+        coeff = 1.0 / (alpha or beta) ** 2
+    slope = max(1.0, abs(alpha), abs(beta), abs(s))
+    budget = math.log(torch.finfo(dtype).max) - 2.0 * math.log(max(vocab, 1)) - math.log(coeff * slope) - 8.0
+    if budget <= 0:
+        raise ValueError(f"ab_divergence(alpha={alpha}, beta={beta}) cannot be represented in {dtype} over "
+                         f"{vocab} vocabulary entries (its 1/(alpha*beta) factors are too large); use parameters "
+                         "further from 0")
+    return max(tiny, -budget / negative)
+
+
 def _ab_terms(lq: torch.Tensor, lp: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
     """Elementwise alpha-beta divergence terms ``[..., V]`` for every case of ``(alpha, beta)``.
 
-    Entries where exactly one of ``p_v``, ``q_v`` is 0 get their limit value directly (finite only
-    when the exponents that touch the zero are positive, else ``+inf``); the regular formula is
-    evaluated on sanitized inputs there so that neither pass ever forms ``inf - inf`` or ``0 * inf``.
+    Entries where exactly one of ``p_v``, ``q_v`` is 0 get their limit value directly when it is
+    finite (the exponents that touch the zero are positive); where the limit is infinite, or any
+    exponent is negative, the regular formula runs on log-probabilities floored at :func:`_ab_floor`,
+    so neither pass ever forms ``inf - inf``, ``0 * inf`` or an overflow.
     """
-    zero = torch.zeros((), dtype=lq.dtype, device=lq.device)
-    inf = torch.full((), float("inf"), dtype=lq.dtype, device=lq.device)
+    inf_limit = None
     p_absent, q_absent = torch.isneginf(lp), torch.isneginf(lq)
-    # each side sanitized on its own, so the present side keeps its value for the limit formulas
-    lp_s, lq_s = torch.where(p_absent, zero, lp), torch.where(q_absent, zero, lq)
+    floor = _ab_floor(alpha, beta, lq.shape[-1], lq.dtype)
+    if min(alpha, beta, alpha + beta) < 0:  # saturate every tiny probability (zero gradient below the floor)
+        lp_s, lq_s = lp.clamp_min(floor), lq.clamp_min(floor)
+    else:  # only the absent entries, for the limits that are infinite
+        lp_s, lq_s = _floor_absent(lp), _floor_absent(lq)
     s = alpha + beta
     if alpha != 0.0 and beta != 0.0 and s != 0.0:
         cross = torch.exp(alpha * lp_s + beta * lq_s)
@@ -408,34 +482,37 @@ def _ab_terms(lq: torch.Tensor, lp: torch.Tensor, alpha: float, beta: float) -> 
         # to overflow for large |r|, so it is used only for |r| < 1
         r = lq_s - lp_s
         near = r.abs() < 1.0
-        r_near = torch.where(near, r, zero)
+        r_near = torch.where(near, r, torch.zeros((), dtype=r.dtype, device=r.device))
         factored = torch.exp(s * lp_s) * (
             torch.expm1(s * r_near) / (alpha * s) - torch.expm1(beta * r_near) / (alpha * beta)
         )
         regular = torch.where(near, factored, direct)
-        # p_v = 0: q^s / (alpha s) needs alpha > 0 and s > 0; q_v = 0: p^s / (beta s) needs beta > 0, s > 0
-        if_p_absent = torch.exp(s * lq_s) / (alpha * s) if alpha > 0 and s > 0 else inf
-        if_q_absent = torch.exp(s * lp_s) / (beta * s) if beta > 0 and s > 0 else inf
+        # p_v = 0: q^s / (alpha s), finite for alpha > 0 and s > 0; q_v = 0: p^s / (beta s) for beta > 0, s > 0
+        if_p_absent = torch.exp(s * lq_s) / (alpha * s) if alpha > 0 and s > 0 else inf_limit
+        if_q_absent = torch.exp(s * lp_s) / (beta * s) if beta > 0 and s > 0 else inf_limit
     elif alpha == 0.0 and beta == 0.0:
         regular = 0.5 * (lp_s - lq_s) ** 2
-        if_p_absent = if_q_absent = inf
+        if_p_absent = if_q_absent = inf_limit
     elif s == 0.0:
         # 1/a^2 [a (log q - log p) + (p/q)^a - 1] = (expm1(r) - r) / a^2 with r = a (log p - log q)
         r = alpha * (lp_s - lq_s)
         regular = (torch.expm1(r) - r) / alpha**2
-        if_p_absent = if_q_absent = inf
+        if_p_absent = if_q_absent = inf_limit
     else:
         # one exponent is 0: 1/a^2 [x^a log(x^a / y^a) - x^a + y^a] with (x, y, a) = (p, q, alpha)
         # when beta == 0 and (q, p, beta) when alpha == 0
         lx, ly, a = (lp_s, lq_s, alpha) if beta == 0.0 else (lq_s, lp_s, beta)
         xa, ya = torch.exp(a * lx), torch.exp(a * ly)
         regular = (xa * (a * (lx - ly)) - xa + ya) / a**2
-        # x_v = 0 < y_v: y^a / a^2 for a > 0 (x^a log x^a -> 0), else +inf; y_v = 0 < x_v: +inf
-        if_x_absent = ya / a**2 if a > 0 else inf
-        if_p_absent, if_q_absent = (if_x_absent, inf) if beta == 0.0 else (inf, if_x_absent)
-    terms = torch.where(p_absent, if_p_absent, torch.where(q_absent, if_q_absent, regular))
-    # with negative exponents a term can exceed the float range (inf - inf -> NaN); report +inf
-    return torch.where(torch.isnan(terms), inf, terms)
+        # x_v = 0 < y_v: y^a / a^2 for a > 0 (x^a log x^a -> 0); y_v = 0 < x_v: infinite
+        if_x_absent = ya / a**2 if a > 0 else inf_limit
+        if_p_absent, if_q_absent = (if_x_absent, inf_limit) if beta == 0.0 else (inf_limit, if_x_absent)
+    terms = regular
+    if if_q_absent is not None:
+        terms = torch.where(q_absent, if_q_absent, terms)
+    if if_p_absent is not None:
+        terms = torch.where(p_absent, if_p_absent, terms)
+    return terms
 
 
 def ab_divergence(
@@ -454,8 +531,9 @@ def ab_divergence(
     Parameters
     ----------
     alpha, beta : float
-        Any finite reals (ABKD's defaults 0.2, 0.7). Negative values are allowed; they make the
-        divergence infinite where exactly one of ``p_v``, ``q_v`` is 0.
+        Any finite reals (ABKD's defaults 0.2, 0.7). Negative values are allowed: they weigh tiny
+        probabilities enormously, so log-probabilities are then floored (:func:`_ab_floor`) to keep
+        values and gradients finite.
     Others as :func:`forward_kl`.
 
     Notes
@@ -483,7 +561,13 @@ def ab_divergence(
     :math:`10^{-7}/\min(|\alpha|, |\beta|, |\alpha+\beta|)` absolute; pass the exact limit values
     (e.g. ``beta=0``) rather than tiny non-zero parameters. Negative exponents weigh an entry by
     :math:`p_v^{\alpha}` (or :math:`q_v^{\beta}`), enormous for tiny probabilities: the divergence is
-    then ill-conditioned and may overflow float32 for far-apart distributions.
+    then ill-conditioned, and log-probabilities below the floor of :func:`_ab_floor` (-38.8 for
+    ``alpha = -1.5, beta = 0.7`` over 49,152 float32 entries) saturate there. A limit that is
+    infinite (one side 0 where a non-positive exponent touches it) is charged at that floor.
+
+    References: Cichocki, Cruces and Amari 2011, Entropy 13(1) (``cichocki2011generalized``); Wang et
+    al. 2025, ABKD, ICML (``wang2025abkd``). ``kdlens cite`` prints these entries for a run that used
+    this function (:mod:`kdlens.citations`).
     """
     alpha = check_finite_param("alpha", alpha)
     beta = check_finite_param("beta", beta)
@@ -516,11 +600,14 @@ def soft_cross_entropy(
     -----
     :math:`H(p, q) = -\sum_v p_v \log q_v = \mathrm{KL}(p\|q) + H(p)`: same gradient in the
     student as forward KL, but not zero when ``p == q`` (it equals the teacher's entropy).
+
+    References: Hinton, Vinyals and Dean 2015, soft targets (``hinton2015distilling``). ``kdlens cite``
+    prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
 
     def terms(lq: torch.Tensor, lp: torch.Tensor) -> torch.Tensor:
         absent = torch.isneginf(lp)
-        safe_lq = torch.where(absent, torch.zeros((), dtype=lq.dtype, device=lq.device), lq)
+        safe_lq = torch.where(absent, torch.zeros((), dtype=lq.dtype, device=lq.device), _floor_absent(lq))
         return -lp.exp() * safe_lq
 
     return _divergence(
@@ -555,6 +642,9 @@ def mse_soft(
     The ``tau**2`` factor is off by default here only so that the switch means the same thing for
     every loss. With ``reduction="token_mean"`` this equals ``F.mse_loss(q, p)`` over all
     ``tokens x V`` entries, which is how MPDistil computes it.
+
+    References: Sengupta et al. 2024, MPDistil, ICLR (``sengupta2024good``). ``kdlens cite`` prints
+    these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: ((lp.exp() - lq.exp()) ** 2).mean(dim=-1),
@@ -584,6 +674,9 @@ def l1_soft(
     Notes
     -----
     The lecture's :math:`\|\Phi(y_T/\tau) - \Phi(y_S/\tau)\|_1` with :math:`\Phi` = softmax.
+
+    References: Hinton, Vinyals and Dean 2015, the softened outputs compared (``hinton2015distilling``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: (lp.exp() - lq.exp()).abs().sum(dim=-1),
@@ -621,6 +714,9 @@ def l2_soft(
     The lecture's :math:`\|\Phi(y_T/\tau) - \Phi(y_S/\tau)\|_2` with :math:`\Phi` = softmax (the KD
     term of MPDistil's student objective as written on the slide). The gradient at ``p == q`` is
     defined as 0 (the norm is not differentiable there).
+
+    References: Hinton, Vinyals and Dean 2015, the softened outputs compared (``hinton2015distilling``).
+    ``kdlens cite`` prints these entries for a run that used this function (:mod:`kdlens.citations`).
     """
     return _divergence(
         lambda lq, lp: _safe_sqrt(((lp.exp() - lq.exp()) ** 2).sum(dim=-1)),

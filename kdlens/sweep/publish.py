@@ -10,8 +10,9 @@ of the per-token table, provenance) into a small folder that lives in the reposi
       runs.parquet       every run of the spec, status "published" or "pending"
       examples.parquet   each published run's outputs and the teachers' (from the first session)
       tokens.parquet     per-token statistics, the first examples of each task up to a row cap per run
-      manifest.json      spec hash, and one entry per session: device, versions, git sha, runs, timings,
-                         teacher accuracy and how far its outputs match the published teacher's
+      manifest.json      spec hash, and one entry per session: device, versions, git sha, runs and their
+                         identity hashes, timings, teacher accuracy and how far its outputs match the
+                         published teacher's
       spec.yaml          the spec
 
 :func:`kdlens.sweep.run_sweep` with ``publish_dir=`` skips the runs the folder holds, so a fresh
@@ -120,6 +121,7 @@ def publish_sweep(sweep_dir: str | os.PathLike, publish_dir: str | os.PathLike, 
         # the same run_sweep call publishing again after its next run: one entry per session
         entry["runs"] = sorted(set(sessions[-1]["runs"]) | set(added_ids))
         entry["seconds"] = {**sessions[-1]["seconds"], **entry["seconds"]}
+        entry["identities"] = {**sessions[-1].get("identities", {}), **entry["identities"]}
         entry["published_at_first"] = sessions[-1].get("published_at_first", sessions[-1]["published_at"])
         sessions[-1] = entry
     else:
@@ -218,6 +220,8 @@ def _session_entry(src: Path, added_ids: list[str], published_examples: pd.DataF
         "git_sha": sweep_manifest.get("git_sha"),
         "versions": sweep_manifest.get("versions"),
         "runs": added_ids,
+        # what each run is (kdlens.distill.run_identity: its config, data and teacher weights)
+        "identities": {rid: sweep_manifest.get("runs", {}).get(rid, {}).get("identity") for rid in added_ids},
         "seconds": {rid: {k: round(float(v), 1) for k, v in sweep_manifest.get("runs", {}).get(rid, {}).items()
                           if k.endswith("_s")} for rid in added_ids},
         "teachers": {},

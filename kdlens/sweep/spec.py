@@ -222,6 +222,12 @@ def run_id(overrides: Mapping[str, Any]) -> str:
 
     ``{"sigma": 1.0, "temperature": 2.0}`` -> ``"sigma1-tau2-3f2a9c1e"``. The hash covers the exact
     overrides (sorted keys), so the id never depends on the order of the axes or of the runs.
+
+    The id names the run's place in the grid (its directory ``runs/<run_id>``), not what it is: the
+    run's identity (its full resolved config, data and teacher weights,
+    :func:`kdlens.distill.run_identity`) is recorded in that directory, and a sweep whose base,
+    data or teacher changed finds every run of another identity there and refuses it (or, with
+    ``overwrite``, retrains it), while the runs a grown axis adds get directories of their own.
     """
     parts = []
     for key in sorted(overrides):
@@ -271,7 +277,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     Notes
     -----
     ``run_id`` (see :func:`run_id`) depends only on the overrides, so adding values to an axis
-    keeps every existing run's id and directory: a grown sweep reuses the finished runs.
+    keeps every existing run's id and directory: a grown sweep reuses the finished runs (each is
+    checked against its full identity before it is reused).
     """
     spec = load_sweep_spec(spec)
     combos = _combinations(spec)
@@ -337,6 +344,8 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
         data["teacher"] = teacher_dir
     if student_dirs and str(data.get("student")) in student_dirs:
         data["student"] = student_dirs[str(data["student"])]
+    if is_sft(str(data.get("method", "word_kd"))):  # the base's KD settings do not apply (and are refused)
+        data = {k: v for k, v in data.items() if k not in KD_ONLY_KEYS}
     data["output_dir"] = output_dir
     try:
         if cache_dir is not None and not is_sft(str(data.get("method", "word_kd"))) \

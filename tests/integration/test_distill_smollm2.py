@@ -17,7 +17,7 @@ def test_smollm2_teacher_to_pruned_six_layer_student(tmp_path, kd_data):
 
     cfg = load_config(None, dict(
         teacher="smollm2-135m-instruct", student="prune:6", tasks=[str(kd_data / "train" / "math_data.json")],
-        n_examples=4, method="word_kd", loss="forward_kl", alpha=1.0, steps=3, batch_size=4, max_length=128,
+        n_examples=4, method="word_kd", loss="forward_kl", kd_weight=1.0, steps=3, batch_size=4, max_length=128,
         lr=3e-4, device="cpu", output_dir=str(tmp_path / "run")))
     run = distill(cfg)
     assert run.done

@@ -113,6 +113,31 @@ def l2_soft(zs, zt, tau=1.0):
     return math.sqrt(sum((pv - qv) ** 2 for pv, qv in zip(softmax(zt, tau), softmax(zs, tau), strict=True)))
 
 
+def sorted_l1(q, p):
+    """sum_i |q_(i) - p_(i)| of both vectors sorted in decreasing order, the shorter padded with zeros."""
+    q, p = sorted(q, reverse=True), sorted(p, reverse=True)
+    width = max(len(q), len(p))
+    q, p = q + [0.0] * (width - len(q)), p + [0.0] * (width - len(p))
+    return sum(abs(a - b) for a, b in zip(q, p, strict=True))
+
+
+def uld(zs, zt, tau=1.0):
+    """Boizard et al. 2024: L1 between the sorted teacher and student probabilities."""
+    return sorted_l1(softmax(zs, tau), softmax(zt, tau))
+
+
+def span_aligned(zs, zt, tau=1.0, divergence="forward_kl", uld_weight=1.0, student_ids=None, teacher_ids=None):
+    """D over the shared tokens plus one bucket for the rest, + uld_weight * ULD of the unshared tokens."""
+    if student_ids is None:
+        student_ids = teacher_ids = list(range(len(zs)))
+    lq, lp = log_softmax(zs, tau), log_softmax(zt, tau)
+    q_rest = [math.exp(v) for i, v in enumerate(lq) if i not in student_ids]
+    p_rest = [math.exp(v) for i, v in enumerate(lp) if i not in teacher_ids]
+    q_bucket = [lq[i] for i in student_ids] + [_log(sum(q_rest))]
+    p_bucket = [lp[i] for i in teacher_ids] + [_log(sum(p_rest))]
+    return REFS[divergence](q_bucket, p_bucket) + uld_weight * sorted_l1(q_rest, p_rest)
+
+
 REFS = {
     "forward_kl": forward_kl,
     "reverse_kl": reverse_kl,
@@ -125,6 +150,8 @@ REFS = {
     "mse_soft": mse_soft,
     "l1_soft": l1_soft,
     "l2_soft": l2_soft,
+    "uld": uld,
+    "span_aligned": span_aligned,
 }
 
 

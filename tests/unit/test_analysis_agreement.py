@@ -142,3 +142,40 @@ def test_numeric_answers_agree_within_the_scoring_tolerance():
     })
     pairs = answer_pairs(ex, teacher="t").set_index("example_id")
     assert pairs["agree"].to_dict() == {"1": True, "2": True, "3": False, "4": True}
+
+
+# (gold, teacher pred, student pred): each pair is one answer that scoring calls correct twice
+SAME_ANSWER_CASES = [
+    ("0.5", "1/2", "0.5"),
+    ("0.75", "3/4", "0.750"),
+    ("1234", "1,234", "1234.0"),
+    ("B", "(B)", "B"),
+    ("C", "c", "(C)"),
+    ("Paris", "Paris.", "paris"),
+    ("blue green", "Blue  green", "blue green."),
+]
+
+
+@pytest.mark.parametrize("gold,teacher_pred,student_pred", SAME_ANSWER_CASES)
+def test_two_answers_scored_correct_against_one_gold_answer_agree(gold, teacher_pred, student_pred):
+    """One definition of "the same answer": agreement uses the scoring rule (issue 12, item 6)."""
+    from kdlens.data import answers_equal, infer_kind
+
+    kind = infer_kind(gold)
+    assert answers_equal(teacher_pred, gold, kind) and answers_equal(student_pred, gold, kind)
+    ex = pd.DataFrame({"model_id": ["t", "s"], "task": "A", "example_id": "1", "sample": 0,
+                       "pred_answer": [teacher_pred, student_pred], "correct": True, "gold_answer": gold})
+    assert answer_pairs(ex, teacher="t")["agree"].tolist() == [True]
+
+
+def test_agreement_follows_the_gold_answers_kind():
+    from kdlens.data import same_answer
+
+    # an exact-string task: "1/2" and "0.5" are different strings there, as scoring would judge them
+    ex = pd.DataFrame({"model_id": ["t", "s"], "task": "A", "example_id": "1", "sample": 0,
+                       "pred_answer": ["1/2", "0.5"], "correct": False, "gold_answer": "one half"})
+    assert answer_pairs(ex, teacher="t")["agree"].tolist() == [False]
+    assert same_answer("1/2", "0.5") and not same_answer("1/2", "0.5", "exact")
+    assert same_answer("7", "7.0004", "numeric") and not same_answer("7", "7.002", "numeric")
+    assert not same_answer(None, None) and same_answer("B", "(B)")  # symmetric, None never agrees
+    assert same_answer("(B)", "B") and same_answer("(b)", "B", "choice") and not same_answer("A", "B", "choice")

@@ -132,7 +132,7 @@ def test_correlations_match_scipy_and_fisher_ci():
     assert out.loc["kendall", "statistic"] == pytest.approx(DIRECT["kendall"]["tau"], rel=1e-12)
     assert out.loc["kendall", "p_val"] == pytest.approx(DIRECT["kendall"]["p"], rel=1e-10)
     n, rho = 12, DIRECT["spearman"]["rho"]
-    half = 1.959963984540054 * math.sqrt(1.06 / (n - 3))  # Fieller et al. standard error
+    half = 1.959963984540054 * math.sqrt((1 + rho ** 2 / 2) / (n - 3))  # Bonett & Wright's standard error
     assert out.loc["spearman", "ci_low"] == pytest.approx(math.tanh(math.atanh(rho) - half), rel=1e-9)
     assert out.loc["spearman", "ci_high"] == pytest.approx(math.tanh(math.atanh(rho) + half), rel=1e-9)
     assert out.loc["kendall", "ci_low"] < DIRECT["kendall"]["tau"] < out.loc["kendall", "ci_high"]
@@ -142,6 +142,21 @@ def test_fisher_ci_hand_value():
     # r = 0.5, n = 28: z = 0.5493, se = 0.2 -> tanh(0.5493 -/+ 0.392) = (0.1560, 0.7358)
     low, high = stats._fisher_ci(0.5, 28, "pearson", 0.95, "two-sided")
     assert (low, high) == pytest.approx((0.1560, 0.7358), abs=1e-4)
+
+
+def test_spearman_standard_error_is_bonett_and_wright():
+    # Bonett & Wright (2000): var(atanh(rho)) = (1 + rho^2 / 2) / (n - 3). By hand for the paper's
+    # agreement rho = -0.51 over n = 11: se = sqrt(1.13005 / 8) = 0.375841, z = -0.562730,
+    # z -/+ 1.96 se = (-1.299364, 0.173905) -> tanh = (-0.86156, 0.17217)
+    assert stats.fisher_se(-0.51, 11, "spearman") == pytest.approx(0.375841, abs=1e-6)
+    low, high = stats._fisher_ci(-0.51, 11, "spearman", 0.95, "two-sided")
+    assert (low, high) == pytest.approx((-0.86156, 0.17217), abs=1e-5)
+    # Fieller's constant 1.06 gave (-0.85546, 0.14958), the narrower interval the issue quoted
+    assert (low, high) != pytest.approx((-0.85546, 0.14958), abs=1e-3)
+    # Pearson and Kendall keep their constants (Fisher 1915; Fieller, Hartley & Pearson 1957)
+    assert stats.fisher_se(0.9, 28, "pearson") == pytest.approx(0.2)
+    assert stats.fisher_se(0.9, 29, "kendall") == pytest.approx(math.sqrt(0.437 / 25))
+    assert math.isnan(stats.fisher_se(0.1, 3, "spearman"))
 
 
 def test_padjust_holm_and_bh_hand_values():
@@ -166,6 +181,11 @@ def test_padjust_holm_and_bh_hand_values():
          "have < 2 values"),
         (lambda: stats.paired_ttest(pd.DataFrame({"a": [1.0, 2], "b": [0.0, 1]}), a="a", b="b"), "too few pairs"),
         (lambda: stats.wilcoxon(pd.DataFrame({"a": [1.0, 2, 3], "b": [1.0, 2, 3]}), a="a", b="b"), "non-zero"),
+        # 0.56 - 0.50, 0.57 - 0.51, 0.58 - 0.52: all 0.06 up to the 17th digit, not a t of 1.6e15
+        (lambda: stats.paired_ttest(pd.DataFrame({"a": [0.56, 0.57, 0.58], "b": [0.50, 0.51, 0.52]}), a="a", b="b"),
+         "constant"),
+        (lambda: stats.ttest(pd.DataFrame({"x": np.array([0.56, 0.57, 0.58]) - [0.50, 0.51, 0.52]}), dv="x"),
+         "zero variance"),
     ],
 )
 def test_degenerate_input_gives_nan_with_a_reason(call, note):

@@ -165,3 +165,17 @@ def test_importing_the_report_or_the_engine_packages_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_kdlens_distill_is_the_training_function_whatever_the_import_order():
+    import subprocess
+    import sys
+
+    code = ("from kdlens.distill import RunDir\nimport kdlens, kdlens.distill._loop as loop\n"
+            "assert callable(kdlens.distill)\n"
+            "calls = []\nloop.distill = lambda *a, **k: calls.append((a, k)) or 'run'\n"
+            "import kdlens.distill as pkg\npkg.__dict__.pop('distill', None)\n"
+            "assert kdlens.distill('cfg', callbacks=()) == 'run' and calls == [(('cfg',), {'callbacks': ()})]\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip() == "ok", out.stderr

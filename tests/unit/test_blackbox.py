@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from _local_server import LocalServer, read_json, send
 
 from kdlens.config import load_config
 from kdlens.distill import distill
@@ -21,7 +21,7 @@ def answer(prompt: str) -> str:
     return f"Adding gives {a + b}. The answer is {a + b}"
 
 
-class Stub:
+class Stub(LocalServer):
     """A chat-completions server that answers with :func:`answer`; ``fail_first`` requests get ``status``."""
 
     def __init__(self, fail_first: int = 0, status: int = 503):
@@ -31,37 +31,18 @@ class Stub:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):  # noqa: N802 (http.server API)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                body = read_json(self)
                 stub.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), **body})
                 if len(stub.requests) <= stub.fail_first:
-                    self.send_response(stub.status)
-                    self.end_headers()
-                    self.wfile.write(b'{"error": "busy"}')
+                    send(self, stub.status, b'{"error": "busy"}')
                     return
                 text = answer(body["messages"][-1]["content"])
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send(self, 200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
 
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.timeout = 1
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(timeout=5)
+        super().__init__(Handler)
 
 
 @pytest.fixture(scope="module")
@@ -114,12 +95,12 @@ def test_the_client_retries_busy_answers_and_reports_clear_errors():
         teacher = OpenAIChatTeacher(stub.url, retries=2, timeout=5)
         assert teacher(["What is 1 + 2?"]) == [answer("What is 1 + 2?")]
         assert len(stub.requests) == 3
-    with Stub(fail_first=5, status=400) as stub, pytest.raises(RuntimeError, match="HTTP 400"):
+    with Stub(fail_first=5, status=400) as stub, pytest.raises(ConnectionError, match="HTTP 400"):
         OpenAIChatTeacher(stub.url, retries=3)(["What is 1 + 2?"])
     assert len(stub.requests) == 1  # a client error is not retried
     with Stub() as stub:
         dead = stub.url
-    with pytest.raises(RuntimeError, match="failed after 2 attempts.*blackbox.url"):
+    with pytest.raises(ConnectionError, match="failed after 2 attempts.*blackbox.url"):
         OpenAIChatTeacher(dead, retries=1, timeout=1)(["x"])
     with pytest.raises(ValueError, match="http"):
         OpenAIChatTeacher("127.0.0.1:9/v1")

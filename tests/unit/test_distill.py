@@ -65,7 +65,7 @@ def test_four_step_run_is_finite_changes_every_parameter_and_writes_the_run_dir(
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     for row in rows:
         assert all(math.isfinite(row[k]) for k in ("loss", "ce", "kd", "lr", "tokens_per_s"))
-        assert row["loss"] == pytest.approx(row["kd"])  # alpha = 1: pure KD
+        assert row["loss"] == pytest.approx(row["kd"])  # kd_weight = 1: pure KD
         assert row["target_tokens"] > 0
     before, after = initial_student(), checkpoint_weights(run)
     tied = {"lm_head.weight"} - set(after)  # tied to the embeddings: saved once
@@ -126,7 +126,7 @@ def test_a_different_config_in_an_unfinished_run_dir_is_an_error(tmp_path, tasks
     cfg = run_config(tmp_path, tasks_file, save_every=1)
     with pytest.raises(RuntimeError):
         distill(cfg, callbacks=[lambda step, logs: (_ for _ in ()).throw(RuntimeError("kill"))])
-    with pytest.raises(ValueError, match="different config.*sigma"):
+    with pytest.raises(ValueError, match="unfinished run with different settings.*sigma.*overwrite"):
         distill(cfg.replace(sigma=1.0))
 
 
@@ -135,6 +135,15 @@ def test_gradient_accumulation_2x4_equals_8x1(tmp_path, tasks_file, baseline):
     assert losses(accumulated) == pytest.approx(losses(baseline), abs=1e-5)
     assert losses(accumulated, "kd") == pytest.approx(losses(baseline, "kd"), abs=1e-5)
     want, got = checkpoint_weights(baseline), checkpoint_weights(accumulated)
+    assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
+
+
+def test_teacher_noise_is_decided_by_the_data_not_by_grad_accum(tmp_path, tasks_file):
+    """At sigma = 2 a batch of 8 x 1 and 4 x 2 end with the same weights (issue 12, item 4)."""
+    whole = distill(run_config(tmp_path, tasks_file, name="8x1", sigma=2.0, steps=3))
+    halves = distill(run_config(tmp_path, tasks_file, name="4x2", sigma=2.0, steps=3, grad_accum=2))
+    assert losses(halves) == pytest.approx(losses(whole), abs=1e-5)
+    want, got = checkpoint_weights(whole), checkpoint_weights(halves)
     assert max(float((got[k] - want[k]).abs().max()) for k in want) < 1e-5
 
 
@@ -226,26 +235,39 @@ def test_bf16_autocast_as_on_cuda_stays_close_to_fp32(tmp_path, tasks_file, base
         assert losses(run) == pytest.approx(losses(baseline), rel=5e-2, abs=1e-4)
 
 
-def test_alpha_mixes_ce_and_kd(tmp_path, tasks_file):
-    run = distill(run_config(tmp_path, tasks_file, alpha=0.3, steps=2))
+def test_kd_weight_mixes_ce_and_kd(tmp_path, tasks_file):
+    run = distill(run_config(tmp_path, tasks_file, kd_weight=0.3, steps=2))
     for row in run.log():
         assert row["loss"] == pytest.approx(0.7 * row["ce"] + 0.3 * row["kd"], rel=1e-5)
-    sft_like = distill(run_config(tmp_path, tasks_file, name="a0", alpha=0.0, steps=1))
+    sft_like = distill(run_config(tmp_path, tasks_file, name="a0", kd_weight=0.0, steps=1))
     assert sft_like.log()[0]["loss"] == pytest.approx(sft_like.log()[0]["ce"], rel=1e-6)
 
 
-def test_sft_trains_without_teacher_and_matches_alpha_zero(tmp_path, tasks_file):
+def test_loss_jsd_beta_runs_that_beta_and_the_manifest_records_the_loss_parameters_used(tmp_path, tasks_file):
+    """``loss=jsd beta=0.9`` was JSD(0.5) with a feature weight of 0.9 (issue 12, item 5)."""
+    asked = distill(run_config(tmp_path, tasks_file, name="b9", loss="jsd", beta=0.9, steps=1))
+    explicit = distill(run_config(tmp_path, tasks_file, name="lp9", loss="jsd", loss_params={"beta": 0.9}, steps=1))
+    default = distill(run_config(tmp_path, tasks_file, name="b5", loss="jsd", steps=1))
+    assert losses(asked) == losses(explicit)
+    assert losses(asked)[0] != pytest.approx(losses(default)[0], rel=1e-3)
+    assert asked.manifest()["loss_params"] == {"beta": 0.9}
+    assert default.manifest()["loss_params"] == {"beta": 0.5}  # the default it ran with, recorded
+    assert asked.manifest()["kd_weight"] == 1.0 and asked.manifest()["feature_weight"] == 0.0
+    assert "alpha" not in asked.manifest() and "beta" not in asked.manifest()
+
+
+def test_sft_trains_without_teacher_and_matches_kd_weight_zero(tmp_path, tasks_file):
     sft = distill(run_config(tmp_path, tasks_file, name="sft", method="sft", teacher=None, student="tiny",
-                             steps=2))
+                             loss=None, steps=2))
     assert sft.manifest()["loss"] is None and sft.manifest()["teacher"] is None
     assert set(sft.log()[0]) >= {"loss", "ce"} and "kd" not in sft.log()[0]
-    # sft on a 2-layer tiny student == word_kd with alpha = 0 on the same student
-    kd0 = distill(run_config(tmp_path, tasks_file, name="kd0", student="tiny", alpha=0.0, steps=2))
+    # sft on a 2-layer tiny student == word_kd with kd_weight = 0 on the same student
+    kd0 = distill(run_config(tmp_path, tasks_file, name="kd0", student="tiny", kd_weight=0.0, steps=2))
     assert losses(sft) == pytest.approx(losses(kd0), abs=1e-6)
 
 
-def test_feature_kd_adds_beta_times_the_feature_terms(tmp_path, tasks_file):
-    run = distill(run_config(tmp_path, tasks_file, method="feature_kd", alpha=0.5, beta=2.0, steps=2,
+def test_feature_kd_adds_feature_weight_times_the_feature_terms(tmp_path, tasks_file):
+    run = distill(run_config(tmp_path, tasks_file, method="feature_kd", kd_weight=0.5, feature_weight=2.0, steps=2,
                              feature={"attention": True, "projection": True}))
     for row in run.log():
         assert row["feature"] > 0 and row["hidden"] > 0 and row["attention"] > 0
@@ -293,4 +315,44 @@ def test_cli_distill_and_finetune(tmp_path, tasks_file, capsys):
 def test_batch_larger_than_the_data_is_an_error(tmp_path, tasks_file):
     with pytest.raises(ValueError, match="only 16 training examples"):
         distill(run_config(tmp_path, tasks_file, batch_size=32))
-    assert os.path.isdir(tmp_path / "run")
+    assert not os.path.exists(tmp_path / "run")  # checked before anything was written
+
+
+def test_max_length_keeps_whole_prompts_and_counts_and_says_what_it_drops(tmp_path, caplog):
+    """max_length once cut prompts from the left and reported 0 dropped examples (issue 12, item 7)."""
+    from kdlens.data import encode_for_training, load_task
+    from kdlens.models import tiny_model
+
+    path = tmp_path / "mixed.jsonl"
+    rows = [{"instruction": f"What is {i} + 1?", "input": "", "output": f"{i} plus 1 is {i + 1}. The answer is {i + 1}",
+             "answer": str(i + 1)} for i in range(4)]
+    rows += [{"instruction": "Please read this long preamble carefully before you answer. " * 3 + f"What is {i} + 2?",
+              "input": "", "output": f"The answer is {i + 2}", "answer": str(i + 2)} for i in range(4)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _, tok = tiny_model(seed=0)
+    full = [encode_for_training(tok, r, max_length=None) for r in load_task(str(path), split="train")]
+    prompt_len = [f["labels"].index(next(x for x in f["labels"] if x != -100)) for f in full]
+    short, long_ = max(prompt_len[:4]), min(prompt_len[4:])
+    assert short + 5 < long_ and all(len(f["input_ids"]) > short + 5 for f in full[:4])
+    with caplog.at_level("WARNING", logger="kdlens.distill"):
+        run = distill(run_config(tmp_path, str(path), name="cut", max_length=short + 5, batch_size=4, steps=1))
+    manifest = run.manifest()
+    assert manifest["n_examples"] == 4 and manifest["n_dropped_examples"] == 4
+    assert manifest["dropped_examples"] == {"prompt_too_long": 4} and manifest["n_truncated_responses"] == 4
+    assert "4 dropped (the prompt alone fills max_length)" in caplog.text
+    assert "4 kept with the response cut at its end" in caplog.text
+
+    from kdlens.distill._examples import encode_examples
+
+    kept = encode_examples(tok, load_task(str(path), split="train"), max_length=short + 5)
+    for feat, whole in zip(kept.features, full[:4], strict=True):
+        p = whole["labels"].index(next(x for x in whole["labels"] if x != -100))
+        assert feat["input_ids"][:p] == whole["input_ids"][:p]  # the whole prompt, from its first token
+        assert len(feat["input_ids"]) == short + 5 and sum(x != -100 for x in feat["labels"]) >= 5
+
+
+def test_a_max_length_no_prompt_fits_in_is_one_line_naming_max_length(tmp_path, tasks_file):
+    with pytest.raises(ValueError, match=r"all 16 training examples were dropped at max_length=5: .*raise max_length") \
+            as err:
+        distill(run_config(tmp_path, tasks_file, name="five", max_length=5))
+    assert "\n" not in str(err.value)

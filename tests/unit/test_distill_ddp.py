@@ -1,4 +1,5 @@
-"""Two CPU processes (DDP on gloo) end with the same weights as one process at the same global batch."""
+"""Two CPU processes (DDP on gloo) end with the same weights as one process at the same global batch,
+teacher noise included."""
 
 from __future__ import annotations
 
@@ -21,8 +22,9 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     data.write_text("".join(json.dumps({"instruction": f"What is {i} + 3?", "input": "",
                                         "output": f"{i} plus 3 is {i + 3}. The answer is {i + 3}",
                                         "answer": str(i + 3)}) + "\n" for i in range(16)))
+    # sigma = 2: the teacher noise too must not depend on the process count (issue 12, item 4)
     cfg = dict(teacher="tiny", student="prune:1", tasks=[str(data)], method="word_kd", loss="forward_kl",
-               steps=3, batch_size=8, lr=1e-2, device="cpu")
+               steps=3, batch_size=8, lr=1e-2, device="cpu", sigma=2.0)
     # DDP: global batch 8 = 2 micro-batches x 2 processes x 2 examples
     script = tmp_path / "run.py"
     script.write_text(textwrap.dedent(f"""

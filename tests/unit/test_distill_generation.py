@@ -22,13 +22,8 @@ PROMPTS = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [20]]
 
 
 @pytest.fixture(scope="module")
-def tasks_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("gen_data") / "arith.jsonl"
-    rows = [{"instruction": f"What is {3 + i} + {7 + 2 * i}?", "input": "",
-             "output": f"{3 + i} plus {7 + 2 * i} is {10 + 3 * i}. The answer is {10 + 3 * i}",
-             "answer": str(10 + 3 * i)} for i in range(16)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
+def tasks_file(arith_tasks):
+    return arith_tasks
 
 
 def config(tmp_path, tasks_file, name, **kw):
@@ -244,7 +239,7 @@ def test_distillm_run_follows_the_schedule_and_logs_phi_and_sources(tmp_path, ta
     from kdlens.distill import distillm
 
     scripted = iter([1.0, 1.2, 1.4, 1.4, 1.4, 1.4])  # phi: 0, .5, 1, 1, 1, 1
-    monkeypatch.setattr(distillm._DistiLLMRun, "validation_loss", lambda self, student: next(scripted))
+    monkeypatch.setattr(distillm._DistiLLMRun, "validation_loss", lambda self, student, step: next(scripted))
     run = distill(config(tmp_path, tasks_file, "distillm", method="distillm", loss="skew_forward_kl", steps=6,
                          distillm={"val_size": 4, "eval_every": 1, "phi_increment": 0.5, "replay_capacity": 4,
                                    "max_new_tokens": 5}))
@@ -333,8 +328,10 @@ def test_minillm_pg_and_token_forms_run_and_need_reverse_kl(tmp_path, tasks_file
                            minillm={"form": "token"}))
     word = distill(config(tmp_path, tasks_file, "wrkl", method="word_kd", loss="reverse_kl", steps=2))
     assert [r["loss"] for r in token.log()] == [r["loss"] for r in word.log()]
+    # a method that fixes its loss sets it; another loss is an error naming the right one
+    assert config(tmp_path, tasks_file, "default", method="minillm").loss == "reverse_kl"
     with pytest.raises(ValueError, match="loss=reverse_kl"):
-        config(tmp_path, tasks_file, "bad", method="minillm")
+        config(tmp_path, tasks_file, "bad", method="minillm", loss="forward_kl")
     with pytest.raises(ValueError, match="teacher_source=online"):
         config(tmp_path, tasks_file, "bad", method="gkd", teacher_source="cache")
 
@@ -384,3 +381,15 @@ def test_seq_kd_interpolated_trains_on_the_best_bleu_beam(tmp_path, tasks_file):
         assert len(line["bleu"]) == 3 and line["bleu"][line["chosen"]] == max(line["bleu"])
     with pytest.raises(ValueError, match="num_beams >= 2"):
         config(tmp_path, tasks_file, "bad", method="seq_kd", seq_kd={"interpolated": True, "num_beams": 1})
+
+
+def test_distillm_default_validation_split_fits_small_data():
+    """The default held out 16 examples, so 8 examples failed (issue 12): now min(16, n // 5), at most n - batch."""
+    from kdlens.distill.distillm import _holdout
+
+    assert [len(_holdout(n, None, 0, 4)[1]) for n in (8, 40, 100, 1000)] == [1, 8, 16, 16]
+    train, val = _holdout(8, None, 0, 4)
+    assert sorted(train + val) == list(range(8)) and len(train) >= 4
+    with pytest.raises(ValueError, match="leave none: .*distillm.val_size=0"):
+        _holdout(8, None, 0, 8)
+    assert _holdout(8, 0, 0, 8) == (list(range(8)), [])

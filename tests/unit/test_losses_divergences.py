@@ -47,6 +47,10 @@ HAND = {
     ("mse_soft", ()): 0.0625,
     ("l1_soft", ()): 0.5,
     ("l2_soft", ()): math.sqrt(0.125),
+    # sorted p = [1/2, 1/2], sorted q = [3/4, 1/4]: |3/4 - 1/2| + |1/4 - 1/2|
+    ("uld", ()): 0.5,
+    # one vocabulary: every token shared, the rest buckets empty -> forward KL
+    ("span_aligned", ()): 0.5 * math.log(4 / 3),
 }
 
 
@@ -312,10 +316,11 @@ def test_bad_logits_masks_and_reductions():
         L.forward_kl(z, z, scale_by_temperature_squared=1)
 
 
-def test_student_mass_missing_where_teacher_has_mass_is_infinite_not_nan():
+def test_student_mass_missing_where_teacher_has_mass_costs_the_float_floor_not_inf():
     s = torch.tensor([[0.0, float("-inf")]])
     t = torch.tensor([[0.0, 0.0]])
-    assert L.forward_kl(s, t).item() == float("inf")
+    floor = math.log(torch.finfo(torch.float32).tiny)  # the student's 0 counts as finfo.tiny
+    assert L.forward_kl(s, t).item() == pytest.approx(0.5 * math.log(0.5) + 0.5 * (math.log(0.5) - floor))
     assert L.reverse_kl(s, t).item() == pytest.approx(math.log(2))
     assert L.skew_forward_kl(s, t, alpha=0.1).item() == pytest.approx(per_token("skew_forward_kl", [0.0, -math.inf], [0.0, 0.0]))
     assert math.isfinite(L.jsd(s, t).item())
@@ -327,7 +332,7 @@ def test_student_mass_missing_where_teacher_has_mass_is_infinite_not_nan():
 def test_catalogue_holds_every_divergence_with_the_shared_call_shape():
     assert set(L.LOSSES) == {
         "forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl",
-        "ab_divergence", "soft_cross_entropy", "mse_soft", "l1_soft", "l2_soft",
+        "ab_divergence", "soft_cross_entropy", "mse_soft", "l1_soft", "l2_soft", "uld", "span_aligned",
     }
     import inspect
 

@@ -157,3 +157,49 @@ def test_gradients_are_finite_in_bf16(name, data):
     if torch.isfinite(value):
         assert torch.isfinite(grad.float()).all()
     assert (grad[~mask] == 0).all()
+
+
+@st.composite
+def hostile_logit_pairs(draw, dtype):
+    """Logits of magnitude 1e4 with ``-inf`` entries on one side, the other or both (never a whole row)."""
+    b, t, v = draw(st.integers(1, 3)), draw(st.integers(1, 3)), draw(st.integers(3, 7))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    s = (torch.randn(b, t, v, generator=g) * 1e4).to(dtype)
+    te = (torch.randn(b, t, v, generator=g) * 1e4).to(dtype)
+    s_inf, t_inf = torch.rand(b, t, v, generator=g) < 0.35, torch.rand(b, t, v, generator=g) < 0.35
+    s_inf[..., 0] = t_inf[..., 0] = False  # every row keeps a finite entry on both sides
+    s_inf[..., 1], t_inf[..., 1] = True, False  # at least one entry the teacher has and the student masks
+    s_inf[..., 2], t_inf[..., 2] = False, True  # and one the student has and the teacher masks
+    return s.masked_fill(s_inf, float("-inf")), te.masked_fill(t_inf, float("-inf"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", NAMES)
+@SETTINGS
+@given(data=st.data())
+def test_values_and_gradients_are_finite_with_one_sided_masks_and_huge_logits(name, dtype, data):
+    """reverse_kl with the teacher at -inf where the student has mass, AB with negative exponents at
+    logits 1e4 apart, forward KL with the student at -inf: finite values, finite gradients."""
+    s, t = data.draw(hostile_logit_pairs(dtype))
+    params = data.draw(params_for(name))
+    tau = data.draw(st.sampled_from([0.5, 1.0, 2.0]))
+    s.requires_grad_()
+    value = _fn(name, params)(s, t, temperature=tau, reduction="none")
+    assert torch.isfinite(value).all(), value
+    assert (value >= 0).all() or not L.LOSSES[name].zero_at_equality
+    (grad,) = torch.autograd.grad(value.sum(), s)
+    assert torch.isfinite(grad.float()).all()
+
+
+def test_one_sided_masked_entries_cost_the_float_floor():
+    """The convention behind the finite values: the masked side's probability counts as finfo.tiny."""
+    import math
+
+    floor = math.log(torch.finfo(torch.float32).tiny)
+    s, t = torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, float("-inf")]])
+    # KL(q || p): q = (1/2, 1/2), p = (1, 0): 1/2 (log 1/2 - 0) + 1/2 (log 1/2 - floor)
+    want = 0.5 * math.log(0.5) + 0.5 * (math.log(0.5) - floor)
+    assert L.reverse_kl(s, t).item() == pytest.approx(want, rel=1e-6)
+    assert L.forward_kl(t, s).item() == pytest.approx(want, rel=1e-6)  # the mirror image
+    assert L.ab_divergence(s, t, alpha=0.0, beta=1.0).item() == pytest.approx(want, rel=1e-6)  # AB(0, 1) = RKL
+    assert L.jsd(s, t, beta=1.0).item() == pytest.approx(want, rel=1e-6)

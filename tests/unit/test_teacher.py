@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from kdlens.teacher import (
+    NoiseKey,
     TeacherCache,
     TopK,
     add_noise,
@@ -15,6 +16,7 @@ from kdlens.teacher import (
     kd_token_loss,
     noise_seed,
     response_mask,
+    teacher_noise,
     topk_pseudo_logits,
     topk_signal,
 )
@@ -32,22 +34,96 @@ def naive_forward_kl(student_logits, teacher_logits, *, mask=None, temperature=1
     return kl * mask if mask is not None else kl
 
 
-def test_noise_is_seeded_fresh_per_seed_and_has_std_sigma():
-    logits = torch.zeros(200, 500)
-    a = add_noise(logits, 2.0, seed=noise_seed(0, 1, 0, 0))
-    b = add_noise(logits, 2.0, seed=noise_seed(0, 1, 0, 0))
-    c = add_noise(logits, 2.0, seed=noise_seed(0, 2, 0, 0))
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
+def test_noise_is_seeded_fresh_per_seed_and_step_and_has_std_sigma():
+    logits = torch.zeros(200, 1, 500)
+    key = NoiseKey(seed=0, step=1, example_ids=range(200))
+    a = add_noise(logits, 2.0, key=key)
+    b = add_noise(logits, 2.0, key=NoiseKey(0, 1, list(range(200))))
+    c = add_noise(logits, 2.0, key=NoiseKey(0, 2, list(range(200))))
+    d = add_noise(logits, 2.0, key=NoiseKey(1, 1, list(range(200))))
+    assert torch.equal(a, b)  # same seed, step and examples: the same noise
+    assert not torch.equal(a, c) and not torch.equal(a, d)  # another step or seed: fresh noise
     assert abs(float(a.std()) - 2.0) < 0.02  # 1e5 draws: std error ~0.005
     assert abs(float(a.mean())) < 0.03
+    assert abs(float(torch.corrcoef(torch.stack([a.flatten(), c.flatten()]))[0, 1])) < 0.02
 
 
-def test_sigma_zero_is_exactly_no_noise_and_negative_sigma_is_an_error():
+def test_teacher_noise_is_standard_normal_and_uncorrelated_across_rows_and_entries():
+    n = teacher_noise(3, 0, torch.arange(400), torch.zeros(400, dtype=torch.long), 1000).double()
+    assert abs(float(n.mean())) < 0.005 and abs(float(n.std()) - 1.0) < 0.005  # 4e5 draws
+    # the fourth moment of N(0, 1) is 3; kurtosis is what a bad Box-Muller would get wrong
+    assert abs(float((n**4).mean()) - 3.0) < 0.06
+    assert abs(float((n[:, 0::2] * n[:, 1::2]).mean())) < 0.005  # the cos and sin halves of a pair
+    assert abs(float((n[:-1] * n[1:]).mean())) < 0.005  # neighbouring rows
+    # positions: rows of one example at two positions are independent too
+    m = teacher_noise(3, 0, torch.zeros(400, dtype=torch.long), torch.arange(400), 1001).double()
+    assert abs(float((m[:-1] * m[1:]).mean())) < 0.005
+
+
+def test_teacher_noise_of_a_row_depends_only_on_its_own_key():
+    """Any chunk of rows can be drawn alone (a fused divergence draws its chunks one at a time)."""
+    ids, pos = torch.tensor([5, 5, 9, 2, 9]), torch.tensor([0, 1, 7, 3, 8])
+    whole = teacher_noise(11, 4, ids, pos, 37)
+    for chunk in ([0], [1, 2], [4, 3], [2, 0, 4]):
+        assert torch.equal(teacher_noise(11, 4, ids[chunk], pos[chunk], 37), whole[chunk])
+    assert torch.equal(teacher_noise(11, 4, ids, pos, 10), whole[:, :10])  # a narrower row is a prefix
+    assert not torch.equal(whole[0], whole[1])  # another position of the same example
+
+
+def _splitmix_reference(seed, step, example, position, vocab):
+    """Pure-Python spec of teacher_noise: SplitMix64 keyed by the row, Box-Muller pairs."""
+    mask = (1 << 64) - 1
+
+    def fmix(z):
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        return z ^ (z >> 31)
+
+    key = fmix(fmix((example & mask) ^ noise_seed(seed, step)) ^ position)
+    out = []
+    for j in range((vocab + 1) // 2):
+        z = fmix((key + (j + 1) * 0x9E3779B97F4A7C15) & mask)
+        u1 = ((z >> 40) + 0.5) / 2**24
+        theta = 2 * math.pi * ((z >> 16) & 0xFFFFFF) / 2**24
+        r = math.sqrt(-2 * math.log(u1))
+        out += [r * math.cos(theta), r * math.sin(theta)]
+    return out[:vocab]
+
+
+def test_teacher_noise_matches_its_pure_python_specification():
+    got = teacher_noise(7, 12, [3, 0, 2**40], [0, 255, 17], 9)
+    for row, (example, position) in enumerate([(3, 0), (0, 255), (2**40, 17)]):
+        want = torch.tensor(_splitmix_reference(7, 12, example, position, 9))
+        torch.testing.assert_close(got[row], want.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_noise_does_not_depend_on_padding_or_batch_mates():
+    """An example's noisy teacher is the same alone and padded next to a longer example (issue 12, item 4)."""
+    torch.manual_seed(0)
+    short, long_ = torch.randn(1, 4, 13), torch.randn(1, 9, 13)
+    alone = add_noise(short, 2.0, key=NoiseKey(0, 3, [17]))
+    batch = torch.zeros(2, 9, 13)
+    batch[0, :4], batch[1] = short[0], long_[0]
+    mask = torch.zeros(2, 9, dtype=torch.bool)
+    mask[0, :4] = True
+    mask[1] = True
+    together = add_noise(batch, 2.0, key=NoiseKey(0, 3, [17, 4]), mask=mask)
+    assert torch.equal(together[0, :4], alone[0])
+    assert torch.equal(together[0, 4:], batch[0, 4:])  # padding is not drawn at all
+    swapped = add_noise(batch.flip(0), 2.0, key=NoiseKey(0, 3, [4, 17]), mask=mask.flip(0))
+    assert torch.equal(swapped[1, :4], alone[0])  # nor does the row order
+
+
+def test_sigma_zero_is_exactly_no_noise_and_bad_sigma_is_an_error():
     logits = torch.randn(3, 7, 11)
-    assert torch.equal(add_noise(logits, 0.0, seed=5), logits)
-    with pytest.raises(ValueError, match="sigma"):
-        add_noise(logits, -0.1, seed=5)
+    assert torch.equal(add_noise(logits, 0.0, key=None), logits)
+    for bad in (-0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="sigma"):
+            add_noise(logits, bad, key=NoiseKey(0, 0, [0, 1, 2]))
+    with pytest.raises(ValueError, match="NoiseKey"):
+        add_noise(logits, 1.0, key=None)
+    with pytest.raises(ValueError, match="3 rows"):
+        add_noise(logits, 1.0, key=NoiseKey(0, 0, [0]))
 
 
 def test_noise_seed_depends_on_every_part():
@@ -116,14 +192,15 @@ def test_noise_on_topk_is_applied_to_the_k_plus_1_pseudo_logits():
     s, t = torch.randn(1, 3, 20), torch.randn(1, 3, 20)
     sig = topk_signal(t, 4)
     mask = torch.ones(1, 3, dtype=torch.bool)
+    key = NoiseKey(9, 0, [0])
     ps, pt = topk_pseudo_logits(s, sig)
-    want = naive_forward_kl(ps, add_noise(pt, 1.5, seed=9), mask=mask)
-    got = kd_token_loss(naive_forward_kl, s, sig, mask=mask, sigma=1.5, seed=9, tail="bucket")
+    want = naive_forward_kl(ps, add_noise(pt, 1.5, key=key), mask=mask)
+    got = kd_token_loss(naive_forward_kl, s, sig, mask=mask, sigma=1.5, noise=key, tail="bucket")
     assert torch.allclose(got.double(), want, atol=1e-6)
     # uniform tail: one draw per vocabulary entry of the rebuilt logits, as online
     dense = dense_teacher_logits(sig, 20)
-    want = naive_forward_kl(s, add_noise(dense, 1.5, seed=9), mask=mask)
-    got = kd_token_loss(naive_forward_kl, s, sig, mask=mask, sigma=1.5, seed=9)
+    want = naive_forward_kl(s, add_noise(dense, 1.5, key=key), mask=mask)
+    got = kd_token_loss(naive_forward_kl, s, sig, mask=mask, sigma=1.5, noise=key)
     assert torch.allclose(got.double(), want, atol=1e-6)
     with pytest.raises(ValueError, match="tail"):
         kd_token_loss(naive_forward_kl, s, sig, mask=mask, tail="spread")
@@ -179,7 +256,7 @@ def _features():
 def test_teacher_cache_roundtrip_matches_direct_topk(tmp_path):
     model, feats = _LinearLM(), _features()
     cache = TeacherCache.build(tmp_path / "c", teacher=model, features=feats, collate=_collate, top_k=3,
-                               vocab_size=12, teacher_id="fake", data_hash="h", max_length=16,
+                               vocab_size=12, teacher_weights="fake", data_hash="h", max_length=16,
                                batch_size=2, shard_size=2)
     assert (tmp_path / "c" / "complete").is_file()
     assert len(cache.index["shards"]) == 3 and cache.top_k == 3 and cache.n_examples == 5
@@ -196,16 +273,18 @@ def test_teacher_cache_roundtrip_matches_direct_topk(tmp_path):
     # a complete cache is reused without running the teacher again
     calls = model.calls
     again = TeacherCache.build(tmp_path / "c", teacher=model, features=feats, collate=_collate, top_k=3,
-                               vocab_size=12, teacher_id="fake", data_hash="h", max_length=16)
+                               vocab_size=12, teacher_weights="fake", data_hash="h", max_length=16)
     assert model.calls == calls and again.n_examples == 5
 
 
 def test_teacher_cache_rejects_a_stale_or_foreign_cache(tmp_path):
     model, feats = _LinearLM(), _features()
     TeacherCache.build(tmp_path / "c", teacher=model, features=feats, collate=_collate, top_k=3,
-                       vocab_size=12, teacher_id="fake", data_hash="h", max_length=16)
+                       vocab_size=12, teacher_weights="fake", data_hash="h", max_length=16)
     with pytest.raises(ValueError, match="data_hash"):
-        TeacherCache.open(tmp_path / "c", teacher_id="fake", data_hash="other")
+        TeacherCache.open(tmp_path / "c", teacher_weights="fake", data_hash="other")
+    with pytest.raises(ValueError, match="teacher_weights"):  # the same path, retrained: other weights
+        TeacherCache.open(tmp_path / "c", teacher_weights="retrained", data_hash="h")
     cache = TeacherCache.open(tmp_path / "c")
     wrong = _collate([feats[1]])  # 4 response tokens, example 0 has 2
     with pytest.raises(ValueError, match="stale"):
@@ -218,13 +297,13 @@ def test_interrupted_cache_build_keeps_finished_shards(tmp_path):
     model, feats = _LinearLM(), _features()
     path = tmp_path / "c"
     TeacherCache.build(path, teacher=model, features=feats, collate=_collate, top_k=3, vocab_size=12,
-                       teacher_id="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
+                       teacher_weights="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
     first = (path / "shard-00000.safetensors").read_bytes()
     (path / "complete").unlink()
     (path / "shard-00002.safetensors").unlink()  # as if killed while writing the last shard
     calls = model.calls
     cache = TeacherCache.build(path, teacher=model, features=feats, collate=_collate, top_k=3, vocab_size=12,
-                               teacher_id="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
+                               teacher_weights="fake", data_hash="h", max_length=16, batch_size=2, shard_size=2)
     assert model.calls == calls + 1  # only the missing shard (1 example, 1 batch) was recomputed
     assert (path / "shard-00000.safetensors").read_bytes() == first
     assert cache.n_examples == 5
@@ -238,7 +317,16 @@ def test_topk_dataclass_k():
 def test_cache_key_separates_compute_precisions():
     from kdlens.teacher import cache_key
 
-    common = {"teacher_id": "t", "data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
+    common = {"teacher_weights": "t", "data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
     assert cache_key(**common) == cache_key(**common, precision="float32")
     # a cache built under bf16 autocast (GPU) is not read by an fp32 run, nor the other way round
     assert cache_key(**common, precision="bfloat16") != cache_key(**common)
+
+
+def test_cache_key_is_the_teachers_weights_not_its_name():
+    from kdlens.teacher import cache_key
+
+    common = {"data_hash": "d", "max_length": 64, "top_k": 8, "dtype": "float32", "vocab_size": 260}
+    assert cache_key(teacher_weights="a" * 64, **common) != cache_key(teacher_weights="b" * 64, **common)
+    with pytest.raises(TypeError):
+        cache_key(teacher_id="teachers/sft", **common)  # a path can no longer key a cache
