@@ -4,8 +4,12 @@ Variants (same teacher, student, batch, precision; forward KL, temperature 1, pu
 
 * ``floor``        a teacher forward under no_grad plus one SFT step of the student: the work a KD
                    step cannot avoid;
-* ``kdlens``       one step of the engine as a run does it: the loop's teacher signal
-                   (``kdlens.distill._loop._make_teacher_fn``) and ``METHODS["word_kd"]``, AdamW;
+* ``kdlens``       one step of the engine as a run does it, default config (``kd_path=auto``): the
+                   loop's own path resolution (``kdlens.distill._heads.resolve_kd_path``, fused here:
+                   the teacher keeps its last hidden states, the divergence runs over the two lm
+                   heads), teacher signal (``kdlens.distill._loop._make_teacher_fn``) and
+                   ``METHODS["word_kd"]``, AdamW;
+* ``kdlens_plain`` the same with ``kd_path=plain`` (full ``[B, T, V]`` logits of both models);
 * ``trl_gkd``      ``trl.experimental.gkd.GKDTrainer.compute_loss`` with lambda = 0, beta = 0 (forward
                    KL), then backward and AdamW;
 * ``trl_distill``  ``trl.DistillationTrainer``'s loss (its chunked divergence over the two lm-heads)
@@ -14,18 +18,36 @@ Variants (same teacher, student, batch, precision; forward KL, temperature 1, pu
                    the loss path is compared), then backward and AdamW, where the installed TRL
                    has it.
 
-Memory: each variant runs in its own process; the figure is the growth of the process's peak
-resident memory (``VmHWM``, reset through ``/proc/self/clear_refs`` after setup) over its resident
-memory after setup (models loaded, optimizer built, batch on the device), over ``--repeats`` steps
-that start with the first (the optimizer's state is allocated there, the same for every variant).
-On CUDA: ``torch.cuda.max_memory_allocated`` growth over the allocation after setup.
+Memory: each variant runs in its own process; a figure is the growth of the process's peak resident
+memory (``VmHWM``, reset through ``/proc/self/clear_refs`` after giving freed heap back with
+``malloc_trim``) over its resident memory at the reset. Two figures per variant:
+
+* ``peak_growth_mib`` (the step's memory, what the ratios use): over ``--repeats`` steps after the
+  first, reset after the first, so a step's own transient memory (activations, logits, gradients,
+  the optimizer's update) counts and the optimizer's state, allocated once, is part of the base;
+* ``first_step_growth_mib``: the first step, over the state after setup (models loaded, optimizer
+  built, batch on the device). It includes allocating AdamW's state (twice the student's
+  parameters), the same in every variant, which on a small student dominates the figure and pulls
+  every ratio toward 1 (``first_step_ratios``);
+* ``forward_backward_growth_mib``: the later steps' peak up to the end of backward (before the
+  optimizer's update): the memory of the loss paths alone (``forward_backward_ratios``).
+
+On CUDA: ``torch.cuda.max_memory_allocated`` growth over the allocation at the reset.
 
 Time: all variants in one process, steps interleaved round-robin after one warm-up step each, the
-median per variant, so a shared machine's load falls on every variant alike.
+median per variant, so a shared machine's load falls on every variant alike; the process's CPU time
+per step too (``cpu_time_ratios``), which another job's load stretches much less than the wall time.
+
+Models: SmolLM2-135M-Instruct (30 layers, V = 49,152, tied embeddings) and its ``--layers`` prune;
+``--vocab V`` gives a randomly initialised teacher with SmolLM2's architecture and V tokens (no
+download, no weights read: ``--vocab 49152`` is SmolLM2's shapes with random weights, 151,936 is
+Qwen2.5's vocabulary). ``--quick`` uses a small random Llama (hidden 128,
+2 layers, student 1 layer) with a realistic vocabulary (``--vocab``, default 32,768), so the logits
+dominate the step as they do at scale.
 
 Usage::
 
-    python benchmarks/bench_vs_trl.py --quick                      # tiny models, one JSON line, < 1 min
+    python benchmarks/bench_vs_trl.py --quick                      # tiny models, V = 32k, one JSON line
     python benchmarks/bench_vs_trl.py --layers 4 --batch 4 --seq 128 --repeats 5
     python benchmarks/bench_vs_trl.py --vocab 151936 --layers 4     # Qwen2.5's vocabulary, random weights
 
@@ -46,7 +68,13 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-VARIANTS = ("floor", "kdlens", "trl_gkd", "trl_distill")
+#: SmolLM2-135M-Instruct's architecture (its config.json), for random teachers of another vocabulary
+SMOLLM2_135M = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3, "head_dim": 64, "hidden_act": "silu", "max_position_embeddings": 8192,
+                "rms_norm_eps": 1e-5, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"},
+                "tie_word_embeddings": True, "attention_bias": False, "mlp_bias": False, "vocab_size": 49152}
+VARIANTS = ("floor", "kdlens", "kdlens_plain", "trl_gkd", "trl_distill")
+QUICK_VOCAB = 32768
 
 
 # --------------------------------------------------------------------------- models and batch
@@ -58,12 +86,8 @@ def _models(args):
 
     from kdlens.models import load_model, prune_layers
 
-    if args.quick:
-        from kdlens.models import tiny_model
-
-        teacher, tok = tiny_model(n_layers=2, seed=0) if args.vocab is None else _random_teacher(args, tok=None)
-    elif args.vocab is not None:
-        teacher, tok = _random_teacher(args, tok=None)
+    if args.quick or args.vocab is not None:
+        teacher, tok = _random_teacher(args)
     else:
         teacher, tok = load_model(args.teacher)
     torch.manual_seed(0)
@@ -72,20 +96,21 @@ def _models(args):
     return teacher.to(args.device).eval(), student.to(args.device).train(), tok
 
 
-def _random_teacher(args, tok):
-    """A randomly initialised teacher with the SmolLM2 architecture and ``args.vocab`` tokens (no download)."""
+def _random_teacher(args):
+    """A randomly initialised teacher with ``args.vocab`` tokens (no download): SmolLM2's architecture,
+    or with ``--quick`` a small Llama (hidden 128, 2 layers)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from kdlens.models import load_model
 
     _, tok = load_model("tiny")  # token ids are drawn at random below; only the pad id is read
-    base = load_model(args.teacher)[0].config if not args.quick else None
-    if base is None:
-        config = AutoConfig.for_model("llama", vocab_size=args.vocab, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    if args.quick:
+        config = AutoConfig.for_model("llama", vocab_size=args.vocab, hidden_size=128, intermediate_size=256,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      tie_word_embeddings=True)
     else:
-        config = base.__class__.from_dict({**base.to_dict(), "vocab_size": args.vocab})
+        config = AutoConfig.for_model("llama", **{**SMOLLM2_135M, "vocab_size": args.vocab})
     torch.manual_seed(0)
     return AutoModelForCausalLM.from_config(config), tok
 
@@ -112,16 +137,23 @@ def _step_fns(args, names):
     batch = _batch(args, vocab, torch)
     n_tokens = int((batch["labels"][:, 1:] != -100).sum())
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
+    device_type = torch.device(args.device).type
     fns = {}
     for name in names:
-        make = {"floor": _floor, "kdlens": _kdlens, "trl_gkd": _trl_gkd, "trl_distill": _trl_distill}[name]
+        make = {"floor": _floor, "kdlens": _kdlens, "kdlens_plain": _kdlens_plain, "trl_gkd": _trl_gkd,
+                "trl_distill": _trl_distill}[name]
         fn = make(args, teacher, student, tok, batch, n_tokens, vocab)
         if fn is None:
             continue
 
-        def step(fn=fn):
-            loss = fn()
+        def step(fn=fn, after_backward=None):
+            # bf16: the forward passes and the loss under autocast, as accelerate (kdlens) and the HF
+            # Trainer (TRL) run them; master weights stay float32
+            with torch.autocast(device_type=device_type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                loss = fn()
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             return float(loss.detach())
@@ -148,26 +180,39 @@ def _floor(args, teacher, student, tok, batch, n_tokens, vocab):
     return loss
 
 
-def _kdlens(args, teacher, student, tok, batch, n_tokens, vocab):
+def _kdlens(args, teacher, student, tok, batch, n_tokens, vocab, kd_path="auto"):
+    """What the loop runs for a word_kd step: its path resolution, teacher signal and method object."""
     from accelerate import Accelerator
 
     from kdlens.config import DistillConfig
     from kdlens.distill import METHODS, StepContext
+    from kdlens.distill._heads import resolve_kd_path
     from kdlens.distill._loop import _make_teacher_fn
     from kdlens.losses import get_loss
 
-    cfg = DistillConfig(teacher="t", student="prune:1", tasks=["x"], method="word_kd", loss="forward_kl")
-    accelerator = Accelerator(cpu=not args.device.startswith("cuda"))
-    teacher_fn = _make_teacher_fn(teacher, None, vocab, accelerator)
+    cfg = DistillConfig(teacher="t", student="prune:1", tasks=["x"], method="word_kd", loss="forward_kl",
+                        kd_path=kd_path, mixed_precision=args.precision)
+    cuda = args.device.startswith("cuda")
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=args.precision if cuda else "no")
+    path = resolve_kd_path(cfg, METHODS["word_kd"], student=student, teacher=teacher, vocab=vocab, cross_tokenizer=False,
+                           sample_ids=batch["input_ids"][0].tolist())
+    print(f"kd_path ({kd_path}): {path}", file=sys.stderr)
+    teacher_fn = _make_teacher_fn(teacher, None, vocab, accelerator, fused=path["path"] == "fused")
     ctx = StepContext(student=student, batch=batch, example_indices=list(range(args.batch)), n_tokens=n_tokens,
                       config=cfg, teacher=teacher_fn, loss_fn=get_loss("forward_kl"), vocab_size=vocab)
-    return lambda: METHODS["word_kd"](ctx)["loss"]
+    method = METHODS["word_kd"]
+    return lambda: method(ctx)["loss"]
 
 
-def _trl_args(cls, tmp: str, **extra):
-    # dropout stays as the model config says, as in a kdlens run (TRL turns it off by default)
-    return cls(output_dir=tmp, report_to=[], use_cpu=True, per_device_train_batch_size=1, logging_steps=1000,
-               save_strategy="no", disable_dropout=False, **extra)
+def _kdlens_plain(args, teacher, student, tok, batch, n_tokens, vocab):
+    return _kdlens(args, teacher, student, tok, batch, n_tokens, vocab, kd_path="plain")
+
+
+def _trl_args(cls, tmp: str, args, **extra):
+    # dropout stays as the model config says, as in a kdlens run (TRL turns it off by default); the
+    # trainer moves the (shared) models to its device, so it must be the benchmark's
+    return cls(output_dir=tmp, report_to=[], use_cpu=not args.device.startswith("cuda"),
+               per_device_train_batch_size=1, logging_steps=1000, save_strategy="no", disable_dropout=False, **extra)
 
 
 def _dataset(tok):
@@ -185,7 +230,7 @@ def _trl_gkd(args, teacher, student, tok, batch, n_tokens, vocab):
     except ImportError as err:
         print(f"trl_gkd skipped: {err} (pip install -e .[bench])", file=sys.stderr)
         return None
-    conf = _trl_args(GKDConfig, tempfile.mkdtemp(), lmbda=0.0, beta=0.0, temperature=1.0, max_length=args.seq)
+    conf = _trl_args(GKDConfig, tempfile.mkdtemp(), args, lmbda=0.0, beta=0.0, temperature=1.0, max_length=args.seq)
     trainer = GKDTrainer(model=student, teacher_model=teacher, args=conf, train_dataset=_dataset(tok),
                          processing_class=tok)
     return lambda: trainer.compute_loss(student, batch, num_items_in_batch=n_tokens)
@@ -202,7 +247,7 @@ def _trl_distill(args, teacher, student, tok, batch, n_tokens, vocab):
         print(f"trl_distill skipped: {err} (pip install -e .[bench])", file=sys.stderr)
         return None
     tok.padding_side = "left"
-    conf = _trl_args(DistillationConfig, tempfile.mkdtemp(), beta=0.0, temperature=1.0)
+    conf = _trl_args(DistillationConfig, tempfile.mkdtemp(), args, beta=0.0, temperature=1.0)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=conf,
                                   train_dataset=_dataset(tok), processing_class=tok)
     half = args.seq // 2
@@ -222,42 +267,93 @@ def _rss_mib(field: str) -> float:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc keeps it resident otherwise, hiding later growth)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:  # not glibc: the figures then include whatever the allocator kept
+        pass
+
+
+def _mark(torch, cuda: bool) -> float:
+    """Reset the peak to the current level and return that level (MiB)."""
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    _release_free_memory()
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    return _rss_mib("VmRSS")
+
+
+def _peak(torch, cuda: bool) -> float:
+    if cuda:
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _rss_mib("VmHWM")
+
+
 def memory_phase(args) -> dict:
-    """One variant in this process: peak memory growth over the state after setup."""
+    """One variant in this process: the peak memory growth of its first step and of its later steps."""
     fns, torch = _step_fns(args, [args.phase])
     if args.phase not in fns:
         return {"variant": args.phase, "skipped": True}
     cuda = args.device.startswith("cuda")
-    if cuda:
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated() / 2**20
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-        base = _rss_mib("VmRSS")
-    losses = [fns[args.phase]() for _ in range(args.repeats)]
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _rss_mib("VmHWM")
-    return {"variant": args.phase, "peak_growth_mib": peak - base, "base_mib": base, "losses": losses,
-            "memory": "cuda max_memory_allocated" if cuda else "VmHWM - VmRSS after setup"}
+    step = fns[args.phase]
+    base = _mark(torch, cuda)
+    losses = [step()]  # allocates AdamW's state (twice the student's parameters): the same in every variant
+    first = _peak(torch, cuda) - base
+    base = _mark(torch, cuda)
+    backward_peaks = []
+    losses += [step(after_backward=lambda: backward_peaks.append(_peak(torch, cuda))) for _ in range(args.repeats)]
+    return {"variant": args.phase, "peak_growth_mib": _peak(torch, cuda) - base, "first_step_growth_mib": first,
+            "forward_backward_growth_mib": max(backward_peaks) - base, "base_mib": base, "losses": losses,
+            "memory": "cuda max_memory_allocated" if cuda else "VmHWM - VmRSS (after malloc_trim)"}
 
 
-def time_phase(args, names) -> dict:
-    """Every variant in this process, steps interleaved; median seconds per variant."""
+def time_phase(args, names) -> tuple[dict, dict]:
+    """Every variant in this process, steps interleaved: (wall seconds, CPU seconds) per variant and repeat.
+
+    The CPU time of the process (``time.process_time``, all its threads) is reported beside the wall
+    time: on a shared CPU another job's load stretches the wall time of whichever step it overlaps,
+    much less the work the step itself does.
+    """
     fns, torch = _step_fns(args, names)
     cuda = args.device.startswith("cuda")
-    times: dict[str, list[float]] = {n: [] for n in fns}
+    wall: dict[str, list[float]] = {n: [] for n in fns}
+    cpu: dict[str, list[float]] = {n: [] for n in fns}
     for fn in fns.values():  # warm-up
         fn()
     for _ in range(args.repeats):
         for name, fn in fns.items():
             if cuda:
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if cuda:
                 torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(t) for name, t in times.items()} | {"_all": times}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return wall, cpu
+
+
+def _ratios(memory: dict, seconds: dict, names: list[str], key: str) -> dict[str, float]:
+    """Each variant's memory and time over the floor's, and kdlens's memory over TRL's."""
+    ran = [n for n in names if not memory[n].get("skipped")]
+    out = {}
+    for name in ran:
+        if name != "floor" and "floor" in ran:
+            out[f"{name}_memory_vs_floor"] = memory[name][key] / memory["floor"][key]
+            if seconds:
+                out[f"{name}_time_vs_floor"] = seconds[name] / seconds["floor"]
+    for other in ("trl_gkd", "trl_distill"):
+        if "kdlens" in ran and other in ran:
+            out[f"kdlens_memory_vs_{other}"] = memory["kdlens"][key] / memory[other][key]
+    return out
 
 
 def main(argv=None) -> dict:
@@ -270,13 +366,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--vocab", type=int, default=None, help="random teacher with this vocabulary (e.g. 151936)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=("no", "bf16"), default="no",
+                        help="bf16: forward passes and losses under bf16 autocast (float32 master weights)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.layers, args.batch, args.seq, args.repeats = 1, 2, 32, min(args.repeats, 3)
+        args.layers, args.batch, args.seq = 1, 4, 64
+        args.vocab = args.vocab or QUICK_VOCAB
     if args.threads:
         import torch
 
@@ -285,32 +384,35 @@ def main(argv=None) -> dict:
         print(json.dumps(memory_phase(args)))
         return {}
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    load_before = os.getloadavg()
     memory = {}
     for name in names:
         cmd = [sys.executable, __file__, "--phase", name, *(argv if argv is not None else sys.argv[1:])]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    seconds = time_phase(args, [n for n in names if not memory[n].get("skipped")])
+    wall, cpu = time_phase(args, [n for n in names if not memory[n].get("skipped")])
+    seconds = {name: statistics.median(t) for name, t in wall.items()}
+    cpu_seconds = {name: statistics.median(t) for name, t in cpu.items()}
+    import torch
+
     result = {"setting": {k: getattr(args, k) for k in ("teacher", "layers", "batch", "seq", "vocab", "repeats",
-                                                         "device", "quick")},
-              "memory": memory, "seconds": {k: v for k, v in seconds.items() if not k.startswith("_")}}
-    floor_mem = memory.get("floor", {}).get("peak_growth_mib")
-    floor_s = result["seconds"].get("floor")
-    ratios = {}
-    for name in names:
-        if name == "floor" or memory[name].get("skipped"):
-            continue
-        if floor_mem:
-            ratios[f"{name}_memory_vs_floor"] = memory[name]["peak_growth_mib"] / floor_mem
-        if floor_s:
-            ratios[f"{name}_time_vs_floor"] = result["seconds"][name] / floor_s
-    if "kdlens" in memory and "trl_gkd" in memory and not memory["trl_gkd"].get("skipped"):
-        ratios["kdlens_memory_vs_trl_gkd"] = memory["kdlens"]["peak_growth_mib"] / memory["trl_gkd"]["peak_growth_mib"]
-    if "kdlens" in memory and "trl_distill" in memory and not memory["trl_distill"].get("skipped"):
-        ratios["kdlens_memory_vs_trl_distill"] = (memory["kdlens"]["peak_growth_mib"]
-                                                  / memory["trl_distill"]["peak_growth_mib"])
-    result["ratios"] = ratios
-    print(json.dumps(result if not args.quick else {"ratios": ratios, "setting": result["setting"]}))
+                                                         "device", "precision", "quick")},
+              "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
+                          "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                          "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
+              "memory": memory, "seconds": seconds, "cpu_seconds": cpu_seconds, "all_seconds": wall,
+              "all_cpu_seconds": cpu}
+    result["ratios"] = _ratios(memory, result["seconds"], names, "peak_growth_mib")
+    result["cpu_time_ratios"] = {k: v for k, v in _ratios(memory, cpu_seconds, names, "peak_growth_mib").items()
+                                 if "time" in k}
+    for key in ("first_step_growth_mib", "forward_backward_growth_mib"):
+        result[key.replace("growth_mib", "ratios")] = _ratios(memory, {}, names, key)
+    ratios = result["ratios"]
+    short = {"ratios": {k: round(v, 3) for k, v in ratios.items()}, "setting": result["setting"],
+             "cpu_time_ratios": {k: round(v, 3) for k, v in result["cpu_time_ratios"].items()},
+             "first_step_ratios": {k: round(v, 3) for k, v in result["first_step_ratios"].items()},
+             "load_avg": result["machine"]["load_avg_after"]}
+    print(json.dumps(result if not args.quick else short))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return result
