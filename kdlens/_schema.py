@@ -98,6 +98,7 @@ CHOICES_COLUMNS: tuple[str, ...] = (
     "is_gold",     # bool
 )
 
+#: pandas dtype of each column of :data:`CHOICES_COLUMNS`
 CHOICES_DTYPES: dict[str, str] = {
     "task": "string", "example_id": "string", "choice": "int64", "label": "string", "text": "string",
     "loglik": "float64", "n_tokens": "int64", "n_chars": "int64", "n_bytes": "int64", "is_greedy": "bool",

@@ -314,6 +314,21 @@ REFERENCES: dict[str, Reference] = dict([
          venue="Proceedings of the 55th Annual Meeting of the Association for Computational Linguistics "
                "(Volume 1: Long Papers)",
          pages="158-167", doi="10.18653/v1/P17-1015", publisher=_ACL),
+    # ------------------------------------------------------------------ cross-tokenizer distillation, evaluation
+    _ref("boizard2025towards", "article", "Boizard, Nicolas; El Haddad, Kevin; Hudelot, C\u00e9line; Colombo, Pierre",
+         "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation Loss for LLMs", 2025,
+         venue="Transactions on Machine Learning Research", arxiv="2402.12030",
+         url="https://openreview.net/forum?id=bwRxXiGO9A"),
+    _ref("zhang2024dual", "inproceedings", "Zhang, Songming; Zhang, Xue; Sun, Zengkui; Chen, Yufeng; Xu, Jinan",
+         "Dual-Space Knowledge Distillation for Large Language Models", 2024,
+         venue="Proceedings of the 2024 Conference on Empirical Methods in Natural Language Processing (EMNLP)",
+         arxiv="2406.17328", publisher=_ACL),
+    _ref("gao2024framework", "software", "Gao, Leo; Tow, Jonathan; Abbasi, Baber; Biderman, Stella; Black, Sid; "
+         "DiPofi, Anthony; Foster, Charles; Golding, Laurence; Hsu, Jeffrey; Le Noac'h, Alain; Li, Haonan; "
+         "McDonell, Kyle; Muennighoff, Niklas; Ociepa, Chris; Phang, Jason; Reynolds, Laria; Schoelkopf, Hailey; "
+         "Skowron, Aviya; Sutawika, Lintang; Tang, Eric; Thite, Anish; Wang, Ben; Wang, Kevin; Zou, Andy",
+         "A framework for few-shot language model evaluation (lm-evaluation-harness)", 2024,
+         venue="Zenodo", url="https://github.com/EleutherAI/lm-evaluation-harness"),
 ])
 
 #: what kdlens does -> the keys of the papers it follows (``category:name``; categories ``method``,
@@ -383,6 +398,10 @@ USES: dict[str, tuple[str, ...]] = {
     "test:friedman": ("friedman1937use",),
     "test:paradox": ("ramesh2025generalization", "student1908probable", "spearman1904proof", "fisher1915frequency",
                      "bonett2000sample"),
+    # cross-tokenizer losses (kdlens.losses: uld, span_aligned)
+    "loss:uld": ("boizard2025towards",),
+    "loss:span_aligned": ("zhang2024dual", "boizard2025towards"),
+    "metric:harness": ("gao2024framework",),
     # data sources (kdlens.data)
     "dataset:reasoning_gym": ("stojanovski2025reasoning",),
     "dataset:gsm8k": ("cobbe2021training",),

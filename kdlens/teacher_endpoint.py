@@ -40,6 +40,7 @@ from kdlens.teacher import TeacherCache, TopK, _log1mexp, cache_key
 
 __all__ = ["LogprobTeacher", "endpoint_cache", "NO_LOGPROBS_HINT"]
 
+#: what to tell a user whose server returns no prompt log-probabilities (which servers can, and how)
 NO_LOGPROBS_HINT = (
     "the server must score a given sequence: POST /v1/completions with echo=true and logprobs=k (vLLM does; "
     "llama.cpp's llama-server rejects echo and returns log-probabilities of generated tokens only, OpenAI's "
@@ -65,7 +66,7 @@ class LogprobTeacher:
     api_key : str or None
         Bearer token (read it from the environment; see :meth:`from_config`).
     timeout, retries, requests_per_second
-        See :class:`kdlens._http.JSONClient`.
+        See ``kdlens._http.JSONClient``.
     token_to_id : mapping, optional
         Token string -> id, to read answers keyed by token strings (the student tokenizer's
         ``get_vocab()``); without it answers must be keyed by ids (``"token_id:N"`` or

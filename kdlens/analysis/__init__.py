@@ -20,6 +20,7 @@ from kdlens.analysis.ablations import (
     axis_curve,
     join_results,
     run_metrics,
+    seed_summary,
     teacher_gap,
 )
 from kdlens.analysis.columns import as_frame, examples_from_columns, tokens_from_columns
@@ -137,6 +138,7 @@ __all__ = [
     "robustness",
     "rouge_l",
     "run_metrics",
+    "seed_summary",
     "seed_sd",
     "seeds_needed",
     "sentence_bleu",

@@ -24,6 +24,7 @@ __all__ = [
     "axis_curve",
     "join_results",
     "run_metrics",
+    "seed_summary",
     "teacher_gap",
 ]
 
@@ -228,6 +229,61 @@ def metric_columns() -> list[str]:
         if metric in ("accuracy", "agreement"):
             cols += [f"{metric}_ci_low", f"{metric}_ci_high"]
     return cols
+
+
+def seed_summary(results: pd.DataFrame, *, metric: str = "accuracy", by: Sequence[str] | None = None,
+                 seed: str = "seed", task: str = "all", level: float = 0.95) -> pd.DataFrame:
+    """One row per setting: the metric's mean over seeds with its t interval, the table a paper reports.
+
+    Parameters
+    ----------
+    results : DataFrame
+        A sweep's results table (one row per run and task).
+    metric : str
+        Metric column (e.g. ``"accuracy"``, ``"agreement"``, ``"bleu"``).
+    by : list of str, optional
+        Columns that define a setting (default: every axis column of the runs table other than
+        ``seed``, i.e. the columns between ``status`` and ``task``).
+    seed : str
+        The column that replicates a setting.
+    task : str
+        Which task's rows (``"all"`` pools the tasks).
+    level : float
+        Confidence level of the interval.
+
+    Returns
+    -------
+    DataFrame
+        ``by`` columns, then ``mean, ci_low, ci_high, sd, n_seeds``: the mean over the setting's
+        seeds and the t interval ``mean +- t_{n-1} sd / sqrt(n)`` (symmetric, so a table may print
+        it as ``mean ± half-width``); NaN interval with one seed. The unit is the seed (run).
+    """
+    from scipy import stats as sps
+
+    require_columns(results, [metric, "task"], what="results")
+    part = results.loc[results["task"] == task]
+    if by is None:
+        columns = list(results.columns)
+        start = columns.index("status") + 1 if "status" in columns else 0
+        stop = columns.index("task") if "task" in columns else len(columns)
+        by = [c for c in columns[start:stop] if c not in (seed, "teacher_id")]
+    by = [c for c in by if c in part.columns]
+    require_nonempty(part, what=f"results with task={task!r}")
+    rows = []
+    keyed = part.assign(**{c: part[c].map(lambda v: "-" if v is None or v != v else v) for c in by})
+    for key, group in keyed.groupby(by, sort=False, dropna=False) if by else [((), part)]:
+        values = group[metric].to_numpy(float)
+        values = values[np.isfinite(values)]
+        n = len(values)
+        mean = float(values.mean()) if n else math.nan
+        sd = float(values.std(ddof=1)) if n > 1 else math.nan
+        half = float(sps.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)) if n > 1 else math.nan
+        keys = key if isinstance(key, tuple) else (key,)
+        rows.append((*keys, mean, mean - half, mean + half, sd, n))
+    out = pd.DataFrame(rows, columns=[*by, "mean", "ci_low", "ci_high", "sd", "n_seeds"])
+    out["n_seeds"] = out["n_seeds"].astype("int64")
+    out.attrs.update({"metric": metric, "task": task, "level": level, "unit": "seeds"})
+    return out
 
 
 def axis_curve(results: pd.DataFrame, axis: str, *, metric: str = "accuracy", hue: str | None = None,

@@ -52,15 +52,16 @@ class TaskInfo:
     Attributes
     ----------
     name : str
-        The reasoning-gym name, as used in a task spec (``"chain_sum:200"``).
+        The name, as used in a task spec (``"chain_sum:200"``, ``"lab_chain:1000"``).
     answer_kind : {"numeric", "exact"}
         Which extractor pulls a prediction out of generated text when it has no ``<answer>`` tag.
     scorer : str
-        ``"reasoning_gym"``: correctness is the task's own ``score_answer(...) == 1.0``.
+        ``"reasoning_gym"``: correctness is the task's own ``score_answer(...) == 1.0``; ``"exact"``
+        (lab tasks): the extracted answer equals the gold string.
     description : str
-        First line of the reasoning-gym dataset's docstring.
+        First line of the reasoning-gym dataset's docstring, or the lab task's description.
     source : str
-        ``"reasoning_gym"``.
+        ``"reasoning_gym"`` or ``"kdlens_lab"``.
     """
 
     name: str

@@ -27,7 +27,7 @@ class Record:
     task : str
         Task name: the reasoning-gym name, the file stem, or the dataset id.
     split : str
-        ``"train"``, ``"validation"`` or ``"test"`` (for files, the label the caller gave).
+        ``"train"``, ``"validation"``, ``"test"`` or (lab tasks) ``"gen"``; for files, the label the caller gave.
     prompt : str
         The user turn, before any chat template.
     answer : str

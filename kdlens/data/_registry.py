@@ -1,4 +1,4 @@
-"""Task specs -> records: one entry point for reasoning-gym names, files and Hugging Face datasets."""
+"""Task specs -> records: one entry point for lab tasks, reasoning-gym names, files and Hugging Face datasets."""
 
 from __future__ import annotations
 
@@ -10,18 +10,25 @@ from typing import Any
 
 from kdlens.data._files import FILE_SUFFIXES, load_file
 from kdlens.data._gym import DEFAULT_SIZE, TaskInfo, build_tasks, load_gym
+from kdlens.data._lab import LAB_TASKS, load_lab
 from kdlens.data._records import Record
 
 __all__ = ["load_task", "load_tasks", "tasks", "SPLITS"]
 
-#: Split names a task can be loaded as.
-SPLITS = ("train", "validation", "test")
+#: Split names a task can be loaded as (``gen``, the generalization split, exists for lab tasks only).
+SPLITS = ("train", "validation", "test", "gen")
+
+
+def _lab_infos() -> dict[str, TaskInfo]:
+    return {name: TaskInfo(name=name, answer_kind="exact", scorer="exact", description=task.description,
+                           source="kdlens_lab")
+            for name, task in LAB_TASKS.items()}
 
 
 @functools.cache
 def tasks() -> dict[str, TaskInfo]:
-    """The ``TASKS`` table (built from the reasoning-gym registry on first use)."""
-    return build_tasks()
+    """The ``TASKS`` table: the lab tasks, then reasoning-gym's (its registry is read on first use)."""
+    return {**_lab_infos(), **build_tasks()}
 
 
 def _is_path(spec: str) -> bool:
@@ -46,7 +53,7 @@ def _unknown_task(name: str) -> ValueError:
     close = difflib.get_close_matches(name, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     return ValueError(
-        f"unknown task {name!r}: it is not a file path, not hf:ID, and not a reasoning-gym task.{hint} "
+        f"unknown task {name!r}: it is not a file path, not hf:ID, not a lab task and not a reasoning-gym task.{hint} "
         f"Known tasks: {', '.join(known)}"
     )
 
@@ -65,19 +72,22 @@ def load_task(
     Parameters
     ----------
     spec : str
-        * ``"NAME"`` or ``"NAME:SIZE"``: a reasoning-gym task (:data:`kdlens.data.TASKS`), ``SIZE``
-          items (default ``n``, else 100), generated deterministically from ``(split, seed)``.
+        * ``"NAME"`` or ``"NAME:SIZE"``: a lab task (``lab_chain``, ... see :mod:`kdlens.data._lab`)
+          or a reasoning-gym task (:data:`kdlens.data.TASKS`), ``SIZE`` items (default ``n``, else
+          100), generated deterministically from ``(split, seed)``.
         * a ``.json``/``.jsonl`` path or a directory of them (task name = file stem).
         * ``"hf:ID"`` or ``"hf:ID:CONFIG"``: a Hugging Face dataset id or local dataset directory.
-    split : {"train", "validation", "test"}
-        For reasoning-gym, each split has its own generator seed, so splits never share an item;
+    split : {"train", "validation", "test", "gen"}
+        For lab tasks, disjoint regions of the item space (``gen``: held-out operands); for
+        reasoning-gym, each split has its own generator seed, so splits never share an item;
         for files, only the label put on the records; for datasets, the split loaded.
     seed : int
-        reasoning-gym seed (files and datasets are read in their own order).
+        Generator seed of lab and reasoning-gym tasks (files and datasets are read in their own order).
     n : int, optional
         Keep the first ``n`` records (a deterministic prefix, not a sample).
     config : Mapping, optional
-        reasoning-gym dataset config fields, e.g. ``{"min_terms": 2, "max_terms": 3}``.
+        reasoning-gym dataset config fields, e.g. ``{"min_terms": 2, "max_terms": 3}``; for lab
+        tasks ``min_terms``, ``max_terms``, ``ops`` or ``digit_order``.
     exclude : iterable of Record, optional
         Drop records whose prompt equals one of these (e.g. ``split="train", exclude=test``);
         reasoning-gym tasks generate further items to keep their size.
@@ -116,6 +126,13 @@ def load_task(
         records = [r for r in records if r.prompt not in excluded]
     else:
         name, size = _parse_gym(spec)
+        if name in LAB_TASKS:
+            records = load_lab(name, size=size or n or DEFAULT_SIZE, split=split, seed=seed, config=config,
+                               exclude_prompts=excluded)
+            return records[:n] if n is not None else records
+        if split == "gen":
+            raise ValueError(f"split 'gen' (held-out operands) exists for lab tasks only, not for {spec!r}; "
+                             "use train, validation or test")
         if name not in tasks():
             raise _unknown_task(name)
         size = size or n or DEFAULT_SIZE

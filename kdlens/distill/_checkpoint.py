@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import random
 import shutil
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -115,20 +114,12 @@ def save_checkpoint(path: Path, model: torch.nn.Module, tokenizer: Any, *, merge
     A PEFT model is merged into its base when ``merge_lora`` (so plain transformers loads it);
     otherwise the adapter is saved (load it with ``peft``).
     """
-    from transformers.utils import logging as hf_logging
-
     from kdlens.distill._lora import is_peft_model, merged_copy
+    from kdlens.models._hf import quiet_progress
 
     to_save = merged_copy(model) if is_peft_model(model) and merge_lora else model
-    bars = hf_logging.is_progress_bar_enabled()
-    if not sys.stderr.isatty():
-        hf_logging.disable_progress_bar()  # no "Writing model shards" bar in logs
-    try:
-        with atomic_directory(path, overwrite=True) as tmp:
-            to_save.save_pretrained(str(tmp))
-            if tokenizer is not None:
-                tokenizer.save_pretrained(str(tmp))
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_progress(), atomic_directory(path, overwrite=True) as tmp:  # no "Writing model shards" bar
+        to_save.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
     return path

@@ -162,7 +162,7 @@ def kd_path_problem(cfg: Any, method: Any) -> str | None:
 
 
 def resolve_kd_path(cfg: Any, method: Any, *, student: torch.nn.Module, teacher: torch.nn.Module | None, vocab: int,
-                    cross_tokenizer: bool, sample_ids: Any) -> dict[str, Any]:
+                    cross_tokenizer: bool, sample_ids: Any, sharding: str | None = None) -> dict[str, Any]:
     """Which KD path the run takes, and why: the record written to the manifest (``"kd_path"``).
 
     Parameters
@@ -175,6 +175,9 @@ def resolve_kd_path(cfg: Any, method: Any, *, student: torch.nn.Module, teacher:
         Common logit width.
     cross_tokenizer : bool
         The teacher reads its own tokenization (the KD term compares other vocabularies).
+    sharding : {"fsdp", "deepspeed"} or None
+        Sharded training: the heads' weights are not whole outside the models' forward passes (FSDP2
+        shards them, ZeRO-3 partitions them), so the fused path does not apply.
     sample_ids : sequence of int
         Token ids of one training sequence (the head check runs the models on its first 32).
 
@@ -197,6 +200,9 @@ def resolve_kd_path(cfg: Any, method: Any, *, student: torch.nn.Module, teacher:
         return {**record, "path": "plain", "why": "kd_path=plain"}
     if problem is None and cross_tokenizer:
         problem = "the teacher has another tokenizer (its logits are compared across vocabularies)"
+    if problem is None and sharding is not None:
+        problem = (f"sharded training ({sharding}): the lm heads' weights are whole only inside the models' "
+                   "forward passes")
     if problem is None:
         device = next(student.parameters()).device
         ids = torch.as_tensor(list(sample_ids)[:32], dtype=torch.long, device=device)[None]

@@ -15,7 +15,8 @@ Before any of it, :func:`distill` compares the run's identity (config, data, wei
 :mod:`kdlens.distill._identity`) with what the directory holds, under the directory's lock
 (:mod:`kdlens._lock`): a finished run of the same identity is returned untouched, an interrupted
 one resumes, another identity is an error unless ``overwrite``. Models, data and sizes are all
-checked before the first write, so a bad input leaves the directory as it was.
+checked before the first write, so a bad input leaves the directory as it was; one that only the
+method's start or the first step can find (a held-out size, a layer map) removes what was written.
 
 Normalising every micro-batch by the token count of the whole global batch (known in advance
 from the labels) makes the update a token mean over the global batch, so 2 x 4 accumulation equals
@@ -54,7 +55,7 @@ from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
 from kdlens.distill._heads import final_hidden, output_head, resolve_kd_path
-from kdlens.distill._identity import RunIdentity, check_run_dir, run_identity
+from kdlens.distill._identity import RunIdentity, check_run_dir, refuse_foreign, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
@@ -65,7 +66,8 @@ from kdlens.teacher import TeacherCache, cache_key
 __all__ = ["distill", "StepCallback"]
 
 #: ``callback(step, logs)`` after every optimizer step (1-based step, the logged row). An exception
-#: raised here stops the run like a kill: the states saved so far stay and the next call resumes.
+#: raised here stops the run like a kill: the states saved so far stay and the next call resumes (a run
+#: stopped before it logged or saved anything starts over).
 StepCallback = Callable[[int, Mapping[str, Any]], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -99,8 +101,9 @@ def _accelerator(cfg: DistillConfig):
     return Accelerator(cpu=not use_cuda, mixed_precision=mixed)
 
 
-def _load_models(cfg: DistillConfig, device: torch.device):
-    """(teacher or None, student, tokenizer, teacher tokenizer or None)."""
+def _load_models(cfg: DistillConfig, device: torch.device | None):
+    """(teacher or None, student, tokenizer, teacher tokenizer or None); the teacher stays on the CPU when
+    ``device`` is None (FSDP shards it onto the devices)."""
     from kdlens.models import load_model, prune_layers
 
     dtype = _DTYPES[cfg.dtype]
@@ -128,7 +131,9 @@ def _load_models(cfg: DistillConfig, device: torch.device):
         teacher = teacher_tok = None
     if teacher is not None:
         teacher.requires_grad_(False)
-        teacher.eval().to(device)
+        teacher.eval()
+        if device is not None:
+            teacher.to(device)
     return teacher, student, tokenizer, teacher_tok
 
 
@@ -187,8 +192,9 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     Returns
     -------
     RunDir
-        The finished run. A run's identity is its resolved config (less ``output_dir`` and
-        ``cache_dir``), its training data and its models' weights (:func:`kdlens.distill.run_identity`).
+        The finished run. A run's identity is its resolved config (less ``output_dir``, ``cache_dir``
+        and ``save_every``, ``log_every``, ``report_to``, which change no weight), its training data and
+        its models' weights (:func:`kdlens.distill.run_identity`).
         Calling again with the same identity on a finished run returns at once and writes nothing;
         on an interrupted run it resumes from the latest saved state (same weights as an
         uninterrupted run), or completes a run killed while finishing.
@@ -209,6 +215,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if run.path.exists() and not run.path.is_dir():
         raise ValueError(f"output_dir {run.path} is a file, not a directory; choose another path")
     identity = run_identity(cfg)  # reads the data and fingerprints the weights; writes nothing
+    refuse_foreign(run)  # a directory kdlens did not make gets not even a lock file
     if run.done:  # the common rerun: read under a shared lock, touch nothing
         with shared_lock(run.path):
             if check_run_dir(run, identity, overwrite=overwrite) == "finished" and not run.leftovers():
@@ -216,7 +223,12 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     accelerator = _accelerator(cfg)
     lock = exclusive_lock(run.path, what="run") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
-        return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+        try:
+            return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+        except Exception:  # not an interrupt: a kill keeps what it stopped, as a kill does
+            if accelerator.is_main_process:  # a bad input found after the first write leaves nothing
+                run.discard_unstarted(identity)
+            raise
 
 
 def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, callbacks: Sequence[StepCallback],
@@ -240,6 +252,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
                                   manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
         return run
+    if plan == "resume":
+        _check_same_precision(run, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
     if rem or micro_size == 0:
@@ -248,7 +262,9 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
 
     _seed_everything(cfg.seed)
     method = METHODS[cfg.method]
-    teacher, student, tokenizer, teacher_tok = _load_models(cfg, accelerator.device)
+    shard_teacher = _check_sharded(accelerator, cfg, method)
+    with _whole_models(accelerator):
+        teacher, student, tokenizer, teacher_tok = _load_models(cfg, None if shard_teacher else accelerator.device)
     vocab = _logit_width(student)
     cross = teacher is not None and uses_cross_tokenizer(cfg, teacher_tok, tokenizer)  # different tokenizers
     if teacher is not None and not cross:
@@ -277,12 +293,15 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         return _collate(list(feats), pad_token_id=pad_id, padding_side="right")
 
     # on the first batch, with the online teacher (a logit cache is built only after the first write); a
-    # cross-tokenizer or served teacher has no logits on the student's tokens here: only the tokenizer checks
-    student.to(accelerator.device)  # where accelerate would put it; the teacher is there already
+    # cross-tokenizer or served teacher has no logits on the student's tokens here, and sharded models are not
+    # placed yet (FSDP/DeepSpeed place them shard by shard): then only the tokenizer checks run
+    forward_checks = not cross and not shard_teacher and _sharding(accelerator) is None
+    if forward_checks:
+        student.to(accelerator.device)  # where accelerate would put it; the teacher is there already
     kd_path = resolve_kd_path(cfg, method, student=student, teacher=teacher, vocab=vocab, cross_tokenizer=cross,
-                              sample_ids=features[0]["input_ids"] if features else [])
+                              sharding=_sharding(accelerator), sample_ids=features[0]["input_ids"] if features else [])
     checks = preflight(cfg, student=student,
-                       teacher_fn=None if cross else _make_teacher_fn(teacher, None, vocab, accelerator),
+                       teacher_fn=_make_teacher_fn(teacher, None, vocab, accelerator) if forward_checks else None,
                        loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=None if cross else teacher_tok,
                        features=encoded.features,
                        records=encoded.records, collate=collate, vocab=vocab, device=accelerator.device,
@@ -335,6 +354,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
                                is_main_process=accelerator.is_main_process, wait=accelerator.wait_for_everyone,
                                token_to_id=tokenizer.get_vocab(), progress=_progress_enabled(accelerator))
         teacher_id = cache.index["teacher"]
+    if shard_teacher and teacher is not None:
+        teacher = _shard_for_inference(accelerator, teacher)
     teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator, fused=kd_path["path"] == "fused")
     if cross:  # the teacher reads its own tokenization of every example
         teacher_fn = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, features, records, loss=cfg.loss,
@@ -351,9 +372,11 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = _scheduler(cfg, optimizer, total_steps)
     names = list(modules)
+    _configure_sharding(accelerator, cfg, modules, micro_size)
     prepared = accelerator.prepare(*modules.values(), optimizer)
     wrapped = dict(zip(names, prepared[:-1], strict=True))
     optimizer = prepared[-1]
+    params = [p for m in wrapped.values() for p in m.parameters() if p.requires_grad]  # FSDP replaces them
 
     start = 0
     state = run.latest_state()
@@ -452,6 +475,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         trackers.finish()
 
     accelerator.wait_for_everyone()
+    gathered = _gathered(accelerator, wrapped["student"])  # sharded weights: every process takes part
     if accelerator.is_main_process:  # finishing: see kdlens.distill._rundir for why in this order
         if "projection" in wrapped:
             from safetensors.torch import save
@@ -460,7 +484,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
                     for k, v in accelerator.unwrap_model(wrapped["projection"]).state_dict().items()}
             atomic_write_bytes(run.path / "feature_projection.safetensors", save(proj))
         merge = cfg.lora.merge if cfg.lora is not None else True
-        save_checkpoint(run.checkpoint_path, accelerator.unwrap_model(wrapped["student"]), tokenizer,
+        trained = gathered if gathered is not None else accelerator.unwrap_model(wrapped["student"])
+        save_checkpoint(run.checkpoint_path, trained, tokenizer,
                         merge_lora=merge)  # from here on a killed run is completed, not trained again
         manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
                              modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity,
@@ -470,6 +495,24 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         run.mark_done(manifest)
     accelerator.wait_for_everyone()
     return run
+
+
+def _check_same_precision(run: RunDir, accelerator) -> None:
+    """Refuse to resume, in another precision, a run whose saved state was trained in one.
+
+    ``mixed_precision=auto`` (and ``device=auto``) resolve where the run is called: bf16 on a GPU,
+    none on a CPU. The identity keeps ``auto`` (a finished run reads the same everywhere), so the
+    state's precision is checked against the one the run recorded when it started training.
+    """
+    if run.latest_state() is None or not run.manifest_path.is_file():
+        return
+    recorded = run.manifest()
+    before, now = recorded.get("mixed_precision"), str(accelerator.mixed_precision)
+    if before is not None and before != now:
+        raise ValueError(f"{run.path} was started with mixed precision {before} on {recorded.get('device')}; resuming it "
+                         f"now {now} on {accelerator.device} would train its second half in another precision: "
+                         "resume it where it started, or set mixed_precision explicitly and pass overwrite=True "
+                         "(--overwrite) to train it again")
 
 
 def _default_cache_root() -> Path:
@@ -538,13 +581,20 @@ class _maybe_no_sync:
 
         self._stack = contextlib.ExitStack()
         self._enter = [] if sync else [accelerator.no_sync(m) for m in models]
+        # DeepSpeed steps its engine inside accelerator.backward unless told the window is not over
+        self._state = accelerator.gradient_state if _sharding(accelerator) == "deepspeed" else None
+        self._sync = sync
 
     def __enter__(self):
+        if self._state is not None:
+            self._state._set_sync_gradients(self._sync)
         for ctx in self._enter:
             self._stack.enter_context(ctx)
         return self
 
     def __exit__(self, *exc):
+        if self._state is not None:
+            self._state._set_sync_gradients(True)
         return self._stack.__exit__(*exc)
 
 
@@ -597,6 +647,7 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "num_processes": accelerator.num_processes,
         "device": str(accelerator.device),
         "mixed_precision": str(accelerator.mixed_precision),
+        "distributed": _distributed(accelerator, cfg),
         "lora": cfg.lora is not None,
         "trainable_parameters": trainable,
         "preflight": preflight,  # kdlens.distill._preflight: the checks on the first batch
@@ -616,3 +667,151 @@ def _loss_params_used(cfg: DistillConfig) -> dict[str, Any]:
     from kdlens.losses import LOSSES
 
     return {**LOSSES[cfg.loss].params, **cfg.loss_params} if cfg.loss is not None else {}
+
+
+# ----------------------------------------------------------------- sharded training: FSDP and DeepSpeed
+# Under `accelerate launch --config_file kdlens/configs/accelerate/{fsdp,deepspeed_zero2,...}.yaml` the
+# student's parameters (FSDP, ZeRO-3), gradients and optimizer state (FSDP, ZeRO-2/3) are split across the
+# processes. The loop above stays the same; these helpers do what differs.
+
+
+def _sharding(accelerator) -> str | None:
+    """``"fsdp"``, ``"deepspeed"`` or None (one process, DDP): whether the training state is sharded."""
+    from accelerate.utils import DistributedType
+
+    return {DistributedType.FSDP: "fsdp", DistributedType.DEEPSPEED: "deepspeed"}.get(accelerator.distributed_type)
+
+
+def _check_sharded(accelerator, cfg: DistillConfig, method) -> bool:
+    """Refuse what sharded training does not support; whether the teacher is sharded too (online FSDP)."""
+    kind = _sharding(accelerator)
+    if kind is None:
+        return False
+    if kind == "fsdp" and not accelerator.is_fsdp2:
+        raise ValueError("FSDP version 1 is not supported: set fsdp_version: 2 in the accelerate config "
+                         "(kdlens/configs/accelerate/fsdp.yaml)")
+    if cfg.save_every:
+        raise ValueError(f"save_every={cfg.save_every}: resumable states are not written under {kind}, whose "
+                         "optimizer state is sharded; set save_every=0 (a killed run then starts over)")
+    if cfg.lora is not None:
+        raise ValueError(f"LoRA is not supported under {kind}: train the adapters with DDP "
+                         "(kdlens/configs/accelerate/ddp.yaml), where they fit on every GPU")
+    if hasattr(method, "begin"):
+        raise ValueError(f"method={cfg.method} generates with the student, which {kind} shards: use DDP "
+                         "(kdlens/configs/accelerate/ddp.yaml) or one process")
+    return kind == "fsdp" and cfg.teacher_source == "online"
+
+
+class _whole_models:
+    """Load models whole on every process, also under ZeRO-3.
+
+    While accelerate's DeepSpeed config is registered with transformers, ``from_pretrained`` partitions
+    a ZeRO-3 model as it loads it (``deepspeed.zero.Init``), whatever ``zero3_init_flag`` says: the
+    teacher would then be empty outside an engine, and ``prune:N`` could not copy its layers. The
+    student is partitioned when DeepSpeed prepares it.
+    """
+
+    def __init__(self, accelerator) -> None:
+        self._plugin = accelerator.state.deepspeed_plugin if _sharding(accelerator) == "deepspeed" else None
+
+    def __enter__(self):
+        if self._plugin is not None:
+            from transformers.integrations import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
+        return self
+
+    def __exit__(self, *exc):
+        if self._plugin is not None:
+            self._plugin.set_deepspeed_weakref()
+        return False
+
+
+def _shard_for_inference(accelerator, teacher: torch.nn.Module) -> torch.nn.Module:
+    """The frozen teacher, sharded by FSDP2 like the student but prepared without an optimizer.
+
+    It has no gradients and no optimizer state; its parameters are gathered layer by layer in the
+    forward pass and freed after, and kept on the CPU when the accelerate config has
+    ``fsdp_offload_params: true`` (kdlens/configs/accelerate/fsdp_offload.yaml).
+    """
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    return fsdp2_prepare_model(accelerator, teacher)
+
+
+def _configure_sharding(accelerator, cfg: DistillConfig, modules: Mapping[str, torch.nn.Module],
+                        micro_size: int) -> None:
+    """Check the modules FSDP2 can prepare; give DeepSpeed the loop's batch, accumulation and clipping.
+
+    The loop cuts batches itself (no DataLoader for DeepSpeed to read them from), accumulates by
+    telling DeepSpeed where a window ends (so DeepSpeed's own accumulation stays 1 and does not rescale
+    the loss), and clips at ``max_grad_norm`` inside DeepSpeed's step; an accelerate config that sets
+    these otherwise would silently change the update, so it is an error.
+    """
+    kind = _sharding(accelerator)
+    if kind == "fsdp" and len(modules) > 1:
+        raise ValueError(f"FSDP2 trains one module, but this run trains {sorted(modules)} "
+                         "(feature.projection): use DDP, or feature.projection=false with equal hidden sizes")
+    if kind != "deepspeed":
+        return
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    wanted = {"train_micro_batch_size_per_gpu": micro_size, "gradient_accumulation_steps": 1,
+              "gradient_clipping": float(cfg.max_grad_norm), "train_batch_size": micro_size * accelerator.num_processes}
+    for key, value in wanted.items():
+        if ds.get(key, "auto") not in ("auto", value):
+            setting = {"gradient_accumulation_steps": "grad_accum", "gradient_clipping": "max_grad_norm"}.get(key, "batch_size")
+            raise ValueError(f"the DeepSpeed config sets {key}={ds[key]!r}; kdlens sets it from the run config "
+                             f"({setting}): remove it from the accelerate/DeepSpeed config")
+        ds[key] = value
+
+
+def _gathered(accelerator, model: torch.nn.Module) -> torch.nn.Module | None:
+    """On the main process, an unsharded CPU copy of a sharded trained model (else None).
+
+    Every process must call it: gathering the shards is a collective. The copy is built on the meta
+    device and takes the gathered tensors as they are, so the model exists once more only on the main
+    process; saving the sharded module itself would start collectives on one process and hang.
+    """
+    if _sharding(accelerator) is None:
+        return None
+    from torch.distributed.tensor import DTensor
+
+    state = accelerator.get_state_dict(model) or {}  # ZeRO-3: None off the main process
+    # full tensors on a GPU; on CPU processes (gloo) torch leaves FSDP2's shards, gathered here in order
+    state = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+    if not accelerator.is_main_process:
+        return None
+    from transformers import AutoModelForCausalLM
+
+    config = accelerator.unwrap_model(model).config
+    with _whole_models(accelerator), torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(state, strict=False, assign=True)
+    plain.tie_weights()  # a tied output layer shares the gathered input embedding
+    missing = sorted(name for name, tensor in plain.state_dict().items() if tensor.is_meta)
+    if missing:
+        raise RuntimeError(f"the gathered checkpoint of the student lacks {missing[:5]}")
+    return plain
+
+
+def _distributed(accelerator, cfg: DistillConfig) -> dict[str, Any]:
+    """How the run was spread over processes (the manifest's ``distributed``)."""
+    kind = _sharding(accelerator)
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+    out: dict[str, Any] = {"type": str(accelerator.distributed_type.value), "process_group": backend,
+                           "world_size": accelerator.num_processes, "sharding": None, "cpu_offload": False,
+                           "mixed_precision": str(accelerator.mixed_precision),
+                           "teacher": ("cache" if cfg.teacher_source == "cache" else
+                                       "sharded" if kind == "fsdp" else "replicated")
+                           if METHODS[cfg.method].needs_teacher else None}
+    if kind == "fsdp":
+        plugin = accelerator.state.fsdp_plugin
+        out["sharding"] = f"fsdp{plugin.fsdp_version}:" + ("FULL_SHARD" if plugin.reshard_after_forward
+                                                           else "SHARD_GRAD_OP")
+        out["cpu_offload"] = type(plugin.cpu_offload).__name__ == "CPUOffloadPolicy"
+    elif kind == "deepspeed":
+        zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+        out["sharding"] = f"zero{zero.get('stage', 0)}"
+        out["cpu_offload"] = any(zero.get(k, {}).get("device", "none") not in ("none", None)
+                                 for k in ("offload_optimizer", "offload_param"))
+    return out

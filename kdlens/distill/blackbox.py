@@ -59,7 +59,7 @@ class OpenAIChatTeacher:
 
     Notes
     -----
-    Uses :class:`kdlens._http.JSONClient` (standard library only). One request per prompt, in order.
+    Uses ``kdlens._http.JSONClient`` (standard library only). One request per prompt, in order.
     """
 
     def __init__(self, url: str, *, model: str = "teacher", system: str | None = None, max_tokens: int = 256,

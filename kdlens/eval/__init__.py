@@ -18,8 +18,7 @@ a table does not import torch.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kdlens._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
@@ -31,6 +30,7 @@ _LAZY: dict[str, str] = {
     "compare_to_teacher": "kdlens.eval._tokens",
     "evaluate": "kdlens.eval._evaluate",
     "CHOICE_SCORINGS": "kdlens.eval._choices",
+    "Choices": "kdlens.eval._choices",
     "multiple_choice": "kdlens.eval._choices",
     "score_choices": "kdlens.eval._choices",
     "choice_predictions": "kdlens.eval._choices",
@@ -41,14 +41,4 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kdlens.eval' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -75,7 +75,7 @@ def _field(meta: Mapping[str, Any], key: str) -> Any:
 
 
 def multiple_choice(record: Any) -> Choices:
-    """The :class:`Choices` of a record (formats in the module docstring).
+    """The :class:`kdlens.eval.Choices` of a record (formats in the module docstring).
 
     Raises
     ------

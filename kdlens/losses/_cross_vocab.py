@@ -107,10 +107,10 @@ def uld(
     Notes
     -----
     Boizard et al. 2024, "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation
-    Loss for LLMs" (TMLR): with ``p = softmax(z_t / tau)`` and ``q = softmax(z_s / tau)`` sorted in
+    Loss for LLMs" (TMLR 2025, ``boizard2025towards``): with ``p = softmax(z_t / tau)`` and ``q = softmax(z_s / tau)`` sorted in
     decreasing order and the shorter padded with zeros,
 
-        ULD = sum_i |p_(i) - q_(i)|,
+        ULD = sum_i abs(p_(i) - q_(i)),
 
     the closed form of the Wasserstein-1 distance between the two distributions under a cost that
     does not depend on which token is which (so no vocabulary mapping is needed). The paper trains
@@ -202,6 +202,8 @@ def span_aligned(
         Weight of the ULD term on the unshared tokens (>= 0).
 
     Returns
+    -------
+    Tensor
         As :func:`uld`.
 
     Notes
@@ -210,13 +212,13 @@ def span_aligned(
 
         span_aligned = D(p_S+ || q_S+) + uld_weight * ULD(p|not S, q|not S),
 
-    where ``p_S+`` is the (|S| + 1)-way distribution of the shared tokens plus one bucket holding
+    where ``p_S+`` is the ``(|S| + 1)``-way distribution of the shared tokens plus one bucket holding
     all the teacher's other mass (likewise ``q_S+``), so ``D`` sees exact distributions (by the
     data-processing inequality it lower-bounds ``D`` on any common refinement), and the ULD term
-    (:func:`uld`: sorted L1, Boizard et al. 2024) compares the shapes of the unshared masses. With
+    (:func:`uld`: sorted L1, Boizard et al. 2024, ``boizard2025towards``) compares the shapes of the unshared masses. With
     identical vocabularies it is exactly ``D`` (the bucket is empty on both sides); with no shared
     token it is ULD. Following the shared-vocabulary idea of TRL's GOLD trainer (hybrid ULD) and
-    DSKD (Zhang et al. 2024); the token pairing across tokenizers is done by
+    DSKD (Zhang et al. 2024, ``zhang2024dual``); the token pairing across tokenizers is done by
     :mod:`kdlens.distill._cross_tokenizer`.
     """
     _check_pair(student_logits, teacher_logits)

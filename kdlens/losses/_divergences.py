@@ -21,7 +21,7 @@ Values and gradients are finite for every finite or ``-inf`` input, in every dty
 * ``ab_divergence`` with a negative exponent weighs an entry by ``p_v^alpha`` (or ``q_v^beta``),
   which overflows for tiny probabilities (``-inf`` entries, or logits 1e4 apart). There every
   log-probability is floored at the level where the largest possible sum still fits the dtype
-  (:func:`_ab_floor`); entries above that level are exact, entries below it saturate (their
+  (``_ab_floor``); entries above that level are exact, entries below it saturate (their
   gradient is 0).
 """
 
@@ -463,7 +463,7 @@ def _ab_terms(lq: torch.Tensor, lp: torch.Tensor, alpha: float, beta: float) -> 
 
     Entries where exactly one of ``p_v``, ``q_v`` is 0 get their limit value directly when it is
     finite (the exponents that touch the zero are positive); where the limit is infinite, or any
-    exponent is negative, the regular formula runs on log-probabilities floored at :func:`_ab_floor`,
+    exponent is negative, the regular formula runs on log-probabilities floored at ``_ab_floor``,
     so neither pass ever forms ``inf - inf``, ``0 * inf`` or an overflow.
     """
     inf_limit = None
@@ -532,7 +532,7 @@ def ab_divergence(
     ----------
     alpha, beta : float
         Any finite reals (ABKD's defaults 0.2, 0.7). Negative values are allowed: they weigh tiny
-        probabilities enormously, so log-probabilities are then floored (:func:`_ab_floor`) to keep
+        probabilities enormously, so log-probabilities are then floored (``_ab_floor``) to keep
         values and gradients finite.
     Others as :func:`forward_kl`.
 
@@ -561,7 +561,7 @@ def ab_divergence(
     :math:`10^{-7}/\min(|\alpha|, |\beta|, |\alpha+\beta|)` absolute; pass the exact limit values
     (e.g. ``beta=0``) rather than tiny non-zero parameters. Negative exponents weigh an entry by
     :math:`p_v^{\alpha}` (or :math:`q_v^{\beta}`), enormous for tiny probabilities: the divergence is
-    then ill-conditioned, and log-probabilities below the floor of :func:`_ab_floor` (-38.8 for
+    then ill-conditioned, and log-probabilities below the floor of ``_ab_floor`` (-38.8 for
     ``alpha = -1.5, beta = 0.7`` over 49,152 float32 entries) saturate there. A limit that is
     infinite (one side 0 where a non-positive exponent touches it) is charged at that floor.
 

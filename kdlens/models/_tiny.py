@@ -16,7 +16,6 @@ bit-identical weights.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
@@ -31,6 +30,8 @@ __all__ = [
     "tiny_model",
     "tiny_b_tokenizer",
     "tiny_b_model",
+    "seeded_model",
+    "wrap_tokenizer",
 ]
 
 #: special tokens first (ids 0..3), as in SmolLM2, then the 256 bytes (ids 4..259)
@@ -90,19 +91,34 @@ def tiny_tokenizer():
     # use_regex=False: with no merges the GPT-2 split would not change the tokens, only cost time
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return _fast_tokenizer(backend, TINY_SPECIAL_TOKENS, TINY_CHAT_TEMPLATE, eos_token="<|im_end|>", pad_token="<pad>",
-                           additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
+    return wrap_tokenizer(backend, TINY_SPECIAL_TOKENS, eos="<|im_end|>", pad="<pad>",
+                          additional=("<|im_start|>", "<|endoftext|>"), chat_template=TINY_CHAT_TEMPLATE,
+                          max_length=_MAX_POSITIONS)
 
 
-def _fast_tokenizer(backend, special_tokens: Sequence[str], chat_template: str, **special: Any):
-    """A right-padding ``PreTrainedTokenizerFast`` over a ``tokenizers`` backend with its special tokens."""
+def wrap_tokenizer(backend: Any, specials: tuple[str, ...], *, eos: str, pad: str, additional: tuple[str, ...],
+                   chat_template: str, max_length: int, unk: str | None = None):
+    """A ``PreTrainedTokenizerFast`` around a ``tokenizers.Tokenizer`` whose special tokens are ``specials``.
+
+    The special tokens are added to the backend (never split, never normalized); EOS, pad, unk
+    and the ``additional`` special tokens are named. Right padding, no clean-up of spaces on
+    decode (which would alter text), and ``chat_template``.
+    """
     from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
-    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
-    return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=chat_template,
-                                   model_max_length=_MAX_POSITIONS, padding_side="right",
-                                   clean_up_tokenization_spaces=False, **special)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token=eos,
+        pad_token=pad,
+        **({"unk_token": unk} if unk is not None else {}),
+        additional_special_tokens=list(additional),
+        chat_template=chat_template,
+        model_max_length=max_length,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def tiny_config(arch: str = "llama", **overrides: Any):
@@ -168,18 +184,26 @@ def tiny_model(seed: int = 0, *, arch: str = "llama", **overrides: Any):
     tokenizer : transformers.PreTrainedTokenizerFast
         See :func:`tiny_tokenizer`.
     """
+    return seeded_model(tiny_config(arch, **overrides), seed, name="tiny"), tiny_tokenizer()
+
+
+def seeded_model(config: Any, seed: int, *, name: str):
+    """A float32 CPU causal LM built from ``config`` with weights drawn under ``torch.manual_seed(seed)``.
+
+    The global RNG state is left untouched (``fork_rng``); the generation config stops at the
+    config's EOS and pads with its pad id; ``name_or_path`` is ``name``. Returned in eval mode.
+    """
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
-    config = tiny_config(arch, **overrides)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.generation_config = GenerationConfig(
         eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id, bos_token_id=None
     )
-    model.name_or_path = "tiny"
-    return model.eval(), tiny_tokenizer()
+    model.name_or_path = name
+    return model.eval()
 
 
 #: ``tiny-b``'s special tokens at ids 0..4, as in Gemma; ``<end_of_turn>`` ends a turn and is the EOS token
@@ -249,9 +273,11 @@ def tiny_b_tokenizer():
     backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, byte_fallback=True))
     backend.normalizer = normalizers.Replace(" ", "▁")
     backend.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
-    return _fast_tokenizer(backend, TINY_B_SPECIAL_TOKENS, TINY_B_CHAT_TEMPLATE, bos_token="<bos>",
-                           eos_token="<end_of_turn>", pad_token="<pad>",
-                           additional_special_tokens=["<eos>", "<start_of_turn>"])
+    tokenizer = wrap_tokenizer(backend, TINY_B_SPECIAL_TOKENS, eos="<end_of_turn>", pad="<pad>",
+                               additional=("<eos>", "<start_of_turn>"), chat_template=TINY_B_CHAT_TEMPLATE,
+                               max_length=_MAX_POSITIONS)
+    tokenizer.bos_token = "<bos>"
+    return tokenizer
 
 
 def tiny_b_model(seed: int = 0, **overrides: Any):
@@ -275,7 +301,6 @@ def tiny_b_model(seed: int = 0, **overrides: Any):
     """
     tokenizer = tiny_b_tokenizer()
     params = dict(vocab_size=len(tokenizer), eos_token_id=_B_EOS_ID, pad_token_id=_B_PAD_ID, bos_token_id=_B_BOS_ID)
-    model, _ = tiny_model(seed, arch="gemma3", **{**params, **overrides})
+    model = seeded_model(tiny_config("gemma3", **{**params, **overrides}), seed, name="tiny-b")
     model.generation_config.bos_token_id = _B_BOS_ID
-    model.name_or_path = "tiny-b"
     return model, tokenizer

@@ -89,11 +89,17 @@ def format_number(value: Any, kind: str = "text") -> str:
 
 def format_cell(value: Any, kind: str = "text") -> str:
     """One table cell: ``kind`` as in :func:`format_number`; a ``(value, low, high)`` tuple becomes
-    ``"value [low, high]"`` (an estimate with its confidence interval, each rounded alike)."""
+    ``"value [low, high]"`` (an estimate with its confidence interval, each rounded alike), or, for a
+    kind ending in ``"±"`` (a symmetric interval, e.g. a t interval over seeds), ``"value ± half-width"``."""
+    symmetric = kind.endswith("±")
+    kind = kind.removesuffix("±")
     if isinstance(value, tuple) and len(value) == 3:
         text = format_number(value[0], kind)
         if not (_missing(value[1]) or _missing(value[2])):
-            text += f" [{format_number(value[1], kind)}, {format_number(value[2], kind)}]"
+            if symmetric:
+                text += f" ± {format_number((float(value[2]) - float(value[1])) / 2, kind)}"
+            else:
+                text += f" [{format_number(value[1], kind)}, {format_number(value[2], kind)}]"
         return text
     return format_number(value, kind)
 

@@ -276,7 +276,7 @@ def _run_tests(src: ReportSource) -> Section:
 def _seed_text(src: ReportSource) -> str:
     if src.kind == "run":
         return describe(src.manifest.get("seed", src.config.get("seed")))
-    axes = src.config.get("axes") or {}
+    axes = {**(src.config.get("axes") or {}), **(src.config.get("replicate") or {})}
     if "seed" in axes:
         return f"per run (axis seed: {describe(axes['seed'])})"
     return describe((src.config.get("base") or {}).get("seed", 0))
@@ -324,7 +324,8 @@ def _run_sections(src: ReportSource) -> list[Section]:
 
 
 def _axes(src: ReportSource) -> list[str]:
-    axes = list((src.config.get("axes") or {}).keys())
+    # replicate axes (the seed crossed with every cell) tell runs apart like the axes
+    axes = [*(src.config.get("axes") or {}), *(src.config.get("replicate") or {})]
     if src.config.get("baseline") and "method" not in axes:
         axes.append("method")
     return [a for a in axes if a in src.results.columns]
@@ -350,9 +351,11 @@ def _sweep_setup(src: ReportSource) -> Section:
     sec.text(f"Sweep {spec.get('name', src.path.name)}: {n_runs} evaluated run(s), grid '{spec.get('grid', 'product')}'"
              + (f", each student also trained with {spec['baseline']} as the baseline of gains" if spec.get("baseline") else "")
              + ".")
+    replicate = spec.get("replicate") or {}
     if axes:
-        sec.blocks.append(Table("Axes", pd.DataFrame([(k, describe(v)) for k, v in axes.items()],
-                                                     columns=["axis", "values"])))
+        sec.blocks.append(Table("Axes" + (" (and the replicate axes crossed with every cell)" if replicate else ""),
+                                pd.DataFrame([(k, describe(v)) for k, v in {**axes, **replicate}.items()],
+                                             columns=["axis", "values"])))
     base = spec.get("base") or {}
     if base:
         sec.blocks.append(Table("Base configuration shared by every run",
@@ -380,6 +383,23 @@ def _sweep_pivot(src: ReportSource, metric: str, with_ci: bool) -> pd.DataFrame:
     return table.reset_index()
 
 
+def _seed_table(src: ReportSource, metric: str) -> Table | None:
+    """Mean ± 95% t interval over seeds per setting (task 'all'): the table a paper reports."""
+    from kdlens.analysis import seed_summary
+
+    if "seed" not in src.results.columns or src.results["seed"].dropna().nunique() < 2:
+        return None
+    by = [a for a in _axes(src) if a != "seed"]
+    summary = seed_summary(src.results, metric=metric, by=by)
+    cells = summary[by].copy()
+    cells[metric] = [(m, lo, hi) for m, lo, hi in zip(summary["mean"], summary["ci_low"], summary["ci_high"],
+                                                      strict=True)]
+    cells["n"] = summary["n_seeds"].to_numpy()
+    return Table(f"{metric.replace('_', ' ').capitalize()} per setting, task 'all': mean over seeds ± the half-width "
+                 f"of its 95% t interval (unit: seeds, n per row)", cells, {metric: "pct±", "n": "int"},
+                 unit="seeds")
+
+
 def _varies(results: pd.DataFrame, column: str) -> bool:
     return column in results.columns and results[column].dropna().nunique() >= 2
 
@@ -396,6 +416,9 @@ def _sweep_accuracy(src: ReportSource) -> Section:
     sec = Section("accuracy", SECTION_TITLES["accuracy"])
     table = _sweep_pivot(src, "accuracy", with_ci=True)
     tasks = [c for c in table.columns if c not in ("run", "run_id")]
+    summary = _seed_table(src, "accuracy")
+    if summary is not None:
+        sec.blocks.append(summary)
     sec.blocks.append(Table("Accuracy per run and task (greedy; 95% bootstrap CI over examples)", table,
                             {t: "pct" for t in tasks}))
     teachers = src.results.drop_duplicates(["teacher_id", "task"]) if "teacher_id" in src.results else None

@@ -3,7 +3,8 @@
 * :mod:`kdlens.sweep.spec` — the spec (:class:`SweepSpec`), its expansion into runs
   (:func:`expand_sweep`), run identity and each run's config;
 * :func:`run_sweep` — train, evaluate and summarise the runs that are not finished yet
-  (:mod:`kdlens.sweep._run`, the session in :mod:`kdlens.sweep._session`);
+  (:mod:`kdlens.sweep._run`, the session in :mod:`kdlens.sweep._session`), in local processes or as
+  Ray tasks (``backend="ray"``, :mod:`kdlens.sweep._ray`);
 * :func:`read_results` / :func:`write_results` — a sweep's tables (:mod:`kdlens.sweep._tables`);
 * :mod:`kdlens.sweep.publish` — the tables without the models, merged across machines.
 
@@ -37,16 +38,24 @@ sessions of a lent GPU.
 
 from kdlens.sweep._run import full_results, run_sweep
 from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, read_results, sweep_status, write_results
-from kdlens.sweep.publish import TOKEN_ROWS_PER_RUN, grid_status, publish_sweep, published_run_ids
+from kdlens.sweep.publish import (
+    TOKEN_ROWS_PER_RUN,
+    grid_status,
+    publish_sweep,
+    published_run_ids,
+    teacher_table,
+)
 from kdlens.sweep.spec import (
     KD_ONLY_KEYS,
     SPECIAL_AXES,
     SweepSpec,
     expand_sweep,
     load_sweep_spec,
+    on_axis,
     run_config,
     run_id,
     schedule,
+    smoke_spec,
     teacher_sft_config,
 )
 
@@ -61,6 +70,7 @@ __all__ = [
     "full_results",
     "grid_status",
     "load_sweep_spec",
+    "on_axis",
     "publish_sweep",
     "published_run_ids",
     "read_results",
@@ -68,7 +78,9 @@ __all__ = [
     "run_id",
     "run_sweep",
     "schedule",
+    "smoke_spec",
     "sweep_status",
     "teacher_sft_config",
+    "teacher_table",
     "write_results",
 ]

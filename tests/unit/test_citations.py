@@ -82,17 +82,19 @@ def _word_kd(**changes):
     # reverse KL, reasoning-gym for the data; tau = 1 and sigma = 0 add nothing
     (_word_kd(), {KDLENS_KEY, "hinton2015distilling", "kim2016sequence", "kullback1951information", "gu2024minillm",
                   "stojanovski2025reasoning"}),
-    # SFT trains on no divergence: its configured loss is not cited; LoRA is
-    (_word_kd(method="sft", lora=True), {KDLENS_KEY, "ouyang2022training", "hu2022lora", "stojanovski2025reasoning"}),
+    # SFT trains on no divergence (a configured loss is refused); LoRA is cited
+    ({**{k: v for k, v in _word_kd().items() if k != "loss"}, "method": "sft", "lora": True}, {KDLENS_KEY, "ouyang2022training", "hu2022lora", "stojanovski2025reasoning"}),
     # GKD at tau = 2 with teacher noise: GKD, Lin's JSD, Hinton's temperature, the paradox paper's noise ablation
     (_word_kd(method="gkd", loss="jsd", temperature=2.0, sigma=1.0, tasks=["../x/math-test/SVAMP.json"]),
      {KDLENS_KEY, "agarwal2024onpolicy", "lin1991divergence", "hinton2015distilling", "ramesh2025generalization",
       "patel2021nlp"}),
     # feature KD: hidden states (PKD) by MMD plus attention (MiniLM); dotted keys as a sweep writes them
-    ({**_word_kd(method="feature_kd", loss="forward_kl", beta=1.0), "feature.kind": "mmd", "feature.attention": True},
+    ({**_word_kd(method="feature_kd", loss="forward_kl", feature_weight=1.0), "feature.kind": "mmd",
+      "feature.attention": True},
      {KDLENS_KEY, "romero2015fitnets", "sun2019patient", "gretton2012kernel", "wang2020minilm",
       "kullback1951information", "hinton2015distilling", "stojanovski2025reasoning"}),
-    (_word_kd(method="seq_kd", loss="ab_divergence", tasks=["hf:openai/gsm8k:main"]),
+    # sequence-level KD trains by cross-entropy on the teacher's text: no divergence (a loss is refused)
+    ({**{k: v for k, v in _word_kd().items() if k != "loss"}, "method": "seq_kd", "tasks": ["hf:openai/gsm8k:main"]},
      {KDLENS_KEY, "kim2016sequence", "cobbe2021training"}),
 ])
 def test_a_run_cites_exactly_what_its_config_uses(config, keys):

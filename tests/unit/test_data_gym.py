@@ -15,7 +15,9 @@ from kdlens.data import DEFAULT_SIZE, TASKS, Record, answers_equal, gym_seed, lo
 def test_tasks_is_built_from_the_registry():
     from reasoning_gym.factory import DATASETS
 
-    assert sorted(TASKS) == sorted(DATASETS) and len(TASKS) > 100
+    from kdlens.data._lab import LAB_TASKS
+
+    assert sorted(TASKS) == sorted([*DATASETS, *LAB_TASKS]) and len(TASKS) > 100
     for name in ("chain_sum", "basic_arithmetic", "leg_counting", "gsm_symbolic"):
         info = TASKS[name]
         assert (info.name, info.answer_kind, info.scorer, info.source) == (name, "numeric", "reasoning_gym", "reasoning_gym")

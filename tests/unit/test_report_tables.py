@@ -7,6 +7,7 @@ import re
 
 import _report_data as data
 import bibtexparser
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -135,3 +136,25 @@ def test_the_report_ends_with_the_references_of_what_it_used(run_text, sweep_dir
             "ouyang2022training"} <= sweep  # Spearman with Fisher-z CIs, the paradox t-test, the SFT baseline
     assert "gu2024minillm" not in sweep and "benjamini1995controlling" not in sweep
     assert re.search(r"\\section\*\{References\}", run_text["latex"])
+
+
+def test_seed_summary_is_the_mean_and_t_interval_over_seeds_and_renders_as_plus_minus():
+    from scipy import stats as sps
+
+    from kdlens.analysis import seed_summary
+
+    acc = {("kd", 0): 0.50, ("kd", 1): 0.56, ("kd", 2): 0.59, ("sft", 0): 0.40, ("sft", 1): 0.44, ("sft", 2): 0.42}
+    results = pd.DataFrame([{"run_id": f"{m}{s}", "status": "evaluated", "method": m, "seed": s, "task": task,
+                             "accuracy": a + (0.1 if task == "x" else 0.0)}
+                            for (m, s), a in acc.items() for task in ("x", "all")])
+    out = seed_summary(results, metric="accuracy").set_index("method")
+    assert list(out.columns) == ["mean", "ci_low", "ci_high", "sd", "n_seeds"] and set(out.index) == {"kd", "sft"}
+    kd = np.array([0.50, 0.56, 0.59])
+    half = sps.t.ppf(0.975, 2) * kd.std(ddof=1) / np.sqrt(3)
+    assert out.loc["kd", "mean"] == pytest.approx(kd.mean()) and out.loc["kd", "n_seeds"] == 3
+    assert out.loc["kd", "ci_high"] - out.loc["kd", "mean"] == pytest.approx(half)
+    one = seed_summary(results.loc[results["seed"] == 0], metric="accuracy")
+    assert one["n_seeds"].tolist() == [1, 1] and one["ci_low"].isna().all()
+    cell = (out.loc["kd", "mean"], out.loc["kd", "ci_low"], out.loc["kd", "ci_high"])
+    assert format_cell(cell, "pct±") == f"{100 * kd.mean():.1f} ± {100 * half:.1f}"
+    assert format_cell(cell, "pct") == f"{100 * kd.mean():.1f} [{100 * (kd.mean() - half):.1f}, {100 * (kd.mean() + half):.1f}]"
