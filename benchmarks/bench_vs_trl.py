@@ -32,7 +32,11 @@ memory (``VmHWM``, reset through ``/proc/self/clear_refs`` after giving freed he
 * ``forward_backward_growth_mib``: the later steps' peak up to the end of backward (before the
   optimizer's update): the memory of the loss paths alone (``forward_backward_ratios``).
 
-On CUDA: ``torch.cuda.max_memory_allocated`` growth over the allocation at the reset.
+On CUDA: ``torch.cuda.max_memory_allocated`` growth over the allocation at the reset. The caching
+allocator counts exactly what is allocated, so there (``--memory inline``, the default on CUDA) the
+variants run one after another in the process that then times them: the same figures without a
+process start per variant (what keeps the GPU script short); ``first_step_growth_mib`` is then left
+out (only the first variant would allocate AdamW's state).
 
 Time: all variants in one process, steps interleaved round-robin after one warm-up step each, the
 median per variant, so a shared machine's load falls on every variant alike; the process's CPU time
@@ -51,8 +55,9 @@ Usage::
     python benchmarks/bench_vs_trl.py --layers 4 --batch 4 --seq 128 --repeats 5
     python benchmarks/bench_vs_trl.py --vocab 151936 --layers 4     # Qwen2.5's vocabulary, random weights
 
-TRL is an optional extra (``pip install -e .[bench]``); the variants it needs are skipped with a
-note when it is absent.
+TRL is an optional extra (``pip install -e .[bench]``); the variants it needs are skipped, with the
+reason in the result (``skipped``), when it is absent or its trainer cannot be built against the
+installed transformers.
 """
 
 from __future__ import annotations
@@ -138,12 +143,15 @@ def _step_fns(args, names):
     n_tokens = int((batch["labels"][:, 1:] != -100).sum())
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-5)
     device_type = torch.device(args.device).type
-    fns = {}
+    fns, skipped = {}, {}
     for name in names:
         make = {"floor": _floor, "kdlens": _kdlens, "kdlens_plain": _kdlens_plain, "trl_gkd": _trl_gkd,
                 "trl_distill": _trl_distill}[name]
-        fn = make(args, teacher, student, tok, batch, n_tokens, vocab)
-        if fn is None:
+        try:
+            fn = make(args, teacher, student, tok, batch, n_tokens, vocab)
+        except _Skip as err:
+            print(f"{name} skipped: {err}", file=sys.stderr)
+            skipped[name] = str(err)
             continue
 
         def step(fn=fn, after_backward=None):
@@ -159,7 +167,11 @@ def _step_fns(args, names):
             return float(loss.detach())
 
         fns[name] = step
-    return fns, torch
+    return fns, skipped, torch
+
+
+class _Skip(Exception):
+    """A variant that cannot run here (TRL absent, or its trainer not built against this transformers)."""
 
 
 def _floor(args, teacher, student, tok, batch, n_tokens, vocab):
@@ -193,7 +205,9 @@ def _kdlens(args, teacher, student, tok, batch, n_tokens, vocab, kd_path="auto")
     cfg = DistillConfig(teacher="t", student="prune:1", tasks=["x"], method="word_kd", loss="forward_kl",
                         kd_path=kd_path, mixed_precision=args.precision)
     cuda = args.device.startswith("cuda")
-    accelerator = Accelerator(cpu=not cuda, mixed_precision=args.precision if cuda else "no")
+    # the precision every variant's accelerator is built with (accelerate keeps one per process: TRL's
+    # trainers build theirs with the same, _trl_args); the step runs under the benchmark's autocast anyway
+    accelerator = Accelerator(cpu=not cuda, mixed_precision=args.precision)
     path = resolve_kd_path(cfg, METHODS["word_kd"], student=student, teacher=teacher, vocab=vocab, cross_tokenizer=False,
                            sample_ids=batch["input_ids"][0].tolist())
     print(f"kd_path ({kd_path}): {path}", file=sys.stderr)
@@ -211,7 +225,7 @@ def _kdlens_plain(args, teacher, student, tok, batch, n_tokens, vocab):
 def _trl_args(cls, tmp: str, args, **extra):
     # dropout stays as the model config says, as in a kdlens run (TRL turns it off by default); the
     # trainer moves the (shared) models to its device, so it must be the benchmark's
-    return cls(output_dir=tmp, report_to=[], use_cpu=not args.device.startswith("cuda"),
+    return cls(output_dir=tmp, report_to=[], use_cpu=not args.device.startswith("cuda"), bf16=args.precision == "bf16",
                per_device_train_batch_size=1, logging_steps=1000, save_strategy="no", disable_dropout=False, **extra)
 
 
@@ -228,11 +242,14 @@ def _trl_gkd(args, teacher, student, tok, batch, n_tokens, vocab):
     try:
         from trl.experimental.gkd import GKDConfig, GKDTrainer
     except ImportError as err:
-        print(f"trl_gkd skipped: {err} (pip install -e .[bench])", file=sys.stderr)
-        return None
-    conf = _trl_args(GKDConfig, tempfile.mkdtemp(), args, lmbda=0.0, beta=0.0, temperature=1.0, max_length=args.seq)
-    trainer = GKDTrainer(model=student, teacher_model=teacher, args=conf, train_dataset=_dataset(tok),
-                         processing_class=tok)
+        raise _Skip(f"{err} (pip install -e .[bench])") from err
+    try:
+        conf = _trl_args(GKDConfig, tempfile.mkdtemp(), args, lmbda=0.0, beta=0.0, temperature=1.0,
+                         max_length=args.seq)
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=conf, train_dataset=_dataset(tok),
+                             processing_class=tok)
+    except Exception as err:  # noqa: BLE001 - another TRL/transformers pairing: say so, measure the rest
+        raise _Skip(f"GKDTrainer could not be built: {type(err).__name__}: {err}") from err
     return lambda: trainer.compute_loss(student, batch, num_items_in_batch=n_tokens)
 
 
@@ -244,12 +261,14 @@ def _trl_distill(args, teacher, student, tok, batch, n_tokens, vocab):
     try:
         from trl import DistillationConfig, DistillationTrainer
     except ImportError as err:
-        print(f"trl_distill skipped: {err} (pip install -e .[bench])", file=sys.stderr)
-        return None
-    tok.padding_side = "left"
-    conf = _trl_args(DistillationConfig, tempfile.mkdtemp(), args, beta=0.0, temperature=1.0)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=conf,
-                                  train_dataset=_dataset(tok), processing_class=tok)
+        raise _Skip(f"{err} (pip install -e .[bench]; DistillationTrainer is in TRL >= 1.x)") from err
+    try:
+        tok.padding_side = "left"
+        conf = _trl_args(DistillationConfig, tempfile.mkdtemp(), args, beta=0.0, temperature=1.0)
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=conf,
+                                      train_dataset=_dataset(tok), processing_class=tok)
+    except Exception as err:  # noqa: BLE001 - another TRL/transformers pairing: say so, measure the rest
+        raise _Skip(f"DistillationTrainer could not be built: {type(err).__name__}: {err}") from err
     half = args.seq // 2
     inputs = {"prompt_ids": batch["input_ids"][:, :half], "prompt_mask": batch["attention_mask"][:, :half],
               "completion_ids": batch["input_ids"][:, half:], "completion_mask": batch["attention_mask"][:, half:]}
@@ -299,30 +318,38 @@ def _peak(torch, cuda: bool) -> float:
 
 def memory_phase(args) -> dict:
     """One variant in this process: the peak memory growth of its first step and of its later steps."""
-    fns, torch = _step_fns(args, [args.phase])
+    fns, skipped, torch = _step_fns(args, [args.phase])
     if args.phase not in fns:
-        return {"variant": args.phase, "skipped": True}
+        return {"variant": args.phase, "skipped": skipped.get(args.phase, True)}
+    return _measure_memory(args, args.phase, fns[args.phase], torch, first_step=True)
+
+
+def _measure_memory(args, name: str, step, torch, *, first_step: bool) -> dict:
     cuda = args.device.startswith("cuda")
-    step = fns[args.phase]
     base = _mark(torch, cuda)
     losses = [step()]  # allocates AdamW's state (twice the student's parameters): the same in every variant
     first = _peak(torch, cuda) - base
     base = _mark(torch, cuda)
     backward_peaks = []
     losses += [step(after_backward=lambda: backward_peaks.append(_peak(torch, cuda))) for _ in range(args.repeats)]
-    return {"variant": args.phase, "peak_growth_mib": _peak(torch, cuda) - base, "first_step_growth_mib": first,
-            "forward_backward_growth_mib": max(backward_peaks) - base, "base_mib": base, "losses": losses,
-            "memory": "cuda max_memory_allocated" if cuda else "VmHWM - VmRSS (after malloc_trim)"}
+    out = {"variant": name, "peak_growth_mib": _peak(torch, cuda) - base,
+           "forward_backward_growth_mib": max(backward_peaks) - base, "base_mib": base, "losses": losses,
+           "memory": "cuda max_memory_allocated" if cuda else "VmHWM - VmRSS (after malloc_trim)"}
+    if first_step:
+        out["first_step_growth_mib"] = first
+    return out
 
 
-def time_phase(args, names) -> tuple[dict, dict]:
+def time_phase(args, names: list[str] | dict) -> tuple[dict, dict]:
     """Every variant in this process, steps interleaved: (wall seconds, CPU seconds) per variant and repeat.
 
     The CPU time of the process (``time.process_time``, all its threads) is reported beside the wall
     time: on a shared CPU another job's load stretches the wall time of whichever step it overlaps,
     much less the work the step itself does.
     """
-    fns, torch = _step_fns(args, names)
+    fns = names if isinstance(names, dict) else _step_fns(args, names)[0]
+    import torch
+
     cuda = args.device.startswith("cuda")
     wall: dict[str, list[float]] = {n: [] for n in fns}
     cpu: dict[str, list[float]] = {n: [] for n in fns}
@@ -345,6 +372,8 @@ def _ratios(memory: dict, seconds: dict, names: list[str], key: str) -> dict[str
     """Each variant's memory and time over the floor's, and kdlens's memory over TRL's."""
     ran = [n for n in names if not memory[n].get("skipped")]
     out = {}
+    if any(key not in memory[n] for n in ran):
+        return {}
     for name in ran:
         if name != "floor" and "floor" in ran:
             out[f"{name}_memory_vs_floor"] = memory[name][key] / memory["floor"][key]
@@ -369,13 +398,18 @@ def main(argv=None) -> dict:
     parser.add_argument("--precision", choices=("no", "bf16"), default="no",
                         help="bf16: forward passes and losses under bf16 autocast (float32 master weights)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--memory", choices=("process", "inline"), default=None,
+                        help="process: each variant's memory in its own process (default on CPU, where the "
+                             "figure is the process's peak RSS); inline: one after another in this process "
+                             "(default on CUDA, where the allocator's counters are exact)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.quick:
-        args.layers, args.batch, args.seq = 1, 4, 64
+        args.layers, args.batch, args.seq, args.repeats = 1, 4, 64, 3
         args.vocab = args.vocab or QUICK_VOCAB
+    inline = (args.memory or ("inline" if args.device.startswith("cuda") else "process")) == "inline"
     if args.threads:
         import torch
 
@@ -386,17 +420,25 @@ def main(argv=None) -> dict:
     names = [v.strip() for v in args.variants.split(",") if v.strip()]
     load_before = os.getloadavg()
     memory = {}
-    for name in names:
-        cmd = [sys.executable, __file__, "--phase", name, *(argv if argv is not None else sys.argv[1:])]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
-    wall, cpu = time_phase(args, [n for n in names if not memory[n].get("skipped")])
+    if inline:
+        fns, skipped, torch = _step_fns(args, names)
+        memory = {n: {"variant": n, "skipped": skipped[n]} for n in skipped}
+        for name, step in fns.items():
+            memory[name] = _measure_memory(args, name, step, torch, first_step=False)
+        wall, cpu = time_phase(args, fns)
+    else:
+        for name in names:
+            cmd = [sys.executable, __file__, "--phase", name, *(argv if argv is not None else sys.argv[1:])]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        wall, cpu = time_phase(args, [n for n in names if not memory[n].get("skipped")])
     seconds = {name: statistics.median(t) for name, t in wall.items()}
     cpu_seconds = {name: statistics.median(t) for name, t in cpu.items()}
     import torch
 
-    result = {"setting": {k: getattr(args, k) for k in ("teacher", "layers", "batch", "seq", "vocab", "repeats",
-                                                         "device", "precision", "quick")},
+    result = {"setting": {**{k: getattr(args, k) for k in ("teacher", "layers", "batch", "seq", "vocab", "repeats",
+                                                            "device", "precision", "quick")},
+                          "memory": "inline" if inline else "process"},
               "machine": {"torch": torch.__version__, "threads": torch.get_num_threads(),
                           "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                           "load_avg_before": load_before, "load_avg_after": os.getloadavg()},
@@ -411,6 +453,7 @@ def main(argv=None) -> dict:
     short = {"ratios": {k: round(v, 3) for k, v in ratios.items()}, "setting": result["setting"],
              "cpu_time_ratios": {k: round(v, 3) for k, v in result["cpu_time_ratios"].items()},
              "first_step_ratios": {k: round(v, 3) for k, v in result["first_step_ratios"].items()},
+             "skipped": {k: v["skipped"] for k, v in memory.items() if v.get("skipped")},
              "load_avg": result["machine"]["load_avg_after"]}
     print(json.dumps(result if not args.quick else short))
     if args.json:

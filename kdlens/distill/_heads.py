@@ -161,8 +161,8 @@ def kd_path_problem(cfg: Any, method: Any) -> str | None:
     return check(cfg)
 
 
-def resolve_kd_path(cfg: Any, method: Any, *, student: torch.nn.Module, teacher: torch.nn.Module | None, vocab: int,
-                    cross_tokenizer: bool, sample_ids: Any, sharding: str | None = None) -> dict[str, Any]:
+def resolve_kd_path(cfg: Any, method: Any, *, student: torch.nn.Module | None, teacher: torch.nn.Module | None,
+                    vocab: int, cross_tokenizer: bool, sample_ids: Any, sharding: str | None = None) -> dict[str, Any]:
     """Which KD path the run takes, and why: the record written to the manifest (``"kd_path"``).
 
     Parameters
@@ -170,7 +170,9 @@ def resolve_kd_path(cfg: Any, method: Any, *, student: torch.nn.Module, teacher:
     cfg : DistillConfig
         ``kd_path``: ``"plain"`` always plain; ``"auto"`` fused where it applies, plain (with the
         reason) elsewhere; ``"fused"`` fused or a ``ValueError`` naming why it cannot be.
-    student, teacher : models (teacher None when the run has no local one)
+    student, teacher : models or None
+        The teacher is None when the run has no local one; both are None for a method that runs its
+        own stages (``drive``: the config alone decides).
     vocab : int
         Common logit width.
     cross_tokenizer : bool

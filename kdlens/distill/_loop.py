@@ -249,8 +249,12 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
             run.remove_leftovers()
             run.start(cfg, identity)
         accelerator.wait_for_everyone()
+        # such a method computes its KD terms itself, from full logits: the config alone says why (no model read)
+        kd_path = resolve_kd_path(cfg, METHODS[cfg.method], student=None, teacher=None, vocab=0, cross_tokenizer=False,
+                                  sample_ids=[])
         METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
-                                  manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
+                                  manifest={"identity": identity.to_dict(), "references": run_references(cfg),
+                                            "kd_path": kd_path})
         return run
     if plan == "resume":
         _check_same_precision(run, accelerator)

@@ -326,3 +326,39 @@ def test_a_run_records_its_kd_path_and_fused_and_plain_runs_train_the_same_weigh
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5) and a["kd"] == pytest.approx(b["kd"], rel=1e-5)
     wa, wp = (load_file(str(r.checkpoint_path / "model.safetensors")) for r in (auto, plain))
     assert max(float((wa[k] - wp[k]).abs().max()) for k in wa) < 1e-5
+
+
+def test_a_run_recorded_before_kd_path_existed_is_the_same_run_at_the_default(tmp_path, arith_tasks):
+    """A finished run's identity without kd_path (recorded by an older kdlens) is not refused at kd_path=auto."""
+    from kdlens.config import load_config
+    from kdlens.distill import RunIdentity, run_identity
+
+    def identity(**kw):
+        base = dict(teacher="tiny", student="prune:1", tasks=[arith_tasks], method="word_kd", steps=2,
+                    output_dir=str(tmp_path / "run"))
+        return run_identity(load_config(None, {**base, **kw}))
+
+    now = identity()
+    assert now.config["kd_path"] == "auto"
+    recorded = now.to_dict()
+    del recorded["config"]["kd_path"]
+    older = RunIdentity.from_dict(recorded)
+    assert now.changes(older) == []
+    assert identity(kd_path="plain").changes(older) == ["kd_path"]
+    assert identity(kd_path="plain").changes(now) == ["kd_path"]
+
+
+def test_a_lora_student_with_adapters_off_the_head_takes_the_fused_path_with_the_plain_gradients():
+    from kdlens.config import LoraConfig
+    from kdlens.distill._lora import apply_lora
+
+    teacher, student = _models()
+    lora = apply_lora(student, LoraConfig(targets=["q_proj"]))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:  # non-zero adapters, so that the gradients reach through them into lora_A
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(0))
+    assert _resolve(_cfg("word_kd"), lora, teacher)["path"] == "fused"
+    cfg = _cfg("word_kd", kd_weight=0.6, **SIGNAL)
+    plain, fused = _step(cfg, teacher, lora, _batch(), fused=False), _step(cfg, teacher, lora, _batch(), fused=True)
+    assert sorted(fused[1]) and all("lora_" in k for k in fused[1])  # only the adapters train
+    _assert_same(plain, fused)
