@@ -340,6 +340,24 @@ def _measure_memory(args, name: str, step, torch, *, first_step: bool) -> dict:
     return out
 
 
+def _memory_processes(args, names: list[str], argv: list[str]) -> dict:
+    """Each variant's :func:`memory_phase` in its own process, ``args.jobs`` at a time (a process's peak RSS
+    is its own: running them side by side changes no figure, only the wall time)."""
+    memory, pending = {}, list(names)
+    running: list[tuple[str, subprocess.Popen]] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            cmd = [sys.executable, __file__, "--phase", name, *argv]
+            running.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        name, proc = running.pop(0)
+        out, err = proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError(f"the memory phase of {name} failed ({proc.returncode}):\n{err[-3000:]}")
+        memory[name] = json.loads(out.strip().splitlines()[-1])
+    return {name: memory[name] for name in names}
+
+
 def time_phase(args, names: list[str] | dict) -> tuple[dict, dict]:
     """Every variant in this process, steps interleaved: (wall seconds, CPU seconds) per variant and repeat.
 
@@ -403,12 +421,15 @@ def main(argv=None) -> dict:
                              "figure is the process's peak RSS); inline: one after another in this process "
                              "(default on CUDA, where the allocator's counters are exact)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="memory processes at a time (default 1; --quick: all at once, the models are small)")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     if args.quick:
         args.layers, args.batch, args.seq, args.repeats = 1, 4, 64, 3
         args.vocab = args.vocab or QUICK_VOCAB
+    args.jobs = args.jobs or (len(VARIANTS) if args.quick else 1)
     inline = (args.memory or ("inline" if args.device.startswith("cuda") else "process")) == "inline"
     if args.threads:
         import torch
@@ -427,10 +448,7 @@ def main(argv=None) -> dict:
             memory[name] = _measure_memory(args, name, step, torch, first_step=False)
         wall, cpu = time_phase(args, fns)
     else:
-        for name in names:
-            cmd = [sys.executable, __file__, "--phase", name, *(argv if argv is not None else sys.argv[1:])]
-            out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-            memory[name] = json.loads(out.stdout.strip().splitlines()[-1])
+        memory = _memory_processes(args, names, argv if argv is not None else sys.argv[1:])
         wall, cpu = time_phase(args, [n for n in names if not memory[n].get("skipped")])
     seconds = {name: statistics.median(t) for name, t in wall.items()}
     cpu_seconds = {name: statistics.median(t) for name, t in cpu.items()}
