@@ -1,5 +1,5 @@
 # Two entry points do all set-up on a fresh machine (Python 3.10+ with pip):
-#   make demo   -> the main job: distill the embedded SmolLM2 and report on it
+#   make demo   -> the main job: a small lab experiment (kdlens demo), trained, evaluated, reported
 #   make test   -> the test suite
 PYTHON ?= python3
 VENV ?= .venv

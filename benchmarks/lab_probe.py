@@ -63,7 +63,7 @@ def _one(job: dict) -> dict:
 
     base = {"student": job["student"], "tasks": [f"{job['task']}:{job['n_train']}"], "steps": job["steps"],
             "batch_size": job["batch_size"], "lr": job["lr"], "warmup_steps": 30, "scheduler": "cosine",
-            "max_length": 128, "seed": job["seed"], "device": "cpu", "log_every": 100, "alpha": 1.0,
+            "max_length": 128, "seed": job["seed"], "device": "cpu", "log_every": 100,
             "output_dir": job["run_dir"]}
     config = apply_overrides(base, [f"{k}={json.dumps(v)}" for k, v in ARMS[job["arm"]].items()])
     t0, c0 = time.perf_counter(), time.process_time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 
@@ -223,6 +224,58 @@ def test_gkd_step_samples_from_the_right_model_with_the_step_seed(tmp_path, task
     assert other.rows() != data.features  # the two models do sample differently
     assert [prompt_ids(f) for f in data.features] == [prompt_ids(f) for f in features]
     assert student.training and not teacher.training  # decoding restores each model's train/eval mode
+
+
+def test_gkd_loss_on_sampled_rows_equals_a_per_row_reference(tiny):
+    """The on-policy loss counts exactly the sampled tokens, the stop token included and nothing after it.
+
+    Reference: each row alone (no padding, no batch), teacher and student scored on prompt + sample,
+    the generalized JSD written out in float64 at the positions that predict the sampled tokens.
+    """
+    from kdlens.config import DistillConfig
+    from kdlens.data import collate
+    from kdlens.distill._methods import StepContext, TeacherOutput
+    from kdlens.distill._onpolicy import kd_loss
+    from kdlens.losses import get_loss
+    from kdlens.models import tiny_model
+
+    # float64 models: the loss is then computed in float64 and can be compared tightly
+    teacher = copy.deepcopy(tiny[0]).double()
+    student = tiny_model(seed=1)[0].double()
+    free = generate_continuations(student, PROMPTS, max_new_tokens=8, pad_token_id=3, stop_token_ids=[259], seed=1)
+    stop = free.continuations()[1][2]  # row 1 stops after 3 tokens: rows of different lengths, some unfinished
+    gen = generate_continuations(student, PROMPTS, max_new_tokens=8, pad_token_id=3, stop_token_ids=[stop], seed=1)
+    assert gen.finished.any() and not gen.finished.all() and len(set(gen.lengths.tolist())) > 1
+    rows = gen.rows()
+    batch = collate(rows, pad_token_id=3, padding_side="right")
+    width = batch["input_ids"].shape[1]
+    for row, (prompt, cont) in enumerate(zip(PROMPTS, gen.continuations(), strict=True)):
+        n = len(prompt) + len(cont)  # right padded, labels on the sample only, as a gold batch
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+        assert batch["labels"][row].tolist() == [-100] * len(prompt) + cont + [-100] * (width - n)
+
+    def online(b, example_indices, **kw):
+        with torch.no_grad():
+            return TeacherOutput(logits=teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1])
+
+    cfg = DistillConfig(teacher="tiny", student="prune:1", tasks=["unused"], method="gkd", loss="jsd",
+                        loss_params={"beta": 0.3}, output_dir="unused")
+    n_tokens = gen.n_generated
+    ctx = StepContext(student=student, batch=batch, example_indices=[0, 1, 2], n_tokens=n_tokens, config=cfg,
+                      teacher=online, loss_fn=get_loss("jsd", beta=0.3), vocab_size=260, batch_source="fresh")
+    parts = kd_loss(ctx)
+    assert set(parts) == {"loss", "kd"}  # no cross-entropy on the student's own samples
+    beta, total = 0.3, 0.0
+    with torch.no_grad():
+        for prompt, cont in zip(PROMPTS, gen.continuations(), strict=True):
+            ids = torch.tensor([prompt + cont])
+            lp = teacher(input_ids=ids).logits[0].log_softmax(-1)
+            lq = student(input_ids=ids).logits[0].log_softmax(-1)
+            at = slice(len(prompt) - 1, len(prompt) + len(cont) - 1)  # the logits that predict the sample
+            p, q = lp[at].exp(), lq[at].exp()
+            m = beta * p + (1 - beta) * q
+            total += float((beta * p * (p / m).log() + (1 - beta) * q * (q / m).log()).sum())
+    assert parts["loss"].item() == pytest.approx(total / n_tokens, rel=1e-9)
 
 
 # ---------------------------------------------------------------- distillm
