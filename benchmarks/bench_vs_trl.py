@@ -421,6 +421,8 @@ def main(argv=None) -> dict:
                              "figure is the process's peak RSS); inline: one after another in this process "
                              "(default on CUDA, where the allocator's counters are exact)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-time", action="store_true",
+                        help="memory only (no timed steps): memory does not depend on the machine's load")
     parser.add_argument("--jobs", type=int, default=None,
                         help="memory processes at a time (default 1; --quick: all at once, the models are small)")
     parser.add_argument("--phase", default=None, help=argparse.SUPPRESS)
@@ -446,10 +448,11 @@ def main(argv=None) -> dict:
         memory = {n: {"variant": n, "skipped": skipped[n]} for n in skipped}
         for name, step in fns.items():
             memory[name] = _measure_memory(args, name, step, torch, first_step=False)
-        wall, cpu = time_phase(args, fns)
+        wall, cpu = ({}, {}) if args.no_time else time_phase(args, fns)
     else:
         memory = _memory_processes(args, names, argv if argv is not None else sys.argv[1:])
-        wall, cpu = time_phase(args, [n for n in names if not memory[n].get("skipped")])
+        ran = [n for n in names if not memory[n].get("skipped")]
+        wall, cpu = ({}, {}) if args.no_time else time_phase(args, ran)
     seconds = {name: statistics.median(t) for name, t in wall.items()}
     cpu_seconds = {name: statistics.median(t) for name, t in cpu.items()}
     import torch

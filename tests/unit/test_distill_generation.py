@@ -276,6 +276,17 @@ def test_gkd_loss_on_sampled_rows_equals_a_per_row_reference(tiny):
             m = beta * p + (1 - beta) * q
             total += float((beta * p * (p / m).log() + (1 - beta) * q * (q / m).log()).sum())
     assert parts["loss"].item() == pytest.approx(total / n_tokens, rel=1e-9)
+    # the default kd_path: the teacher's last hidden states and the two lm heads, the same per-row reference
+    import dataclasses
+
+    from accelerate import Accelerator
+
+    from kdlens.distill._loop import _make_teacher_fn
+
+    fused = kd_loss(dataclasses.replace(ctx, teacher=_make_teacher_fn(teacher, None, 260, Accelerator(cpu=True),
+                                                                      fused=True)))
+    assert set(fused) == {"loss", "kd"}
+    assert fused["loss"].item() == pytest.approx(total / n_tokens, rel=1e-9)
 
 
 # ---------------------------------------------------------------- distillm
