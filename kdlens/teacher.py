@@ -2,8 +2,10 @@
 
 Two sources give the KD loss the teacher's next-token distribution on the response tokens:
 
-* **online** — the teacher runs under ``no_grad`` on every batch and returns full logits
-  ``[B, T, V]``;
+* **online** — the teacher runs under ``no_grad`` on every batch and returns its last hidden states
+  ``[B, T, H]`` and its lm head (the default fused path, ``kd_path``: :func:`fused_kd_token_loss`
+  computes the logits of a chunk of tokens at a time, for teacher and student alike), or its full
+  logits ``[B, T, V]`` (the plain path, :func:`kd_token_loss`);
 * **cache** — a first pass stores, per response token, the teacher's top-k *raw* logits, their
   token ids and the residual log-mass ``rho = log(1 - sum_{v in top-k} p_v)`` (tau = 1, raw
   logits). Later runs (a sigma or tau sweep) read the cache instead of running the teacher.
@@ -68,6 +70,7 @@ from kdlens._io import (
     sha256_json,
 )
 from kdlens.losses._common import compute_dtype
+from kdlens.losses._fused import LMHead, fused_head_values
 
 __all__ = [
     "TopK",
@@ -80,6 +83,8 @@ __all__ = [
     "topk_pseudo_logits",
     "dense_teacher_logits",
     "kd_token_loss",
+    "FusedKD",
+    "fused_kd_token_loss",
     "response_mask",
     "cache_key",
 ]
@@ -425,6 +430,114 @@ def kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_logits: torch.Te
     teacher_logits = add_noise(teacher_logits, sigma, key=noise, mask=mask)
     return loss_fn(student, teacher_logits, mask=mask, temperature=temperature,
                    scale_by_temperature_squared=scale_by_temperature_squared, reduction="none")
+
+
+@dataclass
+class FusedKD:
+    """What :func:`fused_kd_token_loss` returns.
+
+    Attributes
+    ----------
+    loss : Tensor, scalar
+        ``kd_weight * sum(kd) + ce_weight * sum(ce)``, differentiable with respect to the student.
+    kd : Tensor, float32 [B, T]
+        Per-token KD loss, 0 at masked positions (detached).
+    ce : Tensor, float32 [B, T] or None
+        Per-token cross-entropy of the targets at temperature 1, 0 at masked positions (detached);
+        None without targets.
+    """
+
+    loss: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor | None
+
+
+def fused_kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_hidden: torch.Tensor, student_head: LMHead,
+                        teacher_hidden: torch.Tensor, teacher_head: LMHead, *, mask: torch.Tensor,
+                        temperature: float = 1.0, scale_by_temperature_squared: bool = False, sigma: float = 0.0,
+                        noise: NoiseKey | None = None, targets: torch.Tensor | None = None, kd_weight: float = 1.0,
+                        ce_weight: float = 0.0, chunk_size: int | None = None) -> FusedKD:
+    """:func:`kd_token_loss` (and the gold CE) from final hidden states and lm heads, a chunk of tokens at a time.
+
+    The same numbers as the plain path, which materialises ``student_logits`` and the teacher's
+    ``[B, T, V]`` logits: for each chunk of response tokens the two heads give the chunk's logits,
+    the teacher's get ``sigma * teacher_noise(seed, step, example, position)`` (the very draw
+    :func:`add_noise` adds to that row), and ``loss_fn`` compares them at ``temperature`` (with the
+    tau^2 factor when asked); the cross-entropy of ``targets`` comes from the same chunk of student
+    logits. No ``[B, T, V]`` tensor exists, in the forward or the backward pass.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        A divergence with the :mod:`kdlens.losses` call shape (student first).
+    student_hidden : Tensor [B, T, H_s]
+        The student's final hidden states (after its final norm), aligned with the logits that
+        predict the next token (``hidden[:, :-1]`` of the forward pass).
+    student_head, teacher_head : LMHead
+        The two output layers, cut to the common vocabulary.
+    teacher_hidden : Tensor [B, T, H_t]
+        The teacher's, same alignment (no gradient).
+    mask : Tensor, bool [B, T]
+        Positions that count; the others are not computed.
+    temperature, scale_by_temperature_squared, sigma, noise
+        As :func:`kd_token_loss`.
+    targets : Tensor, long [B, T] or None
+        Gold next tokens (``labels[:, 1:]``): also return their per-token cross-entropy.
+    kd_weight, ce_weight : float
+        Weights of the two sums in ``loss`` (e.g. ``w / n_tokens`` and ``(1 - w) / n_tokens``); a
+        zero ``ce_weight`` computes the cross-entropy without a graph (logged only).
+    chunk_size : int or None
+        Token rows per chunk (None: :func:`kdlens.losses._fused.auto_chunk_rows`).
+
+    Returns
+    -------
+    FusedKD
+
+    Notes
+    -----
+    The gradient is computed during the forward pass, chunk by chunk
+    (:func:`kdlens.losses._fused.fused_head_values`), so the lm-head products are as many as in a
+    plain step; backward through ``loss`` twice is refused.
+    """
+    if not sigma >= 0 or not math.isfinite(sigma):
+        raise ValueError(f"sigma must be a finite number >= 0, got {sigma}")
+    if sigma > 0 and noise is None:
+        raise ValueError("sigma > 0 needs a NoiseKey (seed, step, example ids) to draw the teacher noise from")
+    b, t = mask.shape
+    if noise is not None and sigma > 0 and len(noise.example_ids) != b:
+        raise ValueError(f"NoiseKey has {len(noise.example_ids)} example ids for a batch of {b} rows")
+    device = student_hidden.device
+    flat = mask.to(device).reshape(-1).nonzero().squeeze(-1)
+    hs_rows = student_hidden.reshape(b * t, -1).index_select(0, flat)
+    ht_rows = teacher_hidden.detach().reshape(b * t, -1).index_select(0, flat)
+    target_rows = None if targets is None else targets.to(device).reshape(-1)[flat]
+    if sigma > 0:
+        ids = torch.as_tensor(list(noise.example_ids), dtype=torch.long, device=device)[flat // t]
+        positions = flat % t
+
+    def per_chunk(zs: torch.Tensor, zt: torch.Tensor, rows: slice) -> torch.Tensor:
+        zt = zt.to(compute_dtype(zt.dtype))
+        if sigma > 0:  # the rows' own draws: the same numbers add_noise gives the full tensor
+            zt = zt + teacher_noise(noise.seed, noise.step, ids[rows], positions[rows], zt.shape[-1],
+                                    device=device).mul_(sigma).to(zt.dtype)
+        columns = [loss_fn(zs, zt, temperature=temperature, scale_by_temperature_squared=scale_by_temperature_squared,
+                           reduction="none")]
+        if target_rows is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and ce_weight != 0):
+                columns.append(torch.nn.functional.cross_entropy(zs.to(compute_dtype(zs.dtype)), target_rows[rows],
+                                                                 reduction="none").to(columns[0].dtype))
+        return torch.stack(columns, -1)
+
+    width = 1 if targets is None else 2
+    weights = torch.tensor([kd_weight, ce_weight][:width], dtype=torch.float64, device=device).expand(len(flat), width)
+    values, loss = fused_head_values(per_chunk, hs_rows, student_head, ht_rows, teacher_head, width=width,
+                                     weights=weights, chunk_size=chunk_size)
+
+    def spread(column: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(b * t, dtype=column.dtype, device=device)
+        return out.index_put_((flat,), column.detach()).reshape(b, t)
+
+    return FusedKD(loss=loss, kd=spread(values[:, 0]), ce=None if targets is None else spread(values[:, 1]))
 
 
 def cache_key(*, teacher_weights: str, data_hash: str, max_length: int, top_k: int, dtype: str,

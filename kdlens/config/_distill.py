@@ -38,6 +38,7 @@ _DEVICES = ("auto", "cpu", "cuda")
 _DTYPES = ("float32", "bfloat16", "float16")
 _CACHE_DTYPES = ("float32", "float16")
 _CACHE_TAILS = ("uniform", "bucket")
+_KD_PATHS = ("auto", "fused", "plain")  # kdlens.distill._heads.KD_PATHS
 
 
 def cache_is_faithful(loss: str, temperature: float, top_k: int | None = None, vocab_size: int | None = None) -> bool:
@@ -122,6 +123,15 @@ class DistillConfig:
     cache_tail : {"uniform", "bucket"}
         How the loss treats the teacher mass outside the cached top-k (see :mod:`kdlens.teacher`):
         spread evenly over the other tokens (default; exact student side), or one "rest" bucket.
+    kd_path : {"auto", "fused", "plain"}
+        How the KD term meets the logits. ``fused``: the online teacher keeps only its last hidden
+        states under no_grad, the student's forward stops before its lm head, and the divergence
+        (sigma, tau, tau^2 and the gold CE included) runs over the two lm heads a chunk of tokens at a
+        time, never materialising ``[B, T, V]`` logits (the same numbers; much less memory).
+        ``plain``: full logits of both models. ``auto`` (default): fused wherever it applies (an
+        online teacher with the student's tokenizer, a method that has the fused term, heads whose
+        logits ``lm_head(h)`` reproduces), plain elsewhere; the manifest records which path ran and
+        why (``kd_path``), and ``fused`` where it does not apply is an error.
     steps, epochs : int or None, float or None
         Training length; give exactly one (``steps`` defaults to 100 when neither is set).
     batch_size : int
@@ -183,6 +193,7 @@ class DistillConfig:
     top_k: int = 64
     cache_dtype: str = "float32"
     cache_tail: str = "uniform"
+    kd_path: str = "auto"
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     steps: int | None = None
     epochs: float | None = None
@@ -298,6 +309,7 @@ class DistillConfig:
         _known("dtype", self.dtype, _DTYPES)
         _known("cache_dtype", self.cache_dtype, _CACHE_DTYPES)
         _known("cache_tail", self.cache_tail, _CACHE_TAILS)
+        _known("kd_path", self.kd_path, _KD_PATHS)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
         if self.teacher_source in ("cache", "endpoint") and not self._cache_faithful():
@@ -399,7 +411,7 @@ class DistillConfig:
                  "temperature": float, "kd_weight": float, "feature_weight": float,
                  "scale_by_temperature_squared": bool, "method": str, "split": str, "teacher_source": str,
                  "scheduler": str, "mixed_precision": str, "device": str, "dtype": str, "cache_dtype": str,
-                 "cache_tail": str, "teacher": str, "student": str, "loss": str, "output_dir": str,
+                 "cache_tail": str, "kd_path": str, "teacher": str, "student": str, "loss": str, "output_dir": str,
                  "cache_dir": str, "system_prompt": str}
         optional = {"steps", "epochs", "n_examples", "teacher", "student", "loss", "output_dir", "cache_dir",
                     "system_prompt"}
@@ -444,7 +456,7 @@ class DistillConfig:
         spec = METHODS[self.method]
         if spec.default_loss is None:  # no KD term on teacher logits
             defaults = {"sigma": 0.0, "temperature": 1.0, "scale_by_temperature_squared": False, "kd_weight": 1.0,
-                        "loss": None, "loss_params": {}}
+                        "loss": None, "loss_params": {}, "kd_path": "auto"}
             given = [f"{k}={getattr(self, k)}" for k, v in defaults.items() if getattr(self, k) != v]
             if given:
                 hint = ("; for a noisier or softer teacher decoding sample it: seq_kd.do_sample=true "
@@ -456,6 +468,14 @@ class DistillConfig:
                 or (self.method == "gkd" and self.gkd.lambda_ == 1.0)):
             raise ValueError(f"kd_weight={self.kd_weight} mixes in a gold cross-entropy, but method={self.method} "
                              "here trains only on generated sequences (the KD term alone): drop kd_weight")
+
+        if self.kd_path == "fused":  # what the config alone rules out; the models are checked when loaded
+            from kdlens.distill._heads import kd_path_problem
+
+            problem = kd_path_problem(self, spec)
+            if problem is not None:
+                raise ValueError(f"kd_path=fused does not apply: {problem}; use kd_path=auto (plain here) or "
+                                 "kd_path=plain")
 
     @property
     def trained_model(self) -> str:

@@ -12,9 +12,13 @@ and returns the result in two layouts:
   ``labels`` as lists, no padding), the layout of :func:`kdlens.data.encode_for_training`, so
   a generated batch goes through the training loop exactly like a gold one.
 
-Sampling is reproducible: the draws come from one CPU generator seeded with ``seed``, so the same
-seed, weights and prompts give the same continuations (the loop derives the seed from the run
-seed and the step, so a resumed run samples what the uninterrupted one did). With
+Sampling stays on the model's device: logits, probabilities, the chosen tokens and the stopping
+state never leave it while decoding (one boolean per step comes back, to stop early); only ``B``
+uniform numbers per step go to the device. Sampling is reproducible: those uniforms come from one
+CPU generator seeded with ``seed`` and pick the token by inverse transform of the row's cumulative
+distribution (:func:`sample_from`), so the same seed, weights and prompts give the same
+continuations on every device (up to the device's rounding of the probabilities); the loop derives
+the seed from the run seed and the step, so a resumed run samples what the uninterrupted one did. With
 ``mix_model`` and ``mix > 0`` tokens are drawn from ``mix * p_mix + (1 - mix) * q`` (MiniLLM's
 teacher-mixed sampling); both models then decode in lockstep, each with its own KV cache.
 """
@@ -29,7 +33,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["GeneratedBatch", "generate_continuations", "prompt_ids", "stop_ids"]
+__all__ = ["GeneratedBatch", "generate_continuations", "prompt_ids", "stop_ids", "sample_from"]
 
 
 @dataclass
@@ -120,6 +124,28 @@ def _forward_keywords(model: torch.nn.Module) -> tuple[str, bool]:
     return ("cache" if "cache" in params else "past_key_values"), "logits_to_keep" in params
 
 
+def sample_from(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-transform sampling: for each row the first token whose cumulative probability exceeds ``u``.
+
+    Parameters
+    ----------
+    probs : Tensor, float [B, V]
+        Non-negative weights per row (normalised or not), on any device.
+    uniforms : Tensor, float [B]
+        Draws from U[0, 1), one per row (moved to ``probs``'s device).
+
+    Returns
+    -------
+    Tensor, long [B]
+        Token ``v`` with ``c_{v-1} <= u * c_V < c_v``, ``c`` the running sum of the row (float64):
+        token ``v`` is drawn with probability ``probs[v] / sum(probs)``, and a zero-probability token never.
+    """
+    cdf = probs.double().cumsum(-1)
+    target = uniforms.to(device=probs.device, dtype=torch.float64) * cdf[:, -1]
+    chosen = torch.searchsorted(cdf, target[:, None], right=True).squeeze(-1)
+    return chosen.clamp_max(probs.shape[-1] - 1)
+
+
 class _Decoder:
     """One model stepping through a left-padded batch with its KV cache."""
 
@@ -136,7 +162,7 @@ class _Decoder:
         self.ids = ids.to(self.device)
 
     def logits(self) -> torch.Tensor:
-        """Next-token logits [B, vocab] (float32) after the tokens fed so far."""
+        """Next-token logits [B, vocab] (float32, on the model's device) after the tokens fed so far."""
         out = self.model(input_ids=self.ids, attention_mask=self.attention, position_ids=self.positions,
                          use_cache=True, **{self.keyword: self.cache}, **self.extra)
         cache = getattr(out, "cache", None)
@@ -211,33 +237,36 @@ def generate_continuations(model: torch.nn.Module, prompts: Sequence[Sequence[in
         m.eval()
     try:
         decoders = [_Decoder(m, ids, attention, vocab) for m in models]
-        generator = torch.Generator().manual_seed(int(seed))
-        stops = torch.as_tensor(list(stop_token_ids), dtype=torch.long)
-        tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long)
-        lengths = torch.zeros(batch, dtype=torch.long)
-        finished = torch.zeros(batch, dtype=torch.bool)
+        device = decoders[0].device
+        generator = torch.Generator().manual_seed(int(seed))  # CPU: the same uniforms on every device
+        stops = torch.as_tensor(list(stop_token_ids), dtype=torch.long, device=device)
+        pad = torch.tensor(pad_token_id, dtype=torch.long, device=device)
+        tokens = torch.full((batch, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+        lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        finished = torch.zeros(batch, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
-            logits = [d.logits().cpu() for d in decoders]
+            logits = [d.logits().to(device) for d in decoders]
             if do_sample:
                 probs = torch.softmax(logits[0] / temperature, dim=-1)
                 if mix > 0:
                     probs = mix * torch.softmax(logits[1] / temperature, dim=-1) + (1.0 - mix) * probs
-                chosen = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                chosen = sample_from(probs, torch.rand(batch, generator=generator, dtype=torch.float64))
             else:
                 chosen = logits[0].argmax(dim=-1)
             active = ~finished
-            tokens[active, step] = chosen[active]
+            tokens[:, step] = torch.where(active, chosen, tokens[:, step])
             lengths += active.long()
             finished |= active & torch.isin(chosen, stops)
-            if bool(finished.all()):
+            if bool(finished.all()):  # the one value that leaves the device per step
                 break
             # finished rows keep feeding padding; what they produce afterwards is discarded
-            fed = torch.where(finished, torch.tensor(pad_token_id), chosen)
+            fed = torch.where(finished, pad, chosen)
             for d in decoders:
                 d.feed(fed)
     finally:
         for m, mode in zip(models, modes, strict=True):
             m.train(mode)
+    tokens, lengths, finished = tokens.cpu(), lengths.cpu(), finished.cpu()
     n = int(lengths.max())
     tokens = tokens[:, :n]
     generated = torch.arange(n)[None, :] < lengths[:, None]

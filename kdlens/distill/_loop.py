@@ -54,6 +54,7 @@ from kdlens.citations import run_references
 from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
+from kdlens.distill._heads import final_hidden, output_head, resolve_kd_path
 from kdlens.distill._identity import RunIdentity, check_run_dir, refuse_foreign, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
@@ -248,8 +249,12 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
             run.remove_leftovers()
             run.start(cfg, identity)
         accelerator.wait_for_everyone()
+        # such a method computes its KD terms itself, from full logits: the config alone says why (no model read)
+        kd_path = resolve_kd_path(cfg, METHODS[cfg.method], student=None, teacher=None, vocab=0, cross_tokenizer=False,
+                                  sample_ids=[])
         METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
-                                  manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
+                                  manifest={"identity": identity.to_dict(), "references": run_references(cfg),
+                                            "kd_path": kd_path})
         return run
     if plan == "resume":
         _check_same_precision(run, accelerator)
@@ -297,6 +302,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     forward_checks = not cross and not shard_teacher and _sharding(accelerator) is None
     if forward_checks:
         student.to(accelerator.device)  # where accelerate would put it; the teacher is there already
+    kd_path = resolve_kd_path(cfg, method, student=student, teacher=teacher, vocab=vocab, cross_tokenizer=cross,
+                              sharding=_sharding(accelerator), sample_ids=features[0]["input_ids"] if features else [])
     checks = preflight(cfg, student=student,
                        teacher_fn=_make_teacher_fn(teacher, None, vocab, accelerator) if forward_checks else None,
                        loss_fn=loss_fn, tokenizer=tokenizer, teacher_tokenizer=None if cross else teacher_tok,
@@ -313,7 +320,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     method_run = None
     if hasattr(method, "begin"):  # generation-based methods: their own training data and per-step batches
         begin = RunContext(config=cfg, run=run, features=features, records=records, tokenizer=tokenizer,
-                           teacher=teacher, vocab_size=vocab, device=accelerator.device)
+                           teacher=teacher, vocab_size=vocab, device=accelerator.device, kd_path=kd_path["path"])
         if accelerator.is_main_process:  # writes the method's caches in the run directory
             method_run = method.begin(begin)
         accelerator.wait_for_everyone()
@@ -353,7 +360,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         teacher_id = cache.index["teacher"]
     if shard_teacher and teacher is not None:
         teacher = _shard_for_inference(accelerator, teacher)
-    teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator)
+    teacher_fn = _make_teacher_fn(teacher, cache, vocab, accelerator, fused=kd_path["path"] == "fused")
     if cross:  # the teacher reads its own tokenization of every example
         teacher_fn = CrossTokenizerTeacher(teacher, teacher_tok, tokenizer, features, records, loss=cfg.loss,
                                            loss_params=cfg.loss_params, max_length=cfg.max_length,
@@ -389,7 +396,7 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
     if accelerator.is_main_process:
         _write_log(run, log_rows)  # drops rows logged after the state we resumed from
         manifest = _manifest(cfg, run, "running", teacher_id, data_hash, n, encoded, total_steps, accelerator,
-                             modules, cache, None, checks, identity)
+                             modules, cache, None, checks, identity, kd_path)
         if cross:
             manifest["cross_tokenizer"] = teacher_fn.summary()
         atomic_write_json(run.manifest_path, manifest)
@@ -485,7 +492,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         save_checkpoint(run.checkpoint_path, trained, tokenizer,
                         merge_lora=merge)  # from here on a killed run is completed, not trained again
         manifest = _manifest(cfg, run, "done", teacher_id, data_hash, n, encoded, total_steps, accelerator,
-                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity)
+                             modules, cache, {"wall_s": time.perf_counter() - started, **last_logs}, checks, identity,
+                             kd_path)
         if cross:
             manifest["cross_tokenizer"] = teacher_fn.summary()
         run.mark_done(manifest)
@@ -521,7 +529,12 @@ def _autocast_dtype(accelerator) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(accelerator.mixed_precision))
 
 
-def _make_teacher_fn(teacher, cache: TeacherCache | None, vocab: int, accelerator):
+def _make_teacher_fn(teacher, cache: TeacherCache | None, vocab: int, accelerator, *, fused: bool = False):
+    """The run's teacher signal: cache entries, or the online teacher under no_grad.
+
+    ``fused`` (the ``kd_path`` the run resolved to): the online teacher keeps only its last hidden
+    states and its head (:class:`TeacherOutput` ``last_hidden``/``head``), never its ``[B, T, V]`` logits.
+    """
     if cache is not None:
         from kdlens.teacher import response_mask
 
@@ -533,11 +546,18 @@ def _make_teacher_fn(teacher, cache: TeacherCache | None, vocab: int, accelerato
         return None
 
     def online(batch, example_indices, *, hidden=False, attentions=False):
+        kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "output_hidden_states": hidden, "output_attentions": attentions}
         with torch.no_grad(), accelerator.autocast():
-            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                          output_hidden_states=hidden, output_attentions=attentions)
-        return TeacherOutput(logits=out.logits[:, :-1, :vocab], hidden_states=out.hidden_states if hidden else None,
-                             attentions=out.attentions if attentions else None)
+            if fused:
+                out, last, amp = final_hidden(teacher, **kw)
+            else:
+                out = teacher(**kw)
+        extra = {"hidden_states": out.hidden_states if hidden else None,
+                 "attentions": out.attentions if attentions else None}
+        if fused:
+            return TeacherOutput(last_hidden=last[:, :-1], head=output_head(teacher, vocab, amp), **extra)
+        return TeacherOutput(logits=out.logits[:, :-1, :vocab], **extra)
 
     return online
 
@@ -595,7 +615,8 @@ def _progress(iterable, accelerator, *, initial: int, total: int):
 
 
 def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_hash: str, n: int, encoded,
-              total_steps: int, accelerator, modules, cache, final, preflight, identity: RunIdentity) -> dict[str, Any]:
+              total_steps: int, accelerator, modules, cache, final, preflight, identity: RunIdentity,
+              kd_path: dict[str, Any]) -> dict[str, Any]:
     trainable = sum(p.numel() for m in modules.values() for p in m.parameters() if p.requires_grad)
     return {
         "status": status,
@@ -621,6 +642,7 @@ def _manifest(cfg: DistillConfig, run: RunDir, status: str, teacher_id, data_has
         "temperature": cfg.temperature,
         "scale_by_temperature_squared": cfg.scale_by_temperature_squared,
         "teacher_source": cfg.teacher_source,
+        "kd_path": kd_path,  # fused (lm heads, chunked) or plain (full logits), and why
         "teacher_cache": str(cache.path) if cache is not None else None,
         "top_k": cfg.top_k if cache is not None else None,
         "steps": total_steps,

@@ -19,8 +19,10 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from kdlens.distill._heads import final_hidden, output_head
 from kdlens.losses._common import compute_dtype
-from kdlens.teacher import NoiseKey, TopK, kd_token_loss, response_mask
+from kdlens.losses._fused import LMHead
+from kdlens.teacher import NoiseKey, TopK, fused_kd_token_loss, kd_token_loss, response_mask
 
 __all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "StepContext", "TeacherOutput", "SFT",
            "WordKD", "FeatureKD"]
@@ -30,18 +32,33 @@ __all__ = ["Method", "MethodRun", "FixedDataRun", "RunContext", "StepData", "Ste
 class TeacherOutput:
     """What the teacher signal gives a method for one micro-batch.
 
+    One of two forms: ``logits`` (the plain path: online logits or top-k cache entries), or
+    ``last_hidden`` with ``head`` (the fused path, ``kd_path``: the teacher kept only its final
+    hidden states, and the KD term runs over the two lm heads without materialising logits).
+
     Attributes
     ----------
-    logits : Tensor [B, T - 1, V] or TopK
-        Raw teacher logits aligned with ``student_logits[:, :-1]`` (online), or top-k cache entries.
+    logits : Tensor [B, T - 1, V] or TopK or None
+        Raw teacher logits aligned with ``student_logits[:, :-1]`` (online), or top-k cache entries;
+        None on the fused path.
     hidden_states : tuple of Tensor [B, T, D_t] or None
         Embeddings then every layer's output (online only, when a method asks for them).
     attentions : tuple of Tensor [B, H, T, T] or None
+    last_hidden : Tensor [B, T - 1, D_t] or None
+        Fused path: the teacher's final hidden states (after its final norm), same alignment.
+    head : LMHead or None
+        Fused path: the teacher's output layer, cut to the common vocabulary.
     """
 
-    logits: torch.Tensor | TopK
+    logits: torch.Tensor | TopK | None = None
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
+    last_hidden: torch.Tensor | None = None
+    head: LMHead | None = None
+
+    @property
+    def fused(self) -> bool:
+        return self.last_hidden is not None
 
 
 @dataclass
@@ -111,6 +128,9 @@ class RunContext:
     vocab_size : int
         Common logit width of teacher and student.
     device : torch.device
+    kd_path : {"fused", "plain"} or None
+        The run's KD path (:func:`kdlens.distill._heads.resolve_kd_path`), for a method's own teacher
+        scoring (DistiLLM's validation loss).
     """
 
     config: Any
@@ -121,6 +141,7 @@ class RunContext:
     teacher: torch.nn.Module | None
     vocab_size: int
     device: torch.device
+    kd_path: str | None = None
 
 
 @dataclass
@@ -217,6 +238,11 @@ class Method(Protocol):
     ``trains_encoders``
         Optional attribute, default False: the method accepts encoder classifiers
         (:func:`kdlens.models.is_encoder`) as teacher and student.
+    ``fused_kd_problem(config) -> str | None``
+        Optional: None when every KD term the method computes under ``config`` can take the fused
+        path (the teacher signal is then :class:`TeacherOutput` with ``last_hidden``; the method
+        passes it to ``_logit_terms``), else why not (recorded; ``kd_path=fused`` is refused). A
+        method without it always gets teacher logits (the plain path).
     """
 
     name: str
@@ -263,6 +289,46 @@ def _kd_tokens(ctx: StepContext, student_logits: torch.Tensor, teacher: TeacherO
                          sigma=cfg.sigma, noise=ctx.noise_key, tail=cfg.cache_tail)
 
 
+@dataclass
+class _Terms:
+    """The logit terms of one micro-batch: ``loss = ce_weight * ce + kd_weight * kd`` (parts detached)."""
+
+    out: Any  # the student's forward output (hidden states, attentions)
+    loss: torch.Tensor
+    kd: torch.Tensor
+    ce: torch.Tensor | None
+
+
+def _logit_terms(ctx: StepContext, teacher: TeacherOutput, mask: torch.Tensor, *, gold: bool = True,
+                 hidden: bool = False, attentions: bool = False) -> _Terms:
+    """``(1 - kd_weight) * CE + kd_weight * KD`` of a micro-batch (the KD term alone when not ``gold``).
+
+    Both normalised by the global batch's token count. On the fused path (the teacher gave its last
+    hidden states) the student's forward stops before its lm head and both terms come from the same
+    chunks of logits (:func:`kdlens.teacher.fused_kd_token_loss`); otherwise from full logits. The
+    CE is logged on gold batches even at ``kd_weight = 1`` (without a graph).
+    """
+    cfg, labels = ctx.config, ctx.batch["labels"]
+    w = cfg.kd_weight if gold else 1.0
+    if teacher.fused:
+        out, last, amp = final_hidden(ctx.student, input_ids=ctx.batch["input_ids"],
+                                      attention_mask=ctx.batch["attention_mask"], output_hidden_states=hidden,
+                                      output_attentions=attentions)
+        got = fused_kd_token_loss(ctx.loss_fn, last[:, :-1], output_head(ctx.student, ctx.vocab_size, amp),
+                                  teacher.last_hidden, teacher.head, mask=mask, temperature=cfg.temperature,
+                                  scale_by_temperature_squared=cfg.scale_by_temperature_squared, sigma=cfg.sigma,
+                                  noise=ctx.noise_key, targets=labels[:, 1:].clamp_min(0) if gold else None,
+                                  kd_weight=w / ctx.n_tokens, ce_weight=(1.0 - w) / ctx.n_tokens)
+        ce = None if got.ce is None else got.ce.sum() / ctx.n_tokens
+        return _Terms(out, got.loss, got.kd.sum() / ctx.n_tokens, ce)
+    out, logits = _student_forward(ctx, hidden=hidden, attentions=attentions)
+    kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
+    if not gold:
+        return _Terms(out, kd, kd.detach(), None)
+    ce = _ce_tokens(logits, labels, mask, weight=1.0 - w).sum() / ctx.n_tokens
+    return _Terms(out, (1.0 - w) * ce + w * kd, kd.detach(), ce.detach())
+
+
 @dataclass(frozen=True)
 class SFT:
     """Supervised fine-tuning: token-mean cross-entropy on the gold response (rationale + EOS)."""
@@ -299,14 +365,12 @@ class WordKD:
     without_kd_term: str = ""
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
-        w = ctx.config.kd_weight
-        labels = ctx.batch["labels"]
-        mask = response_mask(labels)
-        teacher = ctx.teacher(ctx.batch, ctx.example_indices)
-        _, logits = _student_forward(ctx)
-        kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-        ce = _ce_tokens(logits, labels, mask, weight=1.0 - w).sum() / ctx.n_tokens
-        return {"loss": (1.0 - w) * ce + w * kd, "ce": ce.detach(), "kd": kd.detach()}
+        mask = response_mask(ctx.batch["labels"])
+        terms = _logit_terms(ctx, ctx.teacher(ctx.batch, ctx.example_indices), mask)
+        return {"loss": terms.loss, "ce": terms.ce, "kd": terms.kd}
+
+    def fused_kd_problem(self, cfg: Any) -> str | None:
+        return None  # every KD term of the method can run on the fused path
 
 
 @dataclass(frozen=True)
@@ -336,16 +400,15 @@ class FeatureKD:
         labels = ctx.batch["labels"]
         mask = response_mask(labels)
         teacher = ctx.teacher(ctx.batch, ctx.example_indices, hidden=True, attentions=fcfg.attention)
-        out, logits = _student_forward(ctx, hidden=True, attentions=fcfg.attention)
-        kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-        ce = _ce_tokens(logits, labels, mask, weight=1.0 - cfg.kd_weight).sum() / ctx.n_tokens
+        terms = _logit_terms(ctx, teacher, mask, hidden=True, attentions=fcfg.attention)
+        out = terms.out
         # hidden_states[0] is the embedding output, i = block i; layer_map pairs index into them
         pairs = layer_map(len(out.hidden_states) - 1, len(teacher.hidden_states) - 1, fcfg.layer_map)
         # the feature positions are those that predict a target token, as for the logit terms
         fmask = torch.zeros_like(labels, dtype=torch.bool)
         fmask[:, :-1] = mask
         share = mask.sum() / ctx.n_tokens
-        feat = logits.new_zeros((), dtype=torch.float32)
+        feat = terms.loss.new_zeros((), dtype=torch.float32)
         parts: dict[str, torch.Tensor] = {}
         if fcfg.hidden:
             hid = pkd_loss(out.hidden_states, teacher.hidden_states, layer_map=pairs, mask=fmask,
@@ -362,5 +425,8 @@ class FeatureKD:
             parts["attention"] = (att * share).detach()
             feat = feat + fcfg.attention_weight * att
         feat = feat * share
-        loss = (1.0 - cfg.kd_weight) * ce + cfg.kd_weight * kd + cfg.feature_weight * feat
-        return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feature": feat.detach(), **parts}
+        loss = terms.loss + cfg.feature_weight * feat
+        return {"loss": loss, "ce": terms.ce, "kd": terms.kd, "feature": feat.detach(), **parts}
+
+    def fused_kd_problem(self, cfg: Any) -> str | None:
+        return None  # every KD term of the method can run on the fused path

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from kdlens.distill._generation import GeneratedBatch, generate_continuations, prompt_ids, stop_ids
-from kdlens.distill._methods import StepContext, _ce_tokens, _kd_tokens, _student_forward
+from kdlens.distill._methods import StepContext, _logit_terms
 from kdlens.teacher import noise_seed, response_mask
 
 __all__ = ["step_generator", "step_seed", "sample_rows", "kd_loss"]
@@ -56,14 +56,15 @@ def sample_rows(model: torch.nn.Module, tokenizer: Any, features: Sequence[dict[
 
 
 def kd_loss(ctx: StepContext) -> dict[str, torch.Tensor]:
-    """Loss parts of one micro-batch: ``word_kd`` on gold rows, the divergence alone on generated rows."""
-    labels = ctx.batch["labels"]
-    mask = response_mask(labels)
-    teacher = ctx.teacher(ctx.batch, ctx.example_indices)
-    _, logits = _student_forward(ctx)
-    kd = _kd_tokens(ctx, logits, teacher, mask).sum() / ctx.n_tokens
-    if ctx.batch_source != "gold":
-        return {"loss": kd, "kd": kd.detach()}
-    w = ctx.config.kd_weight
-    ce = _ce_tokens(logits, labels, mask, weight=1.0 - w).sum() / ctx.n_tokens
-    return {"loss": (1.0 - w) * ce + w * kd, "ce": ce.detach(), "kd": kd.detach()}
+    """Loss parts of one micro-batch: ``word_kd`` on gold rows, the divergence alone on generated rows.
+
+    The teacher scores the whole micro-batch in one forward pass; on the fused path (the default)
+    it keeps only its last hidden states and the divergence runs over the two lm heads
+    (:func:`kdlens.distill._methods._logit_terms`).
+    """
+    mask = response_mask(ctx.batch["labels"])
+    gold = ctx.batch_source == "gold"
+    terms = _logit_terms(ctx, ctx.teacher(ctx.batch, ctx.example_indices), mask, gold=gold)
+    if not gold:
+        return {"loss": terms.loss, "kd": terms.kd}
+    return {"loss": terms.loss, "ce": terms.ce, "kd": terms.kd}

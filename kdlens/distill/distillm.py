@@ -28,10 +28,11 @@ from typing import Any
 
 import torch
 
+from kdlens.distill._heads import final_hidden, output_head
 from kdlens.distill._methods import RunContext, StepContext, StepData
 from kdlens.distill._onpolicy import kd_loss, sample_rows, step_generator, step_seed
 from kdlens.distill._replay import ReplayBuffer
-from kdlens.teacher import NoiseKey, kd_token_loss, response_mask
+from kdlens.teacher import NoiseKey, fused_kd_token_loss, kd_token_loss, response_mask
 
 __all__ = ["DistiLLM", "AdaptiveSchedule"]
 
@@ -134,13 +135,19 @@ class _DistiLLMRun:
                 batch = collate(self.val[start:start + cfg.batch_size], pad_token_id=pad, padding_side="right")
                 batch = {k: v.to(device) for k, v in batch.items()}
                 kw = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-                s = student(**kw).logits[:, :-1, :vocab]
-                t = teacher(**kw).logits[:, :-1, :vocab]
                 mask = response_mask(batch["labels"])
                 ids = [len(self.features) + start + j for j in range(batch["input_ids"].shape[0])]
-                loss = kd_token_loss(loss_fn, s, t, mask=mask, temperature=cfg.temperature,
-                                     scale_by_temperature_squared=cfg.scale_by_temperature_squared,
-                                     sigma=cfg.sigma, noise=NoiseKey(cfg.seed, step, ids))
+                signal = {"temperature": cfg.temperature, "sigma": cfg.sigma, "noise": NoiseKey(cfg.seed, step, ids),
+                          "scale_by_temperature_squared": cfg.scale_by_temperature_squared}
+                if self.ctx.kd_path == "fused":  # as the training steps: no [B, T, V] logits
+                    _, hs, amp = final_hidden(student, **kw)
+                    _, ht, _ = final_hidden(teacher, **kw)
+                    loss = fused_kd_token_loss(loss_fn, hs[:, :-1], output_head(student, vocab, amp), ht[:, :-1],
+                                               output_head(teacher, vocab, amp), mask=mask, **signal).kd
+                else:
+                    s = student(**kw).logits[:, :-1, :vocab]
+                    t = teacher(**kw).logits[:, :-1, :vocab]
+                    loss = kd_token_loss(loss_fn, s, t, mask=mask, **signal)
                 total += float(loss.sum())
                 count += int(mask.sum())
         finally:
@@ -203,3 +210,6 @@ class DistiLLM:
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return kd_loss(ctx)
+
+    def fused_kd_problem(self, cfg: Any) -> str | None:
+        return None  # gold and generated batches alike: the KD term (and CE) run over the two lm heads

@@ -76,3 +76,6 @@ class GKD:
 
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         return kd_loss(ctx)
+
+    def fused_kd_problem(self, cfg: Any) -> str | None:
+        return None  # gold and generated batches alike: the KD term (and CE) run over the two lm heads

@@ -28,9 +28,11 @@ from typing import Any
 
 import torch
 
+from kdlens.distill._heads import final_hidden, output_head
 from kdlens.distill._methods import RunContext, StepContext, StepData, _student_forward
 from kdlens.distill._onpolicy import kd_loss, sample_rows, step_seed
-from kdlens.teacher import add_noise, response_mask
+from kdlens.losses._fused import LMHead, fused_head_values
+from kdlens.teacher import NoiseKey, add_noise, response_mask, teacher_noise
 
 __all__ = ["MiniLLM", "policy_gradient_loss"]
 
@@ -81,21 +83,97 @@ def policy_gradient_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     the reward of the current token enters only there. Minimising ``pg`` raises ``log q(y_t)`` when
     the later tokens are rewarded (``R_{t+1} > 0``: the teacher likes them more than the student does).
     """
+    _check_pg(mix, temperature)
+    stats = _token_stats(student_logits, teacher_logits.detach(), tokens, temperature,
+                         None if proposal_logits is None else proposal_logits.detach())
+    return _pg_terms(*stats.unbind(-1), mask, mix)
+
+
+def _check_pg(mix: float, temperature: float) -> None:
     if not 0.0 <= mix < 1.0:
         raise ValueError(f"mix must be in [0, 1), got {mix}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    mask = mask.bool()
+
+
+def _token_stats(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                 proposal_logits: torch.Tensor | None) -> torch.Tensor:
+    """``[..., 4]``: log q(y), KL(q || p) over the vocabulary (both with the student's graph), log p(y), log p'(y)."""
     log_q = torch.log_softmax(student_logits.float() / temperature, dim=-1)
-    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1).detach()
+    log_p = torch.log_softmax(teacher_logits.float() / temperature, dim=-1)
     index = tokens.clamp_min(0).unsqueeze(-1)
     log_q_y = log_q.gather(-1, index).squeeze(-1)
     log_p_y = log_p.gather(-1, index).squeeze(-1)
     if proposal_logits is None:
         proposal_y = log_p_y
     else:
-        proposal = torch.log_softmax(proposal_logits.float().detach() / temperature, dim=-1)
+        proposal = torch.log_softmax(proposal_logits.float() / temperature, dim=-1)
         proposal_y = proposal.gather(-1, index).squeeze(-1)
+    rkl = (log_q.exp() * (log_q - log_p)).sum(-1)
+    return torch.stack([log_q_y, rkl, log_p_y, proposal_y], -1)
+
+
+def fused_policy_gradient_loss(student_hidden: torch.Tensor, student_head: LMHead, teacher_hidden: torch.Tensor,
+                               teacher_head: LMHead, tokens: torch.Tensor, mask: torch.Tensor, *, mix: float = 0.2,
+                               temperature: float = 1.0, sigma: float = 0.0, noise: NoiseKey | None = None,
+                               chunk_size: int | None = None) -> dict[str, torch.Tensor]:
+    """:func:`policy_gradient_loss` from final hidden states and lm heads, never holding ``[B, T, V]`` logits.
+
+    The teacher signal is the head's logits plus ``sigma * teacher_noise(...)`` at each row (the draw
+    :func:`kdlens.teacher.add_noise` adds), the proposal the clean logits. The four per-token
+    statistics (``log q(y)``, the full-vocabulary reverse KL, ``log p(y)``, ``log p'(y)``) come from
+    one chunk of rows at a time, recomputed in the backward pass
+    (:func:`kdlens.losses._fused.fused_head_values` with ``weights=None``: the importance weights and
+    returns depend on later tokens, so the objective's weights are not known before the chunks run).
+
+    Parameters
+    ----------
+    student_hidden, teacher_hidden : Tensor [B, T, H]
+        Final hidden states at the positions that predict ``tokens``.
+    student_head, teacher_head : LMHead
+    tokens, mask, mix, temperature
+        As :func:`policy_gradient_loss`.
+    sigma : float
+        Teacher-logit noise std; ``noise`` (a NoiseKey) is needed when > 0.
+    chunk_size : int or None
+        Token rows per chunk.
+
+    Returns
+    -------
+    dict of Tensor [B, T]
+        As :func:`policy_gradient_loss`.
+    """
+    _check_pg(mix, temperature)
+    if sigma > 0 and noise is None:
+        raise ValueError("sigma > 0 needs a NoiseKey (seed, step, example ids) to draw the teacher noise from")
+    b, t = mask.shape
+    device = student_hidden.device
+    flat = mask.to(device).reshape(-1).nonzero().squeeze(-1)
+    y = tokens.to(device).reshape(-1)[flat]
+    if sigma > 0:
+        ids = torch.as_tensor(list(noise.example_ids), dtype=torch.long, device=device)[flat // t]
+        positions = flat % t
+
+    def per_chunk(zs: torch.Tensor, zt: torch.Tensor, rows: slice) -> torch.Tensor:
+        clean = zt.float()
+        noisy = clean
+        if sigma > 0:
+            noisy = clean + teacher_noise(noise.seed, noise.step, ids[rows], positions[rows], clean.shape[-1],
+                                          device=device).mul_(sigma)
+        return _token_stats(zs, noisy, y[rows], temperature, clean if sigma > 0 else None)
+
+    values, _ = fused_head_values(per_chunk, student_hidden.reshape(b * t, -1).index_select(0, flat), student_head,
+                                  teacher_hidden.detach().reshape(b * t, -1).index_select(0, flat), teacher_head,
+                                  width=4, chunk_size=chunk_size)
+    stats = torch.zeros(b * t, 4, dtype=values.dtype, device=device).index_put((flat,), values).reshape(b, t, 4)
+    return _pg_terms(*stats.unbind(-1), mask, mix)
+
+
+def _pg_terms(log_q_y: torch.Tensor, rkl: torch.Tensor, log_p_y: torch.Tensor, proposal_y: torch.Tensor,
+              mask: torch.Tensor, mix: float) -> dict[str, torch.Tensor]:
+    """The MiniLLM terms from the per-token statistics [B, T] (see :func:`policy_gradient_loss`)."""
+    mask = mask.bool().to(log_q_y.device)
+    log_p_y, proposal_y = log_p_y.detach(), proposal_y.detach()
     m = mask.float()
     reward = ((log_p_y - log_q_y).detach()) * m
     # suffix sums over later tokens: R_{t+1} = (sum_{t'>t} r) / (number of later tokens)
@@ -104,7 +182,6 @@ def policy_gradient_loss(student_logits: torch.Tensor, teacher_logits: torch.Ten
     ret = torch.where(later_n > 0, later_sum / later_n.clamp_min(1.0), torch.zeros_like(later_sum))
     q_y = log_q_y.detach().exp()
     weight = q_y / (mix * proposal_y.exp() + (1.0 - mix) * q_y) * m
-    rkl = (log_q.exp() * (log_q - log_p)).sum(-1)
     pg = -weight * ret * log_q_y * m
     single = weight * rkl * m
     return {"loss": pg + single, "pg": pg, "single": single, "reward": reward, "weight": weight}
@@ -155,6 +232,9 @@ class MiniLLM:
     def begin(self, ctx: RunContext) -> _MiniLLMRun:
         return _MiniLLMRun(ctx, ctx.features)
 
+    def fused_kd_problem(self, cfg: Any) -> str | None:
+        return None  # the token form is word_kd's term; the pg form has fused_policy_gradient_loss
+
     def __call__(self, ctx: StepContext) -> dict[str, torch.Tensor]:
         if ctx.batch_source == "gold":  # the token-level form
             return kd_loss(ctx)
@@ -162,10 +242,18 @@ class MiniLLM:
         labels = ctx.batch["labels"]
         mask = response_mask(labels)
         teacher = ctx.teacher(ctx.batch, ctx.example_indices)
-        _, logits = _student_forward(ctx)
-        signal = add_noise(teacher.logits, cfg.sigma, key=ctx.noise_key, mask=mask)
-        parts = policy_gradient_loss(logits, signal, labels[:, 1:], mask, mix=cfg.minillm.mix,
-                                     temperature=cfg.temperature, proposal_logits=teacher.logits)
+        if teacher.fused:  # the kd_path default: no [B, T, V] logits
+            _, hidden, amp = final_hidden(ctx.student, input_ids=ctx.batch["input_ids"],
+                                          attention_mask=ctx.batch["attention_mask"])
+            parts = fused_policy_gradient_loss(hidden[:, :-1], output_head(ctx.student, ctx.vocab_size, amp),
+                                               teacher.last_hidden, teacher.head, labels[:, 1:], mask,
+                                               mix=cfg.minillm.mix, temperature=cfg.temperature, sigma=cfg.sigma,
+                                               noise=ctx.noise_key)
+        else:
+            _, logits = _student_forward(ctx)
+            signal = add_noise(teacher.logits, cfg.sigma, key=ctx.noise_key, mask=mask)
+            parts = policy_gradient_loss(logits, signal, labels[:, 1:], mask, mix=cfg.minillm.mix,
+                                         temperature=cfg.temperature, proposal_logits=teacher.logits)
         scale = cfg.temperature**2 if cfg.scale_by_temperature_squared else 1.0
         pg, single = scale * parts["pg"].sum() / ctx.n_tokens, scale * parts["single"].sum() / ctx.n_tokens
         reward = parts["reward"].sum() / ctx.n_tokens

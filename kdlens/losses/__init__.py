@@ -11,7 +11,7 @@ Output-distribution divergences (one call shape, student first)::
 ``uld`` and ``span_aligned`` (:data:`CROSS_VOCABULARY_LOSSES`), with :func:`sorted_l1`; catalogued in
 :data:`LOSSES`, configured by :func:`get_loss`.
 Memory-bounded evaluation: :func:`chunked_divergence` (logits given) and :func:`fused_divergence`
-(hidden states and lm heads given). Feature losses: :func:`feature_loss`, :func:`mmd_rbf`,
+(hidden states and lm heads given; the training loop's default KD path builds on the same engine). Feature losses: :func:`feature_loss`, :func:`mmd_rbf`,
 :func:`layer_map`, :func:`pkd_loss`, :func:`attention_kl`, :class:`FeatureProjection`.
 """
 

@@ -123,6 +123,9 @@ def test_fsdp2_on_two_gloo_processes_equals_one_process(tmp_path, setting):
     cfg, single = setting
     fsdp = _two_processes(tmp_path, cfg, prelude=_ON_CPU.replace("{kind}", "FSDP"), env=_launch_env("fsdp.yaml"))
     _assert_same_run(fsdp, single, weights_atol=1e-5)  # measured: 6e-7 (reduce-scatter order)
+    # sharded heads: the plain KD path, against the single process's fused one
+    record = fsdp.manifest()["kd_path"]
+    assert record["path"] == "plain" and record["why"].startswith("sharded training (fsdp)")
     assert fsdp.manifest()["distributed"] == {"type": "FSDP", "process_group": "gloo", "world_size": 2,
                                               "sharding": "fsdp2:FULL_SHARD", "cpu_offload": False,
                                               "mixed_precision": "no", "teacher": "sharded"}

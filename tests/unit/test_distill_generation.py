@@ -11,7 +11,7 @@ import torch
 
 from kdlens.config import load_config
 from kdlens.distill import distill
-from kdlens.distill._generation import generate_continuations, prompt_ids
+from kdlens.distill._generation import generate_continuations, prompt_ids, sample_from
 from kdlens.distill._replay import ReplayBuffer
 from kdlens.distill.distillm import AdaptiveSchedule
 from kdlens.distill.minillm import policy_gradient_loss
@@ -112,6 +112,40 @@ def test_sampling_is_seeded_and_mixing_a_model_with_itself_changes_nothing(tiny)
         generate_continuations(model, PROMPTS, seed=7, mix=0.2, **kw)
     with pytest.raises(ValueError, match="at least one token"):
         generate_continuations(model, [[1], []], seed=7, **kw)
+
+
+def test_sample_from_is_inverse_transform_sampling_and_never_draws_a_zero_probability_token():
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3]] * 6)
+    u = torch.tensor([0.0, 0.19, 0.21, 0.69, 0.71, 0.9999], dtype=torch.float64)
+    assert sample_from(probs, u).tolist() == [0, 0, 2, 2, 3, 3]
+    assert sample_from(probs * 7.0, u).tolist() == [0, 0, 2, 2, 3, 3]  # unnormalised weights: the same draws
+    g = torch.Generator().manual_seed(0)
+    draws = sample_from(probs[:1].expand(20000, 4), torch.rand(20000, generator=g, dtype=torch.float64))
+    freq = torch.bincount(draws, minlength=4) / 20000
+    assert freq[1] == 0 and torch.allclose(freq, probs[0], atol=0.015)
+
+
+def test_sampled_continuations_are_the_inverse_transform_of_the_documented_uniform_stream(tiny):
+    """Reference: one full forward pass per token and row; row r of step t uses the t-th batch of uniforms."""
+    model, _ = tiny
+    seed, steps, temperature, stop = 11, 6, 1.3, 2
+    gen = generate_continuations(model, PROMPTS, max_new_tokens=steps, pad_token_id=3, stop_token_ids=[stop],
+                                 seed=seed, temperature=temperature)
+    g = torch.Generator().manual_seed(seed)
+    uniforms = [torch.rand(len(PROMPTS), generator=g, dtype=torch.float64) for _ in range(steps)]
+    expected = []
+    with torch.no_grad():
+        for row, prompt in enumerate(PROMPTS):
+            ids, out = list(prompt), []
+            for t in range(steps):
+                probs = torch.softmax(model(input_ids=torch.tensor([ids])).logits[0, -1] / temperature, -1)
+                token = int(sample_from(probs[None], uniforms[t][row:row + 1])[0])
+                out.append(token)
+                ids.append(token)
+                if token == stop:
+                    break
+            expected.append(out)
+    assert gen.continuations() == expected
 
 
 def test_teacher_mixed_sampling_draws_from_the_mixture():
@@ -242,6 +276,17 @@ def test_gkd_loss_on_sampled_rows_equals_a_per_row_reference(tiny):
             m = beta * p + (1 - beta) * q
             total += float((beta * p * (p / m).log() + (1 - beta) * q * (q / m).log()).sum())
     assert parts["loss"].item() == pytest.approx(total / n_tokens, rel=1e-9)
+    # the default kd_path: the teacher's last hidden states and the two lm heads, the same per-row reference
+    import dataclasses
+
+    from accelerate import Accelerator
+
+    from kdlens.distill._loop import _make_teacher_fn
+
+    fused = kd_loss(dataclasses.replace(ctx, teacher=_make_teacher_fn(teacher, None, 260, Accelerator(cpu=True),
+                                                                      fused=True)))
+    assert set(fused) == {"loss", "kd"}
+    assert fused["loss"].item() == pytest.approx(total / n_tokens, rel=1e-9)
 
 
 # ---------------------------------------------------------------- distillm

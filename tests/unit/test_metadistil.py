@@ -168,6 +168,8 @@ def test_a_run_trains_the_teacher_logs_its_update_and_records_its_settings(unint
     assert manifest["method"] == "metadistil"
     assert manifest["method_settings"] == {"quiz_size": 8, "quiz_batch_size": 4, "teacher_lr": 1e-3, "pilot_lr": None,
                                            "update_every": 1}
+    # the meta step differentiates through the student's update: full logits, recorded with the reason
+    assert manifest["kd_path"]["path"] == "plain" and "method=metadistil" in manifest["kd_path"]["why"]
     assert not (run.path / "state").exists()
 
 
