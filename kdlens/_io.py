@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ __all__ = [
     "stale_temporaries",
     "is_temporary",
     "read_json",
+    "load_yaml_text",
     "read_yaml",
     "sha256_file",
     "sha256_json",
@@ -153,8 +155,34 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not valid JSON (line {err.lineno}): {err.msg}") from err
 
 
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML text with the safe loader (never arbitrary objects), booleans as in YAML 1.2.
+
+    Only ``true`` / ``false`` (any case) are booleans: YAML 1.1 also reads ``yes``, ``no``, ``on``,
+    ``off``, ``y`` and ``n`` as booleans, which turned ``mixed_precision: no`` (a string setting) into
+    ``False``. Here they stay strings; a boolean setting given ``no`` is then refused by name.
+    """
+    import yaml
+
+    return yaml.load(text, Loader=_yaml12_loader())  # noqa: S506 (a SafeLoader subclass)
+
+
+@functools.cache
+def _yaml12_loader() -> type:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+                                      for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    return Loader
+
+
 def read_yaml(path: str | os.PathLike, *, what: str = "file") -> Any:
-    """Load a YAML file with ``yaml.safe_load`` (never arbitrary objects); an empty file gives ``{}``.
+    """Load a YAML file with :func:`load_yaml_text` (safe; YAML 1.2 booleans); an empty file gives ``{}``.
 
     ``what`` names the file in the errors (e.g. ``"config file"``): a missing path raises
     FileNotFoundError, malformed YAML a ValueError that names the file.
@@ -165,7 +193,7 @@ def read_yaml(path: str | os.PathLike, *, what: str = "file") -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist; check the path")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ValueError(f"{path} is not valid YAML: {err}") from err
     except UnicodeDecodeError as err:

@@ -1,4 +1,4 @@
-"""``key=value`` overrides: parsing (``yaml.safe_load``, never ``eval``), merging into a config
+"""``key=value`` overrides: parsing (safe YAML with 1.2 booleans, never ``eval``), merging into a config
 mapping, and coercing parsed values to a dataclass field's annotated type."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import typing
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from kdlens._io import load_yaml_text
 from kdlens.config._sections import NESTED_SECTIONS
 
 __all__ = ["parse_overrides", "apply_overrides", "checked_keys", "coerce_fields"]
@@ -70,7 +71,9 @@ def coerce_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings into a nested dict, values via ``yaml.safe_load``.
+    """Parse ``key=value`` strings into a nested dict, values via :func:`kdlens._io.load_yaml_text`.
+
+    Only ``true``/``false`` are booleans (``mixed_precision=no`` is the string ``"no"``).
 
     ``lora.r=16`` becomes ``{"lora": {"r": 16}}``. A malformed item raises ValueError naming it.
     """
@@ -83,7 +86,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ValueError(f"override {item!r} is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml_text(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw  # a plain string that YAML cannot parse, e.g. "a: b: c"
         node = out

@@ -44,6 +44,24 @@ def test_yaml_file_then_overrides_and_yaml_roundtrip(tmp_path):
     assert load_config(back) == cfg
 
 
+def test_yes_no_on_off_stay_strings_as_in_yaml_1_2(tmp_path):
+    """YAML 1.1 reads no/yes/on/off as booleans: `mixed_precision=no` became False and was refused (seen on a
+    GPU). Only true/false are booleans, in overrides and in config files alike; a boolean setting given
+    `no` is refused by name."""
+    cfg = load_config(None, [*BASE, "mixed_precision=no"])
+    assert cfg.mixed_precision == "no"
+    assert parse_overrides(["a=yes", "b=off", "c=True", "d=false"]) == {"a": "yes", "b": "off", "c": True, "d": False}
+    path = tmp_path / "c.yaml"
+    path.write_text("teacher: tiny\nstudent: prune:1\ntasks: [chain_sum:8]\nmixed_precision: no\n")
+    cfg = load_config(path)
+    assert cfg.mixed_precision == "no"
+    back = tmp_path / "back.yaml"
+    back.write_text(config_to_yaml(cfg))
+    assert load_config(back).mixed_precision == "no"
+    with pytest.raises(ValueError, match=r"scale_by_temperature_squared='no' is not a boolean \(use true/false\)"):
+        load_config(None, [*BASE, "scale_by_temperature_squared=no"])
+
+
 def test_lora_switch_on_and_off():
     assert load_config(None, [*BASE, "lora=true"]).lora == LoraConfig()
     assert load_config(None, [*BASE, "lora=false"]).lora is None
