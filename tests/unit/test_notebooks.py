@@ -14,28 +14,40 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 # the notebooks that read the paper's released results
 NEEDS_SHARED_DATA = {"02_paper_statistics.ipynb"}
+# the notebooks committed executed, with the outputs and figures of their full setting
+EXECUTED = {"06_meta_distillation.ipynb"}
 
 
 def _code(book) -> list[str]:
     return [cell.source for cell in book.cells if cell.cell_type == "code"]
 
 
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert NAMES == ["01_divergences.ipynb", "02_paper_statistics.ipynb", "03_agreement_fidelity.ipynb",
-                     "04_sigma_tau.ipynb", "05_teacher_awareness.ipynb"]
+                     "04_sigma_tau.ipynb", "05_teacher_awareness.ipynb", "06_meta_distillation.ipynb"]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_shape(name):
-    """Committed without outputs; opens with the claim, has a parameters cell, defines nothing, ends on a verdict."""
+    """Committed without outputs (or executed in full, EXECUTED); opens with the claim, has a parameters cell,
+    defines nothing, ends on a verdict."""
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(book)
     assert book.cells[0].cell_type == "markdown" and "claim" in book.cells[0].source.lower()
     params = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "SMOKE =" in params[0].source
     for cell in book.cells:
-        if cell.cell_type == "code":
+        if cell.cell_type == "code" and name not in EXECUTED:
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs before committing"
+        if cell.cell_type == "code" and name in EXECUTED:
+            assert cell.execution_count is not None, f"{name}: commit it executed (its full setting), every cell"
+            errors = [out for out in cell.outputs if out.get("output_type") == "error"]
+            assert not errors, f"{name}: a cell of the committed run failed"
+    if name in EXECUTED:  # the committed outputs are the full setting's: its figures and its verdict, not a smoke run
+        verdict = "".join(out.get("text", "") for out in book.cells[-1].outputs if out.get("output_type") == "stream")
+        assert verdict.strip() and "say nothing about distillation" not in verdict
+        assert any("image/png" in out.get("data", {}) for cell in book.cells if cell.cell_type == "code"
+                   for out in cell.outputs)
     for source in _code(book):
         for node in ast.walk(ast.parse(source)):
             assert not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda), \
@@ -121,11 +133,39 @@ def test_full_setting_reads_the_published_tables_without_training(name, monkeypa
     assert not (NOTEBOOKS.parent / "runs" / full_name).exists()  # nothing was trained
 
 
-def _smoke_spec(name: str, monkeypatch) -> dict:
+def _smoke_spec(name: str, monkeypatch, key: str = "SMOKE_SPEC") -> dict:
     """The notebook's own smoke spec (its SMOKE_SPEC), read by running its set-up cells."""
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     namespace: dict = {}
     monkeypatch.chdir(NOTEBOOKS)
     for cell in book.cells[1:3]:  # the parameters cell and the imports-and-specs cell
         exec(compile(cell.source, name, "exec"), namespace)
-    return namespace["SMOKE_SPEC"]
+    return namespace[key]
+
+
+def test_the_meta_distillation_full_setting_reads_its_four_published_tables_without_training(monkeypatch, tmp_path):
+    """06 reads four published folders (three ablation grids sharing one sweep directory, and MetaDistil)."""
+    from kdlens.sweep import run_sweep
+
+    name = "06_meta_distillation.ipynb"
+    monkeypatch.setenv("KDLENS_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # full_results trains only where CUDA is
+    monkeypatch.delenv("CI", raising=False)
+    specs = _smoke_spec(name, monkeypatch, key="SMOKE_SPECS")
+    assert list(specs) == ["meta_curriculum", "meta_teacher", "meta_loss", "meta_metadistil"]
+    for spec_name, spec in specs.items():
+        run_sweep(spec, output_dir=tmp_path / ("md" if spec_name == "meta_metadistil" else "meta"),
+                  publish_dir=tmp_path / "published" / spec_name, max_runs=1 if spec_name == "meta_loss" else None)
+    monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "0")
+    monkeypatch.setenv("KDLENS_NOTEBOOK_RESULTS", str(tmp_path / "published"))
+    verdict, errors = _execute(name)
+    assert not errors, errors
+    assert "say nothing about distillation" not in verdict
+    # meta_loss stopped after its one new run of seed 0 (its MPDistil runs come from meta_curriculum)
+    assert "meta_curriculum: the whole grid: 6 of 6 runs" in verdict and "meta_loss: a partial grid: 3 of 4 runs" in verdict
+    assert "the student beats its teacher on lab_chain" in verdict
+    assert "mpdistil.curriculum = uniform lowers accuracy against mpdistil.curriculum = policy" in verdict
+    assert "mpdistil.meta_loss = competitive changes accuracy" in verdict and "one matched pair of runs" in verdict
+    assert "method = metadistil raises accuracy against method = word_kd" in verdict
+    assert not (NOTEBOOKS.parent / "runs" / "meta").exists()  # nothing was trained
