@@ -6,8 +6,7 @@ names below are resolved lazily from their submodules on first access.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kdlens._lazy import lazy_exports
 
 #: the version of this kdlens (also ``kdlens --version``)
 __version__ = "0.1.0"
@@ -49,14 +48,4 @@ _LAZY: dict[str, str] = {
 __all__ = ["__version__", *sorted(_LAZY)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kdlens' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -34,6 +34,7 @@ __all__ = [
     "unwritable",
     "remove_stale_temporaries",
     "stale_temporaries",
+    "is_temporary",
     "read_json",
     "read_yaml",
     "sha256_file",
@@ -209,6 +210,11 @@ _TEMPORARY = re.compile(r"^\..+\.(?:tmp|old)-(?P<pid>\d+)-[^/]+$")
 _LEGACY_TEMPORARY = re.compile(r"^\..+(?:\.tmp-[A-Za-z0-9_]{8}|\.[A-Za-z0-9_]{8}\.tmp|\.old-\d+|\.tmp)$")
 #: a legacy temporary this old was left by a killed writer (no kdlens write takes an hour)
 LEGACY_TEMPORARY_AGE_S = 3600.0
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a kdlens temporary (``.<name>.tmp-<pid>-*`` or ``.<name>.old-<pid>-*``), live or stale."""
+    return _TEMPORARY.match(name) is not None
 
 
 def _pid_alive(pid: int) -> bool:

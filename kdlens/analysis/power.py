@@ -231,6 +231,8 @@ def seeds_needed(
                "note": "; ".join(notes)}
         if not math.isfinite(sd_value):
             row["note"] = f"no configuration has two seeds of {metric!r}: the seed variance is unknown"
+        elif sd_value == 0:  # every seed gave the same value: no spread to plan from (e.g. a smoke run)
+            row["note"] = f"{metric!r} does not vary across seeds (sd 0): no power calculation"
         else:
             exact = solve(e, sd_value)
             row.update(seeds_exact=exact, seeds=max(2, math.ceil(exact - 1e-9)))

@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from kdlens._lock import DirectoryInUseError  # stdlib only: `import kdlens` stays light
+
 __all__ = ["main", "build_parser", "error_message", "SUBCOMMANDS", "USER_ERRORS"]
 
 #: subcommand name -> module under kdlens.cli (in ``kdlens --help`` order)
@@ -46,10 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: the exception types a user causes and can fix: bad values and inputs (ValueError, which includes
 #: JSON, Unicode and Arrow decoding errors), the file system and the network (OSError: missing,
-#: unreadable or unwritable paths, a full disk, an unreachable endpoint) and missing optional
-#: dependencies (ImportError). kdlens raises them with a message that names the problem and the
-#: fix; anything else (TypeError, KeyError, RuntimeError, ...) is a bug and keeps its traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError)
+#: unreadable or unwritable paths, a full disk, an unreachable endpoint), missing optional
+#: dependencies (ImportError) and a run or sweep directory another kdlens process holds
+#: (DirectoryInUseError, naming that process). kdlens raises them with a message that names the
+#: problem and the fix; anything else (TypeError, KeyError, RuntimeError, ...) is a bug and keeps
+#: its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError, DirectoryInUseError)
 
 _OS_HINTS = {
     FileNotFoundError: "check the path",

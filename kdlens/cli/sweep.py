@@ -26,6 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--publish", default=None, metavar="DIR",
                         help="published result tables (e.g. analyses/results/NAME): skip the runs DIR holds and "
                              "merge this call's results into it, so a sweep goes on across machines")
+    parser.add_argument("--token-rows", type=int, default=None, metavar="N",
+                        help="with --publish: per-token rows of each run kept in DIR (whole examples, the first of "
+                             "each task in turn; default 5000); the metrics use every row either way")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="train and evaluate N runs at a time, each in its own process (a small model leaves "
                              "most of a GPU idle; default 1; with --backend ray: as many as the cluster holds)")
@@ -46,7 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                      help="also retry a run that raised an exception (default: only died workers)")
     parser.add_argument("--overwrite", action="store_true",
                         help="retrain, in place, the runs (and the task-aware teacher) on disk whose settings differ "
-                             "from the spec's now (its base, data or teacher weights changed); the others are kept")
+                             "from the spec's now (its base, data or teacher weights changed), and evaluate again "
+                             "when the eval settings changed; the others are kept")
     parser.add_argument("--no-eval", action="store_true", help="only train; evaluate in a later call")
     parser.add_argument("--dry-run", action="store_true", help="print the runs the spec expands to and exit")
     parser.set_defaults(func=run)
@@ -69,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.publish and args.no_eval:
         raise ValueError("--publish needs evaluated runs; drop --no-eval")
+    if args.token_rows is not None and not args.publish:
+        raise ValueError("--token-rows sets how many token rows --publish keeps per run: add --publish DIR")
     options = {"num_cpus": args.num_cpus, "num_gpus": args.num_gpus, "max_retries": args.max_retries,
                "memory": args.memory * 2**30 if args.memory is not None else None,
                "retry_exceptions": args.retry_exceptions or None}
@@ -76,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     results = run_sweep(args.spec, output_dir=args.output_dir, evaluate=not args.no_eval, max_runs=args.max_runs,
                         time_budget_s=args.time_budget, publish_dir=args.publish, workers=args.workers,
                         overwrite=args.overwrite, backend=args.backend, address=args.address, task_options=options,
+                        **({} if args.token_rows is None else {"token_rows_per_run": args.token_rows}),
                         progress=lambda line: print(f"kdlens sweep: {line}", file=sys.stderr, flush=True))
     if len(results):
         where = args.publish or args.output_dir

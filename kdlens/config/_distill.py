@@ -40,15 +40,21 @@ _CACHE_DTYPES = ("float32", "float16")
 _CACHE_TAILS = ("uniform", "bucket")
 
 
-def cache_is_faithful(loss: str, temperature: float) -> bool:
+def cache_is_faithful(loss: str, temperature: float, top_k: int | None = None, vocab_size: int | None = None) -> bool:
     """Whether a top-k teacher-logit cache stands in for the online teacher under ``loss`` at ``temperature``.
 
     Measured on real SmolLM2 batches (``benchmarks/RESULTS.md``, "Top-k teacher cache against the
     online loss"): forward KL at tau = 1 is within 1 % of the online loss from k = 32 (gradient cosine
     >= 0.9999), whatever sigma; reverse KL, or any tau != 1, is 34-65 % off whatever the tail model.
-    Other losses were not measured and count as not faithful. (With k = vocabulary size every loss
-    is exact.)
+    Other losses were not measured and count as not faithful.
+
+    With ``top_k >= vocab_size`` the cache holds every logit of every response token, so it is
+    exact for any loss, tau and sigma (:func:`kdlens.teacher.dense_teacher_logits` rebuilds the
+    teacher's logits unchanged): true whenever both are given and ``top_k`` reaches the vocabulary
+    (e.g. the lab models' 102 tokens). Without a vocabulary size only the measured case counts.
     """
+    if top_k is not None and vocab_size is not None and int(top_k) >= int(vocab_size):
+        return True
     return loss == "forward_kl" and float(temperature) == 1.0
 
 
@@ -294,7 +300,7 @@ class DistillConfig:
         _known("cache_tail", self.cache_tail, _CACHE_TAILS)
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
-        if self.teacher_source in ("cache", "endpoint") and not cache_is_faithful(str(self.loss), self.temperature):
+        if self.teacher_source in ("cache", "endpoint") and not self._cache_faithful():
             warnings.warn(f"teacher_source={self.teacher_source} with loss={self.loss} at temperature={self.temperature:g}: "
                           "a top-k "
                           "teacher cache was measured faithful only for forward_kl at temperature 1 (benchmarks/"
@@ -343,6 +349,17 @@ class DistillConfig:
             if is_encoder(name):
                 raise ValueError(f"{role}={name!r} is an encoder classifier, but method={self.method} distills causal "
                                  "LMs; only method=mpdistil trains encoder classifiers")
+
+    def _cache_faithful(self) -> bool:
+        """:func:`cache_is_faithful` for this config; the teacher's vocabulary is read only when it decides."""
+        if cache_is_faithful(str(self.loss), self.temperature):
+            return True
+        if self.teacher_source == "endpoint" or not self.teacher:  # a served teacher sends its own top-k
+            return False
+        from kdlens.models import model_vocab_size
+
+        return cache_is_faithful(str(self.loss), self.temperature, top_k=self.top_k,
+                                 vocab_size=model_vocab_size(self.teacher))
 
     def _validate_endpoint(self) -> None:
         if self.teacher_source != "endpoint":

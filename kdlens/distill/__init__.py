@@ -17,10 +17,11 @@ The package itself is callable: ``kdlens.distill(config)`` is :func:`distill` wh
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from kdlens._lazy import lazy_exports
 
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
@@ -55,17 +56,7 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kdlens.distill' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 
 class _CallablePackage(types.ModuleType):

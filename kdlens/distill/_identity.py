@@ -6,7 +6,9 @@ the hash of three parts, recorded in the run's ``manifest.json`` under ``"identi
 
 * ``config`` — the resolved :class:`kdlens.config.DistillConfig` without the keys that say where
   things live (``LOCATION_KEYS``); a teacher or student given as a local path is identified
-  by its weights, not by the path, so a moved sweep directory keeps its runs;
+  by its weights, and a task file by its records, not by the path, so a moved sweep directory
+  keeps its runs; a loss parameter at its default counts as the default; how often the run
+  saves and logs and where it reports (``OPERATIONAL_KEYS``) are left out: they change no weight;
 * ``data`` — the hash of the training records (:func:`data_fingerprint`), read before anything
   is written;
 * ``teacher_weights`` / ``student_weights`` — :func:`weights_fingerprint` of the teacher (when the
@@ -33,6 +35,7 @@ from kdlens._io import atomic_write_json, sha256_file, sha256_json
 
 __all__ = [
     "LOCATION_KEYS",
+    "OPERATIONAL_KEYS",
     "RunIdentity",
     "RunCheck",
     "run_identity",
@@ -40,13 +43,19 @@ __all__ = [
     "data_fingerprint",
     "inspect_run",
     "check_run_dir",
+    "refuse_foreign",
     "mismatch_message",
 ]
 
 #: config keys that say where a run lives, not what it is (left out of its identity)
 LOCATION_KEYS = ("output_dir", "cache_dir")
+#: config keys that say how often a run saves and logs and where it reports, not what it trains: they change
+#: no weight (tested), so a finished run is not refused for them and an interrupted one resumes under new ones
+OPERATIONAL_KEYS = ("save_every", "log_every", "report_to")
 #: a local teacher or student path in the identity's config: its weights identify it
 LOCAL_MODEL = "<local model: see its weights fingerprint>"
+#: a task file or directory in the identity's config: its records identify it
+LOCAL_DATA = "<local data: see the data fingerprint>"
 #: files whose bytes are a model's weights (an adapter's config says which base it adapts)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _ALSO_HASHED = ("adapter_config.json",)
@@ -90,7 +99,7 @@ class RunIdentity:
     def changes(self, previous: RunIdentity) -> list[str]:
         """What differs from ``previous``: dotted config keys, then ``data``, ``teacher weights``,
         ``student weights``."""
-        out = _changed_keys(previous.config, self.config)
+        out = _changed_keys(_normalized(previous.config), self.config)
         if previous.data != self.data:
             out.append("data")
         if previous.teacher_weights != self.teacher_weights:
@@ -301,6 +310,28 @@ def _identity_config(config: Any) -> dict[str, Any]:
     for key in ("teacher", "student"):
         if _is_local(out.get(key)):
             out[key] = LOCAL_MODEL
+    return _normalized(out)
+
+
+def _normalized(config: Mapping[str, Any]) -> dict[str, Any]:
+    """One spelling for one setting, without :data:`OPERATIONAL_KEYS` (also applied to identities recorded
+    before these rules).
+
+    A task file or directory is identified by its records (the ``data`` part), not by how its
+    path is written (``data.jsonl``, ``./data.jsonl``, an absolute path); a loss parameter given
+    at its default is the default.
+    """
+    from kdlens.data._registry import _is_path
+    from kdlens.losses import LOSSES
+
+    out = {k: v for k, v in config.items() if k not in OPERATIONAL_KEYS}
+    tasks = out.get("tasks")
+    if isinstance(tasks, list):
+        out["tasks"] = [LOCAL_DATA if isinstance(t, str) and not t.startswith("hf:") and _is_path(t) else t
+                        for t in tasks]
+    loss, params = out.get("loss"), out.get("loss_params")
+    if loss in LOSSES and isinstance(params, Mapping):
+        out["loss_params"] = json.loads(json.dumps({**LOSSES[loss].params, **params}, default=str))
     return out
 
 
@@ -338,10 +369,12 @@ class RunCheck:
 
     Attributes
     ----------
-    state : {"new", "unfinished", "finished"}
-        Nothing to resume; a run killed before its end; a finished run (``done`` marker).
+    state : {"new", "unfinished", "finished", "foreign"}
+        Nothing to resume; a run killed before its end; a finished run (``done`` marker); a directory
+        that holds files but no kdlens run (:meth:`kdlens.distill.RunDir.foreign`).
     changes : list of str
-        What differs from the run recorded there (empty when it is the same run).
+        What differs from the run recorded there (empty when it is the same run); for a foreign
+        directory, its entries.
     recorded : bool
         Whether the directory records an identity (runs made before kdlens recorded one do not).
     """
@@ -357,6 +390,9 @@ class RunCheck:
 
 def inspect_run(run: Any, identity: RunIdentity) -> RunCheck:
     """Compare the run recorded in ``run`` (a :class:`kdlens.distill.RunDir`) with ``identity``."""
+    foreign = run.foreign()
+    if foreign:
+        return RunCheck("foreign", foreign, False)
     previous = run.identity()
     if run.done:
         state = "finished"
@@ -379,6 +415,9 @@ def _recorded_config(run: Any) -> dict[str, Any] | None:
 
 def mismatch_message(run: Any, check: RunCheck) -> str:
     """Why ``run`` cannot be reused for an identity (``check`` is not :attr:`RunCheck.same`)."""
+    if check.state == "foreign":
+        return (f"{run.path} holds no kdlens run ({', '.join(check.changes)}): kdlens neither trains into nor "
+                "deletes a directory it did not make; choose a new or empty output_dir")
     what = "an unfinished run" if check.state == "unfinished" else "a finished run"
     if not check.recorded:
         changed = f"; its config differs in: {', '.join(check.changes)}" if check.changes else ""
@@ -399,11 +438,26 @@ def check_run_dir(run: Any, identity: RunIdentity, *, overwrite: bool = False) -
     ------
     ValueError
         A different run (or one without a recorded identity) is there and ``overwrite`` is False: the
-        message names what changed and how to redo.
+        message names what changed and how to redo. Whatever ``overwrite`` says: the directory holds
+        files but no kdlens run (never written into nor deleted), or replacing the run would delete
+        more than the run (:meth:`kdlens.distill.RunDir.check_deletable`).
     """
     check = inspect_run(run, identity)
     if check.same:
         return {"new": "new", "unfinished": "resume", "finished": "finished"}[check.state]
+    if check.state == "foreign":
+        raise ValueError(mismatch_message(run, check))
     if overwrite:
+        run.check_deletable()
         return "replace"
     raise ValueError(mismatch_message(run, check) + _REDO)
+
+
+def refuse_foreign(run: Any) -> None:
+    """Raise the error of :func:`check_run_dir` for a directory that holds files but no kdlens run.
+
+    Called before the directory's lock is taken, so that nothing (not even a lock file) is written there.
+    """
+    foreign = run.foreign()
+    if foreign:
+        raise ValueError(mismatch_message(run, RunCheck("foreign", foreign, False)))

@@ -15,7 +15,8 @@ Before any of it, :func:`distill` compares the run's identity (config, data, wei
 :mod:`kdlens.distill._identity`) with what the directory holds, under the directory's lock
 (:mod:`kdlens._lock`): a finished run of the same identity is returned untouched, an interrupted
 one resumes, another identity is an error unless ``overwrite``. Models, data and sizes are all
-checked before the first write, so a bad input leaves the directory as it was.
+checked before the first write, so a bad input leaves the directory as it was; one that only the
+method's start or the first step can find (a held-out size, a layer map) removes what was written.
 
 Normalising every micro-batch by the token count of the whole global batch (known in advance
 from the labels) makes the update a token mean over the global batch, so 2 x 4 accumulation equals
@@ -53,7 +54,7 @@ from kdlens.citations import run_references
 from kdlens.config import DistillConfig, load_config
 from kdlens.distill._checkpoint import load_state, save_checkpoint, save_state
 from kdlens.distill._cross_tokenizer import CrossTokenizerTeacher, uses_cross_tokenizer
-from kdlens.distill._identity import RunIdentity, check_run_dir, run_identity
+from kdlens.distill._identity import RunIdentity, check_run_dir, refuse_foreign, run_identity
 from kdlens.distill._lora import apply_lora
 from kdlens.distill._methods import RunContext, StepContext, TeacherOutput
 from kdlens.distill._registry import METHODS
@@ -64,7 +65,8 @@ from kdlens.teacher import TeacherCache, cache_key
 __all__ = ["distill", "StepCallback"]
 
 #: ``callback(step, logs)`` after every optimizer step (1-based step, the logged row). An exception
-#: raised here stops the run like a kill: the states saved so far stay and the next call resumes.
+#: raised here stops the run like a kill: the states saved so far stay and the next call resumes (a run
+#: stopped before it logged or saved anything starts over).
 StepCallback = Callable[[int, Mapping[str, Any]], None]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -189,8 +191,9 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     Returns
     -------
     RunDir
-        The finished run. A run's identity is its resolved config (less ``output_dir`` and
-        ``cache_dir``), its training data and its models' weights (:func:`kdlens.distill.run_identity`).
+        The finished run. A run's identity is its resolved config (less ``output_dir``, ``cache_dir``
+        and ``save_every``, ``log_every``, ``report_to``, which change no weight), its training data and
+        its models' weights (:func:`kdlens.distill.run_identity`).
         Calling again with the same identity on a finished run returns at once and writes nothing;
         on an interrupted run it resumes from the latest saved state (same weights as an
         uninterrupted run), or completes a run killed while finishing.
@@ -211,6 +214,7 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     if run.path.exists() and not run.path.is_dir():
         raise ValueError(f"output_dir {run.path} is a file, not a directory; choose another path")
     identity = run_identity(cfg)  # reads the data and fingerprints the weights; writes nothing
+    refuse_foreign(run)  # a directory kdlens did not make gets not even a lock file
     if run.done:  # the common rerun: read under a shared lock, touch nothing
         with shared_lock(run.path):
             if check_run_dir(run, identity, overwrite=overwrite) == "finished" and not run.leftovers():
@@ -218,7 +222,12 @@ def distill(config: DistillConfig | Mapping[str, Any] | str | os.PathLike, *,
     accelerator = _accelerator(cfg)
     lock = exclusive_lock(run.path, what="run") if accelerator.is_main_process else contextlib.nullcontext()
     with lock:
-        return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+        try:
+            return _train(cfg, run, identity, accelerator, callbacks, overwrite)
+        except Exception:  # not an interrupt: a kill keeps what it stopped, as a kill does
+            if accelerator.is_main_process:  # a bad input found after the first write leaves nothing
+                run.discard_unstarted(identity)
+            raise
 
 
 def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, callbacks: Sequence[StepCallback],
@@ -242,6 +251,8 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         METHODS[cfg.method].drive(cfg, run=run, callbacks=callbacks, distill=distill,
                                   manifest={"identity": identity.to_dict(), "references": run_references(cfg)})
         return run
+    if plan == "resume":
+        _check_same_precision(run, accelerator)
     world, rank = accelerator.num_processes, accelerator.process_index
     micro_size, rem = divmod(cfg.batch_size, cfg.grad_accum * world)
     if rem or micro_size == 0:
@@ -480,6 +491,24 @@ def _train(cfg: DistillConfig, run: RunDir, identity: RunIdentity, accelerator, 
         run.mark_done(manifest)
     accelerator.wait_for_everyone()
     return run
+
+
+def _check_same_precision(run: RunDir, accelerator) -> None:
+    """Refuse to resume, in another precision, a run whose saved state was trained in one.
+
+    ``mixed_precision=auto`` (and ``device=auto``) resolve where the run is called: bf16 on a GPU,
+    none on a CPU. The identity keeps ``auto`` (a finished run reads the same everywhere), so the
+    state's precision is checked against the one the run recorded when it started training.
+    """
+    if run.latest_state() is None or not run.manifest_path.is_file():
+        return
+    recorded = run.manifest()
+    before, now = recorded.get("mixed_precision"), str(accelerator.mixed_precision)
+    if before is not None and before != now:
+        raise ValueError(f"{run.path} was started with mixed precision {before} on {recorded.get('device')}; resuming it "
+                         f"now {now} on {accelerator.device} would train its second half in another precision: "
+                         "resume it where it started, or set mixed_precision explicitly and pass overwrite=True "
+                         "(--overwrite) to train it again")
 
 
 def _default_cache_root() -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 from kdlens._io import (
     atomic_write_json,
     atomic_write_text,
+    is_temporary,
     read_json,
     remove_stale_temporaries,
     stale_temporaries,
@@ -125,6 +126,48 @@ class RunDir:
         recorded = self.manifest().get("identity")
         return RunIdentity.from_dict(recorded) if isinstance(recorded, Mapping) else None
 
+    def is_run(self) -> bool:
+        """Whether ``manifest.json`` is one kdlens wrote (any version): the directory holds a kdlens run."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        return isinstance(manifest, dict) and manifest.get("status") in ("running", "done") \
+            and ("identity" in manifest or "versions" in manifest)
+
+    def foreign(self) -> list[str]:
+        """The entries of a directory that holds no kdlens run (its lock and kdlens temporaries aside).
+
+        kdlens neither trains into nor deletes such a directory: its ``config.yaml`` or ``manifest.json``
+        would be overwritten, and ``overwrite`` would delete the rest. Empty for a missing or empty
+        directory and for a kdlens run.
+        """
+        if not self.path.is_dir() or self.is_run():
+            return []
+        return sorted(e.name for e in self.path.iterdir() if e.name != LOCK_NAME and not is_temporary(e.name))
+
+    def check_deletable(self) -> None:
+        """Refuse to empty a directory whose contents are more than a run: the home directory, or one that
+        holds the home or the working directory (an older kdlens let a run be trained there).
+
+        Raises
+        ------
+        ValueError
+            Naming the directory and why.
+        """
+        path = self.path.resolve()
+        try:
+            home = Path.home().resolve()
+        except (RuntimeError, KeyError):  # no home directory known
+            home = None
+        cwd = Path.cwd().resolve()
+        why = ("is the home directory" if path == home else
+               "holds the home directory" if home is not None and path in home.parents else
+               "holds the working directory" if path in cwd.parents else None)
+        if why is not None:
+            raise ValueError(f"{self.path} {why}: overwriting the run there would delete everything in it; delete "
+                             "the old run's files by hand, or choose another output_dir")
+
     @property
     def has_checkpoint(self) -> bool:
         """True once training ended: ``checkpoint/`` is written (atomically) only then."""
@@ -153,6 +196,25 @@ class RunDir:
 
         atomic_write_json(self.manifest_path, {"status": "running", "identity": identity.to_dict()})
         atomic_write_text(self.config_path, config_to_yaml(config))
+
+    def discard_unstarted(self, identity: Any) -> bool:
+        """Delete what :meth:`start` wrote for ``identity`` when nothing else is here; return whether it did.
+
+        For a run that failed after its first write but before anything worth keeping (a bad input
+        that only the method's start or the first step finds): the corrected rerun then starts in
+        a clean directory instead of being refused as another identity. Anything else keeps the
+        directory as it is: a state, a logged step, a checkpoint, a method's cache, any other file.
+        """
+        if not self.path.is_dir() or self.done or self.identity() != identity:
+            return False
+        start_files = {LOCK_NAME, self.manifest_path.name, self.config_path.name, self.log_path.name}
+        if any(e.name not in start_files for e in self.path.iterdir() if not is_temporary(e.name)) \
+                or (self.log_path.is_file() and self.log_path.stat().st_size > 0):
+            return False
+        for path in (self.log_path, self.config_path, self.manifest_path):
+            path.unlink(missing_ok=True)
+        remove_stale_temporaries(self.path)
+        return True
 
     def mark_done(self, manifest: Mapping[str, Any]) -> None:
         """The last steps of finishing, after the checkpoint: the manifest, the ``done`` marker, no state."""
@@ -183,8 +245,10 @@ class RunDir:
 
         The ``done`` marker goes first and ``manifest.json`` last, so a delete cut short leaves a
         directory that is neither taken for finished nor for empty: the next call names the old run
-        again. Everything else is moved aside at once and then deleted.
+        again. Everything else is moved aside at once and then deleted. Refuses what
+        :meth:`check_deletable` refuses.
         """
+        self.check_deletable()
         self.done_path.unlink(missing_ok=True)
         trash = Path(tempfile.mkdtemp(prefix=f".overwritten.old-{os.getpid()}-", dir=self.path))
         for entry in self.path.iterdir():

@@ -18,7 +18,7 @@ from kdlens.models._builtin import (
 from kdlens.models._compat import check_compatible, same_vocabulary
 from kdlens.models._encoder import ENCODERS, is_encoder, load_encoder_classifier, prune_encoder
 from kdlens.models._gguf import convert_gguf
-from kdlens.models._load import ModelNotFoundError, load_model
+from kdlens.models._load import ModelNotFoundError, load_model, model_vocab_size
 from kdlens.models._prune import evenly_spaced, prune_layers
 from kdlens.models._tiny import tiny_b_model, tiny_b_tokenizer, tiny_config, tiny_model, tiny_tokenizer
 
@@ -36,6 +36,7 @@ __all__ = [
     "is_encoder",
     "load_encoder_classifier",
     "load_model",
+    "model_vocab_size",
     "prepare_builtin",
     "prune_encoder",
     "prune_layers",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from kdlens.models._builtin import BUILTINS, cache_root, prepare_builtin
 from kdlens.models._gguf import ensure_converted
 from kdlens.models._hf import quiet_progress
 
-__all__ = ["ModelNotFoundError", "load_model", "resolve_dtype", "resolve_device"]
+__all__ = ["ModelNotFoundError", "load_model", "model_vocab_size", "resolve_dtype", "resolve_device"]
 
 # a Hugging Face hub id: "name" or "org/name"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -94,6 +95,43 @@ def _local_directory(path: Path) -> Path:
                                 "(the run has not saved a checkpoint yet)")
     raise FileNotFoundError(f"{path} is neither a Hugging Face model directory (no config.json) nor a kdlens "
                             "run directory (no checkpoint/); pass the folder written by save_pretrained")
+
+
+def model_vocab_size(name_or_path: str | os.PathLike) -> int | None:
+    """The vocabulary size of a model (``vocab_size`` of its ``config.json``), read without loading it.
+
+    Parameters
+    ----------
+    name_or_path : str or path
+        A built-in name, a local Hugging Face directory or a kdlens run directory.
+
+    Returns
+    -------
+    int or None
+        None when it cannot be told without building, converting or downloading the model: a hub
+        id, a ``.gguf`` file, a built-in made in memory (``tiny``) or not yet in the cache, a
+        directory without ``config.json``.
+    """
+    name = os.fspath(name_or_path)
+    if name in BUILTINS:
+        entry = BUILTINS[name]
+        if entry.cached is None or not entry.cached():
+            return None
+        directory = Path(prepare_builtin(name))  # already in the cache: prepare only finds it
+    else:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            return None
+        try:
+            directory = _local_directory(path)
+        except FileNotFoundError:
+            return None
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    size = config.get("vocab_size", (config.get("text_config") or {}).get("vocab_size"))
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def _known_names() -> str:

@@ -276,7 +276,7 @@ def _run_tests(src: ReportSource) -> Section:
 def _seed_text(src: ReportSource) -> str:
     if src.kind == "run":
         return describe(src.manifest.get("seed", src.config.get("seed")))
-    axes = src.config.get("axes") or {}
+    axes = {**(src.config.get("axes") or {}), **(src.config.get("replicate") or {})}
     if "seed" in axes:
         return f"per run (axis seed: {describe(axes['seed'])})"
     return describe((src.config.get("base") or {}).get("seed", 0))
@@ -324,7 +324,8 @@ def _run_sections(src: ReportSource) -> list[Section]:
 
 
 def _axes(src: ReportSource) -> list[str]:
-    axes = list((src.config.get("axes") or {}).keys())
+    # replicate axes (the seed crossed with every cell) tell runs apart like the axes
+    axes = [*(src.config.get("axes") or {}), *(src.config.get("replicate") or {})]
     if src.config.get("baseline") and "method" not in axes:
         axes.append("method")
     return [a for a in axes if a in src.results.columns]
@@ -350,9 +351,11 @@ def _sweep_setup(src: ReportSource) -> Section:
     sec.text(f"Sweep {spec.get('name', src.path.name)}: {n_runs} evaluated run(s), grid '{spec.get('grid', 'product')}'"
              + (f", each student also trained with {spec['baseline']} as the baseline of gains" if spec.get("baseline") else "")
              + ".")
+    replicate = spec.get("replicate") or {}
     if axes:
-        sec.blocks.append(Table("Axes", pd.DataFrame([(k, describe(v)) for k, v in axes.items()],
-                                                     columns=["axis", "values"])))
+        sec.blocks.append(Table("Axes" + (" (and the replicate axes crossed with every cell)" if replicate else ""),
+                                pd.DataFrame([(k, describe(v)) for k, v in {**axes, **replicate}.items()],
+                                             columns=["axis", "values"])))
     base = spec.get("base") or {}
     if base:
         sec.blocks.append(Table("Base configuration shared by every run",

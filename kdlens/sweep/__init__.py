@@ -38,16 +38,24 @@ sessions of a lent GPU.
 
 from kdlens.sweep._run import full_results, run_sweep
 from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, read_results, sweep_status, write_results
-from kdlens.sweep.publish import TOKEN_ROWS_PER_RUN, grid_status, publish_sweep, published_run_ids
+from kdlens.sweep.publish import (
+    TOKEN_ROWS_PER_RUN,
+    grid_status,
+    publish_sweep,
+    published_run_ids,
+    teacher_table,
+)
 from kdlens.sweep.spec import (
     KD_ONLY_KEYS,
     SPECIAL_AXES,
     SweepSpec,
     expand_sweep,
     load_sweep_spec,
+    on_axis,
     run_config,
     run_id,
     schedule,
+    smoke_spec,
     teacher_sft_config,
 )
 
@@ -62,6 +70,7 @@ __all__ = [
     "full_results",
     "grid_status",
     "load_sweep_spec",
+    "on_axis",
     "publish_sweep",
     "published_run_ids",
     "read_results",
@@ -69,7 +78,9 @@ __all__ = [
     "run_id",
     "run_sweep",
     "schedule",
+    "smoke_spec",
     "sweep_status",
     "teacher_sft_config",
+    "teacher_table",
     "write_results",
 ]

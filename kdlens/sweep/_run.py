@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,13 +41,21 @@ from typing import Any
 
 import pandas as pd
 
-from kdlens._io import atomic_write_text, git_sha, read_json, remove_stale_temporaries, sha256_json, versions
-from kdlens._lock import exclusive_lock
+from kdlens._io import (
+    atomic_write_text,
+    git_sha,
+    is_temporary,
+    read_json,
+    remove_stale_temporaries,
+    sha256_json,
+    versions,
+)
+from kdlens._lock import LOCK_NAME, exclusive_lock
 from kdlens.citations import sweep_references
 from kdlens.sweep import _session
 from kdlens.sweep._session import SweepSession, _device_name
 from kdlens.sweep._tables import read_results, sweep_status, write_results
-from kdlens.sweep.publish import publish_sweep, published_run_ids
+from kdlens.sweep.publish import TOKEN_ROWS_PER_RUN, publish_sweep, published_run_ids
 from kdlens.sweep.spec import SweepSpec, expand_sweep, load_sweep_spec, schedule
 
 __all__ = ["run_sweep", "full_results"]
@@ -88,6 +97,7 @@ def run_sweep(
     task_options: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
     overwrite: bool = False,
+    token_rows_per_run: int = TOKEN_ROWS_PER_RUN,
 ) -> pd.DataFrame:
     """Train, evaluate and summarise every run of a sweep that is not finished yet.
 
@@ -135,7 +145,12 @@ def run_sweep(
         Called with one line of text per step (the CLI prints it); logging gets it too.
     overwrite : bool
         Retrain, in place, every run (and the task-aware teacher) on disk whose identity differs from
-        the one the spec now gives (see Raises); runs of the same identity are kept either way.
+        the one the spec now gives (see Raises); runs of the same identity are kept either way. Also
+        evaluate again when the evaluation settings that decide the outputs (``eval.tasks``, ``n``,
+        ``max_new_tokens``, ``split``) changed since the runs were evaluated.
+    token_rows_per_run : int
+        With ``publish_dir``: the per-token rows of each new run kept in the published folder
+        (:func:`kdlens.sweep.publish_sweep`; a repository keeps a sample, the metrics use them all).
 
     Returns
     -------
@@ -152,6 +167,7 @@ def run_sweep(
         An invalid spec; run directories (or the task-aware teacher) on disk whose identity differs
         from what the spec now gives, i.e. whose full resolved config, training data or teacher
         weights changed (the message names each run and what changed; ``overwrite`` retrains them);
+        evaluations made under other evaluation settings (``overwrite`` redoes them);
         or a ``publish_dir`` published from another spec: the message names the problem.
     ModuleNotFoundError
         ``backend="ray"`` without ray installed (the message says how to install it).
@@ -172,6 +188,8 @@ def run_sweep(
         raise ValueError(f"time_budget_s must be > 0 seconds, got {time_budget_s}")
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if token_rows_per_run < 0:
+        raise ValueError(f"token_rows_per_run must be >= 0, got {token_rows_per_run}")
     ray_backend = _ray_backend(backend, address, task_options)
     started = _session._clock()  # read through the module: tests replace the clock
     spec = load_sweep_spec(spec)
@@ -180,27 +198,54 @@ def run_sweep(
     runs = expand_sweep(spec)
     published = published_run_ids(publish_dir, spec) if publish_dir is not None else set()
     settings = _eval_settings(spec) if evaluate else None
+    _refuse_foreign(root)
     with exclusive_lock(root, what="sweep"):
         remove_stale_temporaries(root)
         return _run_locked(spec, root, runs, published, settings, say, started, max_runs=max_runs,
                            time_budget_s=time_budget_s, publish_dir=publish_dir, workers=workers, overwrite=overwrite,
-                           backend=backend, ray_backend=ray_backend)
+                           backend=backend, ray_backend=ray_backend, token_rows_per_run=token_rows_per_run)
+
+
+#: what a sweep directory holds (module docstring), and what a sweep killed while it made its teachers leaves
+_SWEEP_ENTRIES = frozenset({"spec.yaml", "runs.parquet", "runs", "teachers", "students", "teacher_cache",
+                            "examples.parquet", "tokens.parquet", "results.parquet", "manifest.json", LOCK_NAME})
+
+
+def _refuse_foreign(root: Path) -> None:
+    """Refuse a sweep directory that holds something else: its files would be overwritten (``manifest.json``,
+    ``spec.yaml``) and its whole tree searched for temporaries to delete."""
+    if not root.is_dir():
+        return
+    manifest = root / "manifest.json"
+    try:
+        ours = not manifest.exists() or "spec_hash" in dict(read_json(manifest))
+    except (ValueError, TypeError):  # not JSON, or JSON but not an object
+        ours = False
+    other = sorted(e.name for e in root.iterdir() if e.name not in _SWEEP_ENTRIES and not is_temporary(e.name))
+    if other or not ours:
+        shown = other or ["manifest.json"]
+        raise ValueError(f"{root} holds what is not a kdlens sweep ({', '.join(shown[:8])}"
+                         f"{', ...' if len(shown) > 8 else ''}): kdlens neither writes into nor deletes a directory "
+                         "it did not make; choose a new or empty output directory")
 
 
 def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[str], settings: dict[str, Any] | None,
                 say: Callable[[str], None], started: float, *, max_runs: int | None, time_budget_s: float | None,
                 publish_dir: str | os.PathLike | None, workers: int | None, overwrite: bool, backend: str,
-                ray_backend: Any) -> pd.DataFrame:
+                ray_backend: Any, token_rows_per_run: int) -> pd.DataFrame:
     """:func:`run_sweep` once it holds the sweep directory's lock."""
     if published:
         say(f"{len(published)} of {len(runs)} run(s) already published in {publish_dir}; they are skipped")
     todo = schedule(runs.loc[~runs["run_id"].isin(published)], spec)
     manifest_path = root / "manifest.json"
     manifest = read_json(manifest_path) if manifest_path.is_file() else {"runs": {}}
+    if settings is not None:
+        _check_evaluations(root, manifest.get("eval"), settings, overwrite=overwrite, say=say)
     manifest.update({"name": spec.name, "spec_hash": sha256_json(spec.to_dict()), "versions": versions(),
                      "session": uuid.uuid4().hex, "git_sha": git_sha(), "device": _device_name(spec),
                      "workers": workers if workers is not None or ray_backend else 1,  # Ray: set when it starts
-                     "backend": backend, "eval": settings,
+                     "backend": backend,
+                     "eval": settings if settings is not None else manifest.get("eval"),  # what evaluated the runs
                      "references": sweep_references(spec.base, map(json.loads, runs["overrides"]),
                                                     evaluation=settings)})
     session = SweepSession(spec, root, settings, say, manifest, runs, overwrite=overwrite)
@@ -215,7 +260,7 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
     def after_each() -> None:  # publish after every run: a killed session loses only the runs in progress
         if publish_dir is not None and settings is not None:
             session.finish(runs, quiet=True)
-            publish_sweep(root, publish_dir)
+            publish_sweep(root, publish_dir, token_rows_per_run=token_rows_per_run)
 
     executor = None
     if ray_backend is not None:
@@ -231,10 +276,44 @@ def _run_locked(spec: SweepSpec, root: Path, runs: pd.DataFrame, published: set[
     finally:  # a failed worker run still leaves the finished runs' tables behind
         _write_runs(runs, root)
         results = session.finish(runs)
+        if publish_dir is not None and settings is not None and len(results):
+            publish_sweep(root, publish_dir, token_rows_per_run=token_rows_per_run)
     if publish_dir is not None and (Path(publish_dir) / "results.parquet").is_file():
         results = read_results(publish_dir)
         say(f"{results['run_id'].nunique()} of {len(runs)} run(s) published in {publish_dir}")
     return results
+
+
+#: the evaluation settings that decide what an evaluation holds (n_boot, seed, fidelity and tokens only change
+#: what is computed from it; batch_size nothing: greedy decoding does not depend on the batch)
+_EVAL_OUTPUT_KEYS = ("tasks", "n", "max_new_tokens", "split")
+
+
+def _check_evaluations(root: Path, recorded: Any, settings: Mapping[str, Any], *, overwrite: bool,
+                       say: Callable[[str], None]) -> None:
+    """Refuse (or, with ``overwrite``, delete) the sweep's evaluations made under other evaluation settings.
+
+    Checked before the call writes anything: the runs' evaluations would otherwise be reused by the
+    run (or refused shard by shard after ``spec.yaml`` says the new settings).
+    """
+    if not isinstance(recorded, Mapping):
+        return
+
+    def same(a: Any, b: Any) -> bool:
+        return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+    changed = [f"{k}: {recorded.get(k)} -> {settings.get(k)}" for k in sorted(_EVAL_OUTPUT_KEYS)
+               if not same(recorded.get(k), settings.get(k))]
+    evaluated = sorted(p for pattern in ("runs/*/eval", "teachers/*/eval") for p in root.glob(pattern) if p.is_dir())
+    if not changed or not evaluated:
+        return
+    if not overwrite:
+        raise ValueError(f"{root}: the sweep's runs were evaluated with other settings ({', '.join(changed)}); rerun "
+                         "with --overwrite (overwrite=True) to delete their evaluations and evaluate them again (the "
+                         "trained runs are kept), or use another output directory")
+    say(f"evaluation settings changed ({', '.join(changed)}): evaluating again ({len(evaluated)} evaluation(s) deleted)")
+    for path in evaluated:
+        shutil.rmtree(path)
 
 
 def _ray_backend(backend: str, address: str | None, task_options: Mapping[str, Any] | None):
@@ -268,19 +347,30 @@ def full_results(spec: str | os.PathLike, publish_dir: str | os.PathLike, *, wor
 
     On a machine with CUDA the missing runs of ``spec`` are trained and evaluated under
     ``work_dir`` and merged into ``publish_dir`` (:func:`kdlens.sweep.run_sweep`); elsewhere the
-    published tables are read as they are. This is what the notebooks' full setting calls.
+    published tables are read as they are. This is what the notebooks' full setting calls. A CPU
+    grid (``base.device: cpu``, the lab) is never trained from here: a notebook should not start an
+    hour of training unasked; the message says how to run it.
 
     Raises
     ------
     FileNotFoundError
-        No CUDA device and nothing published yet: the message says how to run the grid.
+        Nothing published yet (and no CUDA device, or a CPU grid): the message says how to run the grid.
     """
     import torch
 
     publish_dir = Path(publish_dir)
-    if torch.cuda.is_available():
+    try:
+        cpu_grid = str(load_sweep_spec(spec).base.get("device", "auto")) == "cpu"
+    except (FileNotFoundError, ValueError):  # a spec that is not there: the message below names it
+        cpu_grid = False
+    if torch.cuda.is_available() and not cpu_grid:
         run_sweep(spec, output_dir=work_dir, publish_dir=publish_dir, progress=progress)
     if not (publish_dir / "results.parquet").is_file():
+        if cpu_grid:
+            raise FileNotFoundError(
+                f"no published results in {publish_dir}: {spec} is a CPU grid; run "
+                f"`kdlens sweep {spec} -o {work_dir} --workers 2 --publish {publish_dir}` (it resumes if stopped), "
+                "or set SMOKE = True")
         raise FileNotFoundError(
             f"no published results in {publish_dir} and no CUDA device to run {spec} here: run "
             f"`kdlens sweep {spec} -o {work_dir} --publish {publish_dir}` on a GPU (analyses/device/README.md "

@@ -27,7 +27,13 @@ from kdlens.analysis import join_results, run_metrics
 from kdlens.distill._identity import inspect_run, mismatch_message, run_identity
 from kdlens.distill._rundir import RunDir
 from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, sweep_status, write_results
-from kdlens.sweep.spec import SweepSpec, compares_with_aware_teacher, run_config, teacher_sft_config
+from kdlens.sweep.spec import (
+    SweepSpec,
+    compares_with_aware_teacher,
+    eval_splits,
+    run_config,
+    teacher_sft_config,
+)
 
 __all__ = ["SweepSession", "eval_device"]
 
@@ -39,7 +45,44 @@ _clock = time.monotonic
 
 
 def _teacher_spec(spec: SweepSpec, aware: bool, root: Path) -> str:
-    return str((root / "teachers" / "sft").resolve()) if aware else str(spec.base["teacher"])
+    """The model a run is distilled from and measured against: the base teacher, or the task-aware one
+    (the spec's ``aware_teacher``, else the base teacher after SFT, trained under ``teachers/sft``)."""
+    if not aware:
+        return str(spec.base["teacher"])
+    return spec.aware_teacher or str((root / "teachers" / "sft").resolve())
+
+
+def _teacher_eval_dir(spec: SweepSpec, aware: bool, root: Path) -> Path:
+    return root / "teachers" / (("aware" if spec.aware_teacher else "sft") if aware else "base") / "eval"
+
+
+def _eval_tasks(settings: dict[str, Any]) -> tuple[Any, str]:
+    """The ``tasks`` and ``split`` arguments of :func:`kdlens.eval.evaluate` for the sweep's eval settings.
+
+    One split: the task specs as they are. Several (``eval.split: [test, gen]``): one evaluation covers
+    them all, each task's records of each split under the key ``<spec>@<split>`` (its own shards), and
+    the split label records the list.
+    """
+    splits = eval_splits(settings["split"])
+    if len(splits) == 1:
+        return settings["tasks"], splits[0]
+    from kdlens.data import load_task
+
+    tasks = {f"{task}@{split}": load_task(task, split=split, n=settings["n"]) for task in settings["tasks"]
+             for split in splits}
+    return tasks, ",".join(splits)
+
+
+def _by_split(examples: pd.DataFrame, settings: dict[str, Any]) -> pd.DataFrame:
+    """Examples whose ``task`` names the split too (``lab_chain@gen``) when the sweep evaluates several splits,
+    so that every per-task metric, gain and verdict keeps the splits apart (``"all"`` pools them)."""
+    if len(eval_splits(settings["split"])) == 1 or examples.empty:
+        return examples
+    return examples.assign(task=examples["task"].astype(str) + "@" + examples["split"].astype(str))
+
+
+def _read_eval(eval_dir: Path, settings: dict[str, Any]) -> pd.DataFrame:
+    return _by_split(read_examples(eval_dir), settings)
 
 
 def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Callable[[str], None]) -> dict[str, str]:
@@ -53,6 +96,7 @@ def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Calla
     from kdlens._io import atomic_directory
     from kdlens.distill import weights_fingerprint
     from kdlens.models import load_model, prune_layers
+    from kdlens.models._hf import quiet_progress
 
     wanted = set(runs["student"].dropna()) if "student" in runs.columns else set()
     wanted.add(spec.base.get("student"))
@@ -67,7 +111,7 @@ def _pruned_students(spec: SweepSpec, runs: pd.DataFrame, root: Path, say: Calla
             if teacher is None:
                 teacher, tokenizer = load_model(str(spec.base["teacher"]))
             student = prune_layers(teacher, provenance["keep"])
-            with atomic_directory(path, overwrite=True) as tmp:
+            with quiet_progress(), atomic_directory(path, overwrite=True) as tmp:  # no "Writing model shards" bar
                 student.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
                 atomic_write_json(tmp / _PRUNE_PROVENANCE, provenance)
@@ -85,14 +129,37 @@ def _read_json_or_none(path: Path) -> Any:
         return None
 
 
-def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
+def _evaluate(models: dict[str, str], settings: dict[str, Any], output_dir: Path, device: str | None) -> pd.DataFrame:
+    """:func:`kdlens.eval.evaluate` of ``models`` under the sweep's eval settings (tasks named by split)."""
     from kdlens.eval import evaluate
 
-    out = (root / "teachers" / ("sft" if aware else "base") / "eval")
-    evaluate({"teacher": _teacher_spec(spec, aware, root)}, settings["tasks"], n=settings["n"],
-             batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
-             split=settings["split"], output_dir=out, device=eval_device(spec))
+    tasks, split = _eval_tasks(settings)
+    examples = evaluate(models, tasks, n=settings["n"], batch_size=settings["batch_size"],
+                        max_new_tokens=settings["max_new_tokens"], split=split, output_dir=output_dir, device=device)
+    return _by_split(examples, settings)
+
+
+def _evaluate_teacher(spec: SweepSpec, aware: bool, root: Path, settings: dict[str, Any]) -> Path:
+    out = _teacher_eval_dir(spec, aware, root)
+    _evaluate({"teacher": _teacher_spec(spec, aware, root)}, settings, out, eval_device(spec))
     return out
+
+
+def _cache_margins(path: Path) -> Any:
+    """Top-1 minus top-2 raw teacher logit of every token row of a complete teacher cache (numpy, float64).
+
+    A cache stores each response token's top-k raw logits in descending order
+    (:class:`kdlens.teacher.TeacherCache`), so the margin is the first column minus the second.
+    """
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    index = read_json(path / "index.json")
+    if int(index.get("top_k", 0)) < 2:
+        return np.zeros(0)
+    parts = [load_file(str(path / shard["file"]))["values"] for shard in index["shards"]]
+    values = np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, 2))
+    return values[:, 0] - values[:, 1]
 
 
 def _seed_teacher_shards(teacher_eval: Path, run_eval: Path) -> None:
@@ -125,13 +192,11 @@ def _eval_device(wanted: str) -> str | None:
 
 def _evaluate_run(rid: str, run_dir: Path, teacher: str, teacher_eval: Path, settings: dict[str, Any],
                   device: str | None) -> None:
-    from kdlens.eval import collect_tokens, evaluate
+    from kdlens.eval import collect_tokens
 
     eval_dir = run_dir / "eval"
     _seed_teacher_shards(teacher_eval, eval_dir)
-    examples = evaluate({"teacher": teacher, rid: str(run_dir)}, settings["tasks"], n=settings["n"],
-                        batch_size=settings["batch_size"], max_new_tokens=settings["max_new_tokens"],
-                        split=settings["split"], output_dir=eval_dir, device=device)
+    examples = _evaluate({"teacher": teacher, rid: str(run_dir)}, settings, eval_dir, device)
     if settings["tokens"] and not (eval_dir / TOKENS_NAME).is_file():
         teacher_rows = examples.loc[(examples["model_id"] == "teacher") & (examples["sample"] == 0)]
         tokens = collect_tokens(str(run_dir), teacher, teacher_rows, batch_size=settings["batch_size"],
@@ -156,6 +221,7 @@ class SweepSession:
         self.example_frames: list[pd.DataFrame] = []
         self.token_frames: list[pd.DataFrame] = []
         self.longest_s = 0.0
+        self.margins: dict[str, tuple[str, Any]] = {}  # complete teacher cache -> (teacher weights, margins)
 
     # ----------------------------------------------------------------- shared pieces
 
@@ -170,6 +236,8 @@ class SweepSession:
         if not self.any_aware:
             return
         self.student_dirs = _pruned_students(self.spec, self.runs, self.root, self.say)
+        if self.spec.aware_teacher:  # a ready task-aware teacher: nothing to train
+            return
         teacher_run = RunDir(self.root / "teachers" / "sft")
         config = teacher_sft_config(self.spec, output_dir=str(teacher_run.path))
         check = inspect_run(teacher_run, run_identity(config, memo=self.data_memo))
@@ -194,6 +262,8 @@ class SweepSession:
             if not run.path.exists():
                 continue
             check = inspect_run(run, run_identity(self.config(row, run), memo=self.data_memo))
+            if check.state == "foreign":  # never replaced, overwrite or not
+                raise ValueError(mismatch_message(run, check))
             if check.same:
                 if check.state == "finished" and run.leftovers():
                     run.remove_leftovers()
@@ -215,7 +285,7 @@ class SweepSession:
         if aware not in self.teacher_evals:
             self.say(f"evaluating the {'task-aware' if aware else 'base'} teacher")
             self.teacher_evals[aware] = _evaluate_teacher(self.spec, aware, self.root, self.settings)
-            teacher_rows = read_examples(self.teacher_evals[aware])
+            teacher_rows = _read_eval(self.teacher_evals[aware], self.settings)
             self.example_frames.append(teacher_rows.assign(model_id=TEACHER_IDS[aware]))
         return self.teacher_evals[aware]
 
@@ -260,8 +330,8 @@ class SweepSession:
                     label, row, run = pending[0]
                     if run.done and row.run_id not in self.replaced:  # trained by an earlier call: evaluate only
                         pending.pop(0)
+                        # no after_each: nothing is lost if the call stops here (the caller publishes at the end)
                         self._finished(label, row, run, None)
-                        after_each()
                         continue
                     if max_runs is not None and started_runs >= max_runs:
                         self.say(f"stopping after {started_runs} run(s) (max_runs); run the sweep again to continue")
@@ -349,7 +419,7 @@ class SweepSession:
             self.say(f"{label} evaluating {row.run_id}")
             _evaluate_run(row.run_id, run.path, _teacher_spec(self.spec, aware, self.root), teacher_eval, settings,
                           eval_device(self.spec))
-        examples = read_examples(run.path / "eval")
+        examples = _read_eval(run.path / "eval", settings)
         tokens = read_tokens(run.path / "eval") if settings["tokens"] else None
         self.metrics[row.run_id] = run_metrics(examples, model_id=row.run_id, teacher="teacher", tokens=tokens,
                                                fidelity=settings["fidelity"], n_boot=settings["n_boot"],
@@ -359,6 +429,42 @@ class SweepSession:
             self.token_frames.append(tokens.assign(teacher_id=TEACHER_IDS[aware]))
 
     # ----------------------------------------------------------------- tables
+
+    def teacher_logits(self) -> dict[str, dict[str, Any]]:
+        """Each teacher's mean top-1 logit margin on the KD training tokens, from the sweep's teacher caches.
+
+        The margin (top-1 minus top-2 raw logit) is the scale of the teacher's logits that noise of
+        standard deviation sigma competes with: sigma / margin says how strong a sigma is *for this
+        teacher*. Pooled over every complete cache of the teacher (one per training set); a teacher
+        whose runs read no cache has no entry.
+        """
+        import numpy as np
+
+        from kdlens.distill import weights_fingerprint
+
+        root = self.root / "teacher_cache"
+        for path in sorted(root.glob("*/complete")) if root.is_dir() else []:
+            key = str(path.parent)
+            if key not in self.margins:
+                self.margins[key] = (read_json(path.parent / "index.json").get("teacher_weights"),
+                                     _cache_margins(path.parent))
+        out = {}
+        for aware in sorted({self.aware(row) for row in self.runs.itertuples(index=False)}):
+            model = _teacher_spec(self.spec, aware, self.root)
+            try:
+                weights = weights_fingerprint(model)
+            except (FileNotFoundError, OSError, ValueError):  # a task-aware teacher not trained yet
+                continue
+            found = [margins for w, margins in self.margins.values() if w == weights and len(margins)]
+            if found:
+                margins = np.concatenate(found)
+                out[TEACHER_IDS[aware]] = {
+                    "model": model, "top1_margin_mean": float(margins.mean()),
+                    "top1_margin_median": float(np.median(margins)),
+                    "top1_margin_p10": float(np.quantile(margins, 0.1)), "n_tokens": int(margins.size),
+                    "n_caches": len(found), "source": "the sweep's teacher caches (raw logits of the KD training "
+                                                      "tokens, top-1 minus top-2)"}
+        return out
 
     def finish(self, runs: pd.DataFrame, *, quiet: bool = False) -> pd.DataFrame:
         """Join the evaluated runs into ``results.parquet`` (and the examples and tokens tables)."""
@@ -379,6 +485,7 @@ class SweepSession:
         if self.token_frames:
             write_parquet(pd.concat(self.token_frames, ignore_index=True), root / "tokens.parquet")
         self.manifest["n_evaluated"] = len(self.metrics)
+        self.manifest["teacher_logits"] = self.teacher_logits()
         atomic_write_json(root / "manifest.json", self.manifest)
         if not quiet:
             self.say(f"results of {len(self.metrics)} run(s) written to {root / 'results.parquet'}")
@@ -434,6 +541,8 @@ def _worker_init(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    # the workers share one terminal: their step bars would overwrite each other (the session says each run)
+    os.environ["TQDM_DISABLE"] = "1"
 
 
 def _device_name(spec: SweepSpec) -> str:

@@ -35,7 +35,7 @@ from kdlens._tables import read_examples, read_tokens, write_parquet
 from kdlens.sweep._tables import TEACHER_IDS, add_sweep_gains, read_results, write_results
 from kdlens.sweep.spec import expand_sweep, load_sweep_spec
 
-__all__ = ["publish_sweep", "published_run_ids", "grid_status", "TOKEN_ROWS_PER_RUN"]
+__all__ = ["publish_sweep", "published_run_ids", "grid_status", "teacher_table", "TOKEN_ROWS_PER_RUN"]
 
 #: default cap on each run's per-token rows in a published folder (whole examples, in order)
 TOKEN_ROWS_PER_RUN = 5000
@@ -156,6 +156,47 @@ def grid_status(publish_dir: str | os.PathLike) -> str:
     return f"a partial grid: {done} of {len(status)} runs (the rest are not run yet; the verdict reads only these)"
 
 
+def teacher_table(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """The sweep's teachers: accuracy per task and the scale of their logits (a sweep or published folder).
+
+    Parameters
+    ----------
+    sweep_dir : path
+        A sweep directory (:func:`kdlens.sweep.run_sweep`) or a published folder (:func:`publish_sweep`).
+
+    Returns
+    -------
+    DataFrame
+        One row per (teacher_id, task), ``"all"`` pooling the tasks: ``teacher_id`` (``"teacher"`` the
+        base teacher, ``"teacher_sft"`` the task-aware one), ``task``, ``n`` and ``accuracy`` (greedy,
+        ``sample == 0``), then, where the runs read a teacher cache, the teacher's top-1 logit margin
+        on the KD training tokens (``top1_margin_mean``, ``top1_margin_median``, ``top1_margin_p10``,
+        ``n_tokens``; NaN otherwise) and ``model``: the unit in which to read sigma (sigma / margin).
+    """
+    root = Path(sweep_dir)
+    examples = read_examples(root / "examples.parquet")
+    manifest = read_json(root / "manifest.json") if (root / "manifest.json").is_file() else {}
+    logits = dict(manifest.get("teacher_logits") or {})
+    for session in manifest.get("sessions", []):  # a published folder: the latest session that measured it
+        for teacher, entry in (session.get("teachers") or {}).items():
+            if "top1_margin_mean" in entry:
+                logits[teacher] = entry
+    rows = []
+    for teacher in TEACHER_IDS.values():
+        mine = examples.loc[(examples["model_id"] == teacher) & (examples["sample"] == 0)]
+        if mine.empty:
+            continue
+        scale = logits.get(teacher, {})
+        for task, part in [*mine.groupby("task", sort=True), ("all", mine)]:
+            rows.append({"teacher_id": teacher, "task": str(task), "n": len(part),
+                         "accuracy": float(part["correct"].astype(float).mean()),
+                         **{k: scale.get(k, float("nan")) for k in ("top1_margin_mean", "top1_margin_median",
+                                                                    "top1_margin_p10", "n_tokens")},
+                         "model": scale.get("model")})
+    return pd.DataFrame(rows, columns=["teacher_id", "task", "n", "accuracy", "top1_margin_mean", "top1_margin_median",
+                                       "top1_margin_p10", "n_tokens", "model"])
+
+
 def _check_same_spec(root: Path, spec_hash: str) -> None:
     path = root / "manifest.json"
     if not path.is_file():
@@ -235,6 +276,7 @@ def _session_entry(src: Path, added_ids: list[str], published_examples: pd.DataF
         both = mine.merge(kept, on=["task", "example_id"], suffixes=("", "_published"))
         entry["teachers"][teacher] = {
             "accuracy": float(mine["correct"].mean()),
+            **(sweep_manifest.get("teacher_logits") or {}).get(teacher, {}),
             # 1.0 when this session's teacher wrote exactly the published teacher's outputs
             "same_output_as_published": float((both["output"] == both["output_published"]).mean()) if len(both)
             else None,

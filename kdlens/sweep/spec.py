@@ -15,9 +15,25 @@ A *sweep spec* (YAML or a mapping) declares a base distillation config and the a
       student: [prune:10, prune:22]
       seed: [0, 1]
     grid: product               # "product" (every combination) or "one_at_a_time" (each axis alone)
+    replicate: {seed: [0, 1]}   # crossed with every cell of the grid, whatever the grid (see below)
     baseline: sft               # also run each student with plain SFT, the reference of every gain
     teacher_sft: {steps: 200}   # overrides of the teacher's SFT run (task-aware teacher)
     eval: {tasks: [SVAMP.json], n: 200, max_new_tokens: 256, batch_size: 16, tokens: true}
+
+``grid: one_at_a_time`` varies each axis alone from the reference point (the first value of every
+axis); an axis there is a factor, never a replicate, so ``seed: [0, 1, 2]`` among the ``axes`` of a
+one-at-a-time grid gives the reference cell three seeds and every other cell one. ``replicate``
+holds the axes that repeat *every* cell instead (normally the seed): each cell of ``axes`` (product
+or one at a time) is run once per combination of the ``replicate`` values. Run ids depend only on a
+run's overrides, so a spec that moves ``seed`` from ``axes`` to ``replicate`` keeps the ids of the
+runs both expand to.
+
+``teacher_aware: true`` runs use the *task-aware* teacher: ``aware_teacher`` when the spec names
+one (a model already tuned on the tasks, e.g. the shipped ``lab-teacher-aware``), else the base
+teacher after ``method: sft`` on the tasks, trained once by the sweep (settings in ``teacher_sft``).
+``teacher`` itself cannot be an axis: the session measures agreement and fidelity against the
+sweep's base or task-aware teacher, and a baseline ignores the teacher (compare teachers with
+``teacher_aware``, or run one sweep per teacher).
 
 :func:`expand_sweep` turns a spec into one row per run (TransformerLens-style index DataFrame),
 :func:`run_config` gives each run's :class:`kdlens.config.DistillConfig`, and :func:`schedule` the
@@ -50,13 +66,16 @@ __all__ = [
     "SPECIAL_AXES",
     "SweepSpec",
     "compares_with_aware_teacher",
+    "has_kd_term",
     "expand_sweep",
     "is_sft",
     "load_sweep_spec",
     "method_of",
+    "on_axis",
     "run_config",
     "run_id",
     "schedule",
+    "smoke_spec",
     "teacher_sft_config",
 ]
 
@@ -67,7 +86,17 @@ SPECIAL_AXES: dict[str, str] = {
 
 
 _GRIDS = ("product", "one_at_a_time")
-_SPEC_KEYS = ("name", "base", "axes", "grid", "baseline", "teacher_sft", "eval")
+_SPEC_KEYS = ("name", "base", "axes", "grid", "replicate", "baseline", "teacher_sft", "aware_teacher", "eval")
+#: keys written by :meth:`SweepSpec.to_dict` only when set, so the specs written before they existed keep their hash
+_OPTIONAL_KEYS = {"replicate": {}, "aware_teacher": None}
+#: config keys that cannot be axes, and why
+_NOT_AXES = {
+    "output_dir": "output_dir cannot be an axis: each run goes to <sweep dir>/runs/<run_id>",
+    "teacher": ("teacher cannot be an axis: the session measures every run against the sweep's base (or task-aware) "
+                "teacher and the SFT baseline ignores the teacher; compare a task-aware and a task-unaware teacher "
+                "with the axis teacher_aware: [true, false] (aware_teacher: MODEL names a ready task-aware one), or "
+                "run one sweep per teacher"),
+}
 _EVAL_KEYS = ("tasks", "n", "max_new_tokens", "batch_size", "split", "tokens", "fidelity", "n_boot", "seed")
 
 
@@ -111,13 +140,22 @@ class SweepSpec:
         Config key (or a :data:`SPECIAL_AXES` name) -> the values it takes. Order is kept.
     grid : {"product", "one_at_a_time"}
         Every combination of the axes, or each axis varied alone from its first value.
+    replicate : mapping of str to list
+        Axes crossed with every cell of the grid (``{"seed": [0, 1, 2, 3, 4]}``): each cell of
+        ``axes`` runs once per combination of these values. Not also in ``axes``.
     baseline : str or None
         A method (normally ``"sft"``) run once per student and seed as the reference of gains.
     teacher_sft : mapping
         Overrides of the run that fine-tunes the teacher (``teacher_aware: true``).
+    aware_teacher : str or None
+        The task-aware teacher of ``teacher_aware: true`` runs, a ready model (any
+        :func:`kdlens.models.load_model` name); None = the sweep fine-tunes ``base.teacher``
+        (``teacher_sft``). Needs the ``teacher_aware`` axis; not with ``teacher_sft``.
     eval : mapping
         Evaluation settings: ``tasks`` (default: the training tasks' test split), ``n``,
-        ``max_new_tokens``, ``batch_size``, ``split``, ``tokens`` (collect per-token statistics),
+        ``max_new_tokens``, ``batch_size``, ``split`` (one split, or a list such as ``[test, gen]``:
+        one evaluation then covers them all, and each task appears as ``<task>@<split>`` in the
+        results), ``tokens`` (collect per-token statistics),
         ``fidelity`` (BLEU against the teacher), ``n_boot``, ``seed``.
     """
 
@@ -125,8 +163,10 @@ class SweepSpec:
     base: Mapping[str, Any]
     axes: Mapping[str, Sequence[Any]]
     grid: str = "product"
+    replicate: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     baseline: str | None = None
     teacher_sft: Mapping[str, Any] = field(default_factory=dict)
+    aware_teacher: str | None = None
     eval: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -141,28 +181,40 @@ class SweepSpec:
             raise ValueError("sweep base sets output_dir; remove it: each run goes to <sweep dir>/runs/<run_id>")
         if not isinstance(self.axes, Mapping) or not self.axes:
             raise ValueError("sweep 'axes' must be a non-empty mapping key -> list of values, e.g. sigma: [0, 1, 2]")
-        axes = {}
-        for key, values in self.axes.items():
-            _known_key(str(key), fields, "sweep axes")
-            if key == "output_dir":
-                raise ValueError("output_dir cannot be an axis")
-            if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) == 0:
-                raise ValueError(f"axis {key!r} must be a non-empty list of values, got {values!r}")
-            normalized = [_normalize(str(key), v, fields) for v in values]
-            if len({json.dumps(v, sort_keys=True, default=str) for v in normalized}) != len(normalized):
-                raise ValueError(f"axis {key!r} repeats a value: {list(values)}")
-            if key == "teacher_aware" and not all(isinstance(v, bool) for v in normalized):
-                raise ValueError(f"axis teacher_aware takes true/false, got {list(values)}")
-            axes[str(key)] = normalized
-        object.__setattr__(self, "axes", axes)
+        if not isinstance(self.replicate, Mapping):
+            raise ValueError(f"sweep 'replicate' must be a mapping key -> list of values, e.g. seed: [0, 1, 2], "
+                             f"got {type(self.replicate).__name__}")
+        both = sorted(set(map(str, self.axes)) & set(map(str, self.replicate)))
+        if both:
+            raise ValueError(f"{', '.join(both)} is both an axis and a replicate axis: keep it in one of axes or "
+                             "replicate")
+        object.__setattr__(self, "axes", _checked_axes(self.axes, fields, "sweep axes"))
+        object.__setattr__(self, "replicate", _checked_axes(self.replicate, fields, "sweep replicate"))
         object.__setattr__(self, "base", {str(k): _normalize(str(k), v, fields) for k, v in self.base.items()})
         if self.grid not in _GRIDS:
             raise ValueError(f"sweep grid={self.grid!r} is not one of {list(_GRIDS)}")
+        if not isinstance(self.teacher_sft, Mapping):
+            raise ValueError(f"sweep teacher_sft must be a mapping of config keys, got {type(self.teacher_sft).__name__}")
         for key in self.teacher_sft:
             _known_key(str(key), fields, "sweep teacher_sft")
+            if key in _TEACHER_SFT_FIXED:
+                raise ValueError(f"sweep teacher_sft sets {key}, which the task-aware teacher's run fixes "
+                                 f"({_TEACHER_SFT_FIXED[key]}); remove it")
+        if self.aware_teacher is not None:
+            if not isinstance(self.aware_teacher, str) or not self.aware_teacher:
+                raise ValueError(f"sweep aware_teacher must be a model name or path, got {self.aware_teacher!r}")
+            if self.teacher_sft:
+                raise ValueError("sweep gives both aware_teacher (a ready task-aware teacher) and teacher_sft (the "
+                                 "settings to train one): keep one")
+            if "teacher_aware" not in self.axes and "teacher_aware" not in self.replicate:
+                raise ValueError("sweep aware_teacher is the teacher of teacher_aware: true runs, but the sweep has "
+                                 "no teacher_aware axis: add teacher_aware: [true, false] to its axes")
+        if not isinstance(self.eval, Mapping):
+            raise ValueError(f"sweep eval must be a mapping, got {type(self.eval).__name__}")
         unknown = sorted(set(self.eval) - set(_EVAL_KEYS))
         if unknown:
             raise ValueError(f"sweep eval: unknown key(s) {unknown}; known: {list(_EVAL_KEYS)}")
+        _check_eval(self.eval)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SweepSpec:
@@ -172,15 +224,87 @@ class SweepSpec:
         unknown = sorted(set(data) - set(_SPEC_KEYS))
         if unknown:
             raise ValueError(f"sweep spec: unknown key(s) {unknown}; known: {list(_SPEC_KEYS)}")
-        missing = [k for k in ("name", "base", "axes") if k not in data]
+        missing = [k for k in ("name", "base", "axes") if data.get(k) is None]
         if missing:
             raise ValueError(f"sweep spec is missing {missing}: it needs name, base and axes")
         return cls(**{k: data[k] for k in _SPEC_KEYS if k in data and data[k] is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain, YAML/JSON-serialisable dict that :meth:`from_dict` reads back."""
+        """A plain, YAML/JSON-serialisable dict that :meth:`from_dict` reads back.
+
+        ``replicate`` and ``aware_teacher`` appear only when set: a spec that does not use them has
+        the dict (and the hash that published folders check) it had before they existed.
+        """
         out = dataclasses.asdict(self)
-        return {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
+        out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in out.items()}
+        return {k: v for k, v in out.items() if not (k in _OPTIONAL_KEYS and v == _OPTIONAL_KEYS[k])}
+
+
+def _checked_axes(axes: Mapping[str, Any], fields: Mapping[str, Any], where: str) -> dict[str, list[Any]]:
+    """Axes (or replicate axes) with known keys, non-empty lists of distinct values, normalized numbers."""
+    out = {}
+    for key, values in axes.items():
+        _known_key(str(key), fields, where)
+        if key in _NOT_AXES:
+            raise ValueError(_NOT_AXES[key])
+        if isinstance(values, str | bytes) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ValueError(f"axis {key!r} must be a non-empty list of values, got {values!r}")
+        normalized = [_normalize(str(key), v, fields) for v in values]
+        if len({json.dumps(v, sort_keys=True, default=str) for v in normalized}) != len(normalized):
+            raise ValueError(f"axis {key!r} repeats a value: {list(values)}")
+        if key == "teacher_aware" and not all(isinstance(v, bool) for v in normalized):
+            raise ValueError(f"axis teacher_aware takes true/false, got {list(values)}")
+        out[str(key)] = normalized
+    return out
+
+
+def eval_splits(split: Any) -> list[str]:
+    """The splits of a sweep's ``eval.split`` (one name or a list of distinct names), checked."""
+    splits = [split] if isinstance(split, str) else split
+    if not isinstance(splits, Sequence) or isinstance(splits, bytes) or not splits \
+            or not all(isinstance(s, str) and s for s in splits):
+        raise ValueError(f"sweep eval.split must be a split name or a non-empty list of them (e.g. [test, gen]), "
+                         f"got {split!r}")
+    if len(set(splits)) != len(splits):
+        raise ValueError(f"sweep eval.split repeats a split: {list(splits)}")
+    return list(splits)
+
+
+#: keys of teacher_sft that the teacher's SFT run sets itself (a value there would be ignored)
+_TEACHER_SFT_FIXED = {"student": "it always trains the base teacher itself", "method": "method=sft",
+                      "output_dir": "<sweep dir>/teachers/sft"}
+
+
+def _check_eval(settings: Mapping[str, Any]) -> None:
+    """The evaluation settings' types and ranges, checked with the spec rather than after the first run."""
+    from kdlens.data import SPLITS
+
+    def integer(value: Any, least: int) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+    for key in ("max_new_tokens", "batch_size"):
+        if key in settings and not integer(settings[key], 1):
+            raise ValueError(f"sweep eval.{key} must be a positive integer, got {settings[key]!r}")
+    if "n_boot" in settings and not integer(settings["n_boot"], 0):
+        raise ValueError(f"sweep eval.n_boot must be an integer >= 0 (0: no bootstrap), got {settings['n_boot']!r}")
+    if settings.get("n") is not None and not integer(settings["n"], 1):
+        raise ValueError(f"sweep eval.n must be a positive integer or null (every example), got {settings['n']!r}")
+    if "seed" in settings and (isinstance(settings["seed"], bool) or not isinstance(settings["seed"], int)):
+        raise ValueError(f"sweep eval.seed must be an integer, got {settings['seed']!r}")
+    for key in ("tokens", "fidelity"):
+        if key in settings and not isinstance(settings[key], bool):
+            raise ValueError(f"sweep eval.{key} must be true or false, got {settings[key]!r}")
+    if "split" in settings:
+        bad = [s for s in eval_splits(settings["split"]) if s not in SPLITS]
+        if bad:
+            raise ValueError(f"sweep eval.split: {bad} not among the splits {list(SPLITS)}")
+    if "tasks" in settings:
+        tasks = settings["tasks"]
+        if isinstance(tasks, str):
+            tasks = [t for t in tasks.split(",") if t.strip()]
+        if not tasks:
+            raise ValueError("sweep eval.tasks is empty: name the evaluation tasks, or remove it to evaluate on "
+                             "the training tasks")
 
 
 def load_sweep_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec) -> SweepSpec:
@@ -240,13 +364,15 @@ def run_id(overrides: Mapping[str, Any]) -> str:
 def _combinations(spec: SweepSpec) -> list[dict[str, Any]]:
     keys = list(spec.axes)
     if spec.grid == "product":
-        return [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.axes.values())]
-    # one at a time: the first value of every axis is the reference point, each axis varies alone
-    reference = {k: spec.axes[k][0] for k in keys}
-    rows = [dict(reference)]
-    for key in keys:
-        rows += [{**reference, key: value} for value in spec.axes[key][1:]]
-    return rows
+        cells = [dict(zip(keys, values, strict=True)) for values in itertools.product(*spec.axes.values())]
+    else:  # one at a time: the first value of every axis is the reference point, each axis varies alone
+        reference = {k: spec.axes[k][0] for k in keys}
+        cells = [dict(reference)]
+        for key in keys:
+            cells += [{**reference, key: value} for value in spec.axes[key][1:]]
+    copies = [dict(zip(spec.replicate, values, strict=True)) for values in itertools.product(*spec.replicate.values())]
+    # replicate outermost: cell by cell, each with all its replicates (schedule() orders the runs anyway)
+    return [{**cell, **copy} for cell in cells for copy in copies]
 
 
 def method_of(spec: SweepSpec, overrides: Mapping[str, Any]) -> str:
@@ -267,12 +393,13 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     -------
     DataFrame
         Columns :data:`kdlens._schema.RUNS_COLUMNS` (``run_id, overrides, run_dir, status``) and then
-        one column per axis (plus ``method`` when a baseline adds it, filled with the base method for the
-        other runs). ``overrides`` is the JSON text of
+        one column per axis and replicate axis (plus ``method`` when a baseline adds it, filled with the
+        base method for the other runs). ``overrides`` is the JSON text of
         the run's overrides (sorted keys); ``run_dir`` is relative to the sweep directory
         (``runs/<run_id>``); ``status`` is ``"pending"``. Rows of methods without a KD term (the
-        SFT baseline, ``seq_kd``, ``blackbox``) ignore :data:`KD_ONLY_KEYS`: those axes are NaN there
-        and duplicates are dropped, so the baseline runs once per (student, seed, ...). ``attrs["spec"]`` holds the spec.
+        SFT baseline, ``seq_kd``, ``blackbox``) ignore :data:`KD_ONLY_KEYS` (``_not_applicable``;
+        ``seq_kd`` keeps ``teacher_aware``): those axes are NaN there and duplicates are dropped, so the
+        baseline runs once per (student, seed, ...). ``attrs["spec"]`` holds the spec.
 
     Notes
     -----
@@ -287,8 +414,7 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     rows, seen = [], set()
     for combo in combos:
         method = method_of(spec, combo)
-        if not has_kd_term(method):
-            combo = {k: v for k, v in combo.items() if k not in KD_ONLY_KEYS}
+        combo = {k: v for k, v in combo.items() if k not in _not_applicable(method)}
         key = json.dumps(combo, sort_keys=True, default=str)
         if key in seen:
             continue
@@ -296,7 +422,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
         rid = run_id(combo)
         rows.append({"run_id": rid, "overrides": json.dumps(combo, sort_keys=True, default=str),
                      "run_dir": f"runs/{rid}", "status": "pending", **combo})
-    axis_cols = list(spec.axes) + (["method"] if spec.baseline is not None and "method" not in spec.axes else [])
+    axis_cols = [*spec.axes, *spec.replicate]
+    axis_cols += ["method"] if spec.baseline is not None and "method" not in axis_cols else []
     frame = pd.DataFrame(rows, columns=[*RUNS_COLUMNS, *axis_cols])
     if "method" in frame.columns:  # runs that keep the base method show it too
         frame["method"] = frame["method"].fillna(str(spec.base.get("method", "word_kd")))
@@ -305,6 +432,8 @@ def expand_sweep(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *, val
     if validate:
         for overrides in frame["overrides"]:
             run_config(spec, json.loads(overrides), output_dir="validate-only", teacher_dir="validate-only")
+        if any(json.loads(o).get("teacher_aware") is True for o in frame["overrides"]):  # the teacher is trained
+            teacher_sft_config(spec, output_dir="validate-only")
     frame.attrs["spec"] = spec.to_dict()
     return frame
 
@@ -315,6 +444,18 @@ def is_sft(method: str) -> bool:
 
     entry = METHODS.get(method)
     return entry is not None and not entry.needs_teacher
+
+
+def _not_applicable(method: str) -> frozenset[str]:
+    """The override keys a run of ``method`` ignores, so its rows drop them (and duplicates merge).
+
+    A method without a KD term on teacher logits (``sft``, ``seq_kd``, ``blackbox``) ignores
+    :data:`KD_ONLY_KEYS` (loss, sigma, tau, ...), but one that learns from a teacher's outputs
+    (``seq_kd``) still has a teacher, so it keeps ``teacher_aware``; a method without a teacher
+    (``sft``) ignores that too.
+    """
+    keys = set() if has_kd_term(method) else set(KD_ONLY_KEYS) - {"teacher_aware"}
+    return frozenset(keys | {"teacher_aware"} if is_sft(method) else keys)
 
 
 def has_kd_term(method: str) -> bool:
@@ -330,18 +471,20 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
                cache_dir: str | None = None, student_dirs: Mapping[str, str] | None = None):
     """The :class:`kdlens.config.DistillConfig` of one run of ``spec``.
 
-    ``teacher_aware: true`` swaps the teacher for ``teacher_dir`` (the SFT run of the base teacher).
-    KD runs read the teacher from a shared logit cache under ``cache_dir`` when one is given, their
-    method can use one (word-level methods; on-policy and feature methods run the teacher online)
-    and the cache is faithful to their loss (:func:`kdlens.config.cache_is_faithful`: forward KL at
-    tau = 1), so the teacher runs once per (teacher, data) along the sigma axis; other losses and
-    tau != 1 run the teacher online. ``student_dirs`` maps a
+    ``teacher_aware: true`` swaps the teacher for ``teacher_dir`` (the spec's ``aware_teacher``, or the
+    SFT run of the base teacher). KD runs read the teacher from a shared logit cache under
+    ``cache_dir`` when one is given, their method can use one (word-level methods; on-policy and
+    feature methods run the teacher online) and the cache is faithful to their loss
+    (:func:`kdlens.config.cache_is_faithful`: forward KL at tau = 1, or any loss and tau when the
+    config's ``top_k`` reaches the teacher's vocabulary, read from its ``config.json`` by
+    :func:`kdlens.models.model_vocab_size`), so the teacher runs once per (teacher, data) for all
+    of them; the other runs use the teacher online. ``student_dirs`` maps a
     student spec (e.g. ``"prune:22"``) to a saved model used instead: the runner saves the prunes of
     the *base* teacher there, so that a student distilled from the task-aware teacher starts from the
     same weights as one distilled from the base teacher (``prune:N`` would otherwise prune the
     fine-tuned teacher and mix the teacher's task tuning into the student's initialisation).
     """
-    from kdlens.config import DistillConfig, apply_overrides, cache_is_faithful
+    from kdlens.config import DistillConfig, apply_overrides
 
     extra = {k: v for k, v in overrides.items() if k not in SPECIAL_AXES}
     data = apply_overrides(dict(spec.base), {k: v for k, v in extra.items() if "." not in k})
@@ -358,9 +501,8 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
         data = {k: v for k, v in data.items() if k not in KD_ONLY_KEYS}
     data["output_dir"] = output_dir
     try:
-        if cache_dir is not None and not is_sft(str(data.get("method", "word_kd"))) \
-                and cache_is_faithful(str(data.get("loss", "forward_kl")), float(data.get("temperature", 1.0))) \
-                and "teacher_source" not in spec.base and "teacher_source" not in overrides:
+        if cache_dir is not None and has_kd_term(str(data.get("method", "word_kd"))) \
+                and "teacher_source" not in spec.base and "teacher_source" not in overrides and _cache_faithful(data):
             cached = {**data, "teacher_source": "cache", "cache_dir": data.get("cache_dir") or cache_dir}
             try:
                 return DistillConfig.from_dict(cached)
@@ -373,13 +515,35 @@ def run_config(spec: SweepSpec, overrides: Mapping[str, Any], *, output_dir: str
         raise ValueError(f"sweep run {run_id(overrides)} ({json.dumps(dict(overrides), default=str)}): {err}") from err
 
 
+def _cache_faithful(data: Mapping[str, Any]) -> bool:
+    """Whether a teacher cache stands in for the online teacher in the run of config ``data``."""
+    from kdlens.config import DistillConfig, cache_is_faithful
+    from kdlens.models import model_vocab_size
+
+    loss, tau = str(data.get("loss", "forward_kl")), float(data.get("temperature", 1.0))
+    if cache_is_faithful(loss, tau):
+        return True
+    top_k = int(data.get("top_k", DistillConfig.__dataclass_fields__["top_k"].default))
+    teacher = data.get("teacher")
+    return cache_is_faithful(loss, tau, top_k=top_k, vocab_size=model_vocab_size(teacher) if teacher else None)
+
+
 def teacher_sft_config(spec: SweepSpec, *, output_dir: str):
-    """The config that fine-tunes the base teacher on the tasks (the task-aware teacher)."""
+    """The config that fine-tunes the base teacher on the tasks (the task-aware teacher).
+
+    ``teacher_sft`` overrides the base; a length it gives (``steps`` or ``epochs``) replaces the base's.
+    """
     from kdlens.config import DistillConfig
 
-    base = {k: v for k, v in spec.base.items() if k not in KD_ONLY_KEYS and k not in ("student", "method")}
+    dropped = {"student", "method", *KD_ONLY_KEYS}
+    if {"steps", "epochs"} & set(spec.teacher_sft):
+        dropped |= {"steps", "epochs"}
+    base = {k: v for k, v in spec.base.items() if k not in dropped}
     data = {**base, **dict(spec.teacher_sft), "method": "sft", "student": None, "output_dir": output_dir}
-    return DistillConfig.from_dict(data)
+    try:
+        return DistillConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"sweep teacher_sft (the task-aware teacher's run): {err}") from err
 
 
 def schedule(runs: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
@@ -409,3 +573,120 @@ def compares_with_aware_teacher(spec: SweepSpec, overrides: Mapping[str, Any], a
     if "teacher_aware" in overrides and not missing(overrides["teacher_aware"]):
         return bool(overrides["teacher_aware"])
     return any_aware and is_sft(method_of(spec, overrides))
+
+
+def on_axis(results: pd.DataFrame, spec: str | os.PathLike | Mapping[str, Any] | SweepSpec,
+            axis: str | None = None) -> pd.DataFrame:
+    """The rows of a sweep's table on one line through the reference point: ``axis`` alone varies.
+
+    In a one-at-a-time grid each axis is varied from the reference point (the first value of every
+    axis); this picks the runs of one such line, with their baseline runs, so that a verdict on
+    ``axis`` compares runs that differ in nothing else (e.g. the three students of a grid that also
+    varies sigma, tau and the data size, each with its SFT baseline).
+
+    Parameters
+    ----------
+    results : DataFrame
+        A table with the spec's axis columns (:func:`kdlens.sweep.read_results` of a sweep or
+        published folder, or :func:`expand_sweep`).
+    spec : path to YAML, mapping or :class:`SweepSpec`
+        The sweep's spec (a published folder holds it as ``spec.yaml``).
+    axis : str, optional
+        An axis of ``spec.axes``; None keeps the reference cell alone (with its baselines).
+
+    Returns
+    -------
+    DataFrame
+        The rows (index kept) whose every other axis is at its reference value or does not apply to
+        the run (missing: the SFT baseline's sigma, ``seq_kd``'s loss); rows of the baseline method
+        are kept whatever the ``method`` axis says. Replicate axes (the seed) are not filtered.
+
+    Raises
+    ------
+    ValueError
+        ``axis`` is not an axis of the spec, or the table lacks an axis column.
+    """
+    spec = load_sweep_spec(spec)
+    if axis is not None and axis not in spec.axes:
+        raise ValueError(f"{axis!r} is not an axis of sweep {spec.name!r}; its axes: {', '.join(spec.axes)}")
+    others = [key for key in spec.axes if key != axis]
+    absent = [key for key in others if key not in results.columns]
+    if absent:
+        raise ValueError(f"the table has no column for the axes {absent} of sweep {spec.name!r}: pass its results")
+    keep = pd.Series(True, index=results.index)
+    baseline = results["method"].eq(spec.baseline) if spec.baseline and "method" in results.columns \
+        else pd.Series(False, index=results.index)
+    for key in others:
+        reference = spec.axes[key][0]
+        at = results[key].map(lambda v, ref=reference: missing(v) or _same_value(v, ref))
+        keep &= at | (baseline if key == "method" else False)
+    return results.loc[keep]
+
+
+def _same_value(value: Any, reference: Any) -> bool:
+    """Equal axis values across the types a table gives back (1 and 1.0; numpy scalars; True and 1.0)."""
+    value = value.item() if hasattr(value, "item") and not isinstance(value, str) else value
+    if isinstance(value, bool | int | float) and isinstance(reference, bool | int | float):
+        return float(value) == float(reference)
+    return json.dumps(value, sort_keys=True, default=str) == json.dumps(reference, sort_keys=True, default=str)
+
+
+def smoke_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *,
+               axes: Sequence[str] | Mapping[str, Sequence[Any]] | None = None, seeds: int = 2, steps: int = 2,
+               n_examples: int = 32, eval_n: int = 4, name: str | None = None) -> dict[str, Any]:
+    """A version of ``spec`` that runs in seconds: the same models, tasks and methods, tiny budgets.
+
+    For CI and the notebooks' smoke settings: it goes through every piece of the real sweep
+    (its teachers, caches, evaluation splits and tables) and proves nothing about distillation.
+
+    Parameters
+    ----------
+    spec : path to YAML, mapping or :class:`SweepSpec`
+    axes : list of axis names, or mapping axis -> values, optional
+        The axes kept (a list keeps their values, a mapping gives them); every other axis is held at
+        its reference value (its first), which moves into ``base``. Default: every axis.
+    seeds : int
+        The first ``seeds`` values of each replicate axis.
+    steps : int
+        Optimizer steps per run (no warmup).
+    n_examples : int
+        Training items per task, unless ``n_examples`` is a kept axis (the batch size is cut to the
+        smallest data size).
+    eval_n : int
+        Evaluation items per task and split.
+    name : str, optional
+        Default ``<spec name>_smoke``.
+
+    Returns
+    -------
+    dict
+        A spec mapping for :func:`kdlens.sweep.run_sweep`.
+    """
+    spec = load_sweep_spec(spec)
+    out = spec.to_dict()
+    wanted = list(spec.axes) if axes is None else list(axes)
+    unknown = [key for key in wanted if key not in spec.axes]
+    if unknown:
+        raise ValueError(f"{unknown} are not axes of sweep {spec.name!r}; its axes: {', '.join(spec.axes)}")
+    keep = {key: list(axes[key]) if isinstance(axes, Mapping) else list(spec.axes[key]) for key in wanted}
+    held = {key: values[0] for key, values in spec.axes.items() if key not in keep}
+    base = {**dict(spec.base), **{k: v for k, v in held.items() if k not in SPECIAL_AXES},
+            "steps": int(steps), "warmup_steps": 0, "log_every": 1}
+    base.pop("epochs", None)
+    if "n_examples" not in keep:
+        base["n_examples"] = int(n_examples)
+    smallest = min(keep["n_examples"]) if "n_examples" in keep else base["n_examples"]
+    if isinstance(smallest, int) and "batch_size" in base and base["batch_size"] > smallest:
+        base["batch_size"] = smallest  # a batch cannot hold more items than the data has
+    if "teacher_aware" in held:
+        if held["teacher_aware"] and not spec.aware_teacher:
+            keep["teacher_aware"] = [True]  # the sweep still trains its task-aware teacher (teacher_sft)
+        else:  # the axis is gone: its reference teacher becomes the base teacher
+            base["teacher"] = spec.aware_teacher if held["teacher_aware"] else base["teacher"]
+            out.pop("aware_teacher", None)
+            out.pop("teacher_sft", None)
+    out.update(name=name or f"{spec.name}_smoke", base=base, axes=keep,
+               eval={**dict(spec.eval), "n": int(eval_n), "n_boot": 200})
+    if spec.replicate:
+        out["replicate"] = {key: list(values)[:max(1, int(seeds))] for key, values in spec.replicate.items()}
+    return out

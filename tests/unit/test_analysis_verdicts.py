@@ -482,6 +482,8 @@ def test_seed_sd_pools_the_variance_within_configurations():
     assert needed["sd"].iloc[0] == pytest.approx(expected)
     none = seeds_needed(0.02, data=gained.query("seed == 0"))
     assert math.isnan(none["seeds_exact"].iloc[0]) and "seed variance is unknown" in none["note"].iloc[0]
+    flat = seeds_needed(0.02, data=gained.assign(accuracy_gain=0.01))  # every seed the same: no spread
+    assert math.isnan(flat["seeds_exact"].iloc[0]) and "does not vary across seeds (sd 0)" in flat["note"].iloc[0]
 
 
 # --------------------------------------------------------------------------- mixed model against lme4

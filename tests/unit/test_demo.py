@@ -1,23 +1,32 @@
-"""The demo (kdlens.demo.run_demo and ``kdlens demo``) in smoke mode on the built-in tiny model."""
+"""The demo (kdlens.demo.run_demo and ``kdlens demo``): the lab experiment in smoke mode, and its settings."""
 
 from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from kdlens.cli import main
-from kdlens.demo import demo_spec, find_shared_data, run_demo, summary_table
+from kdlens.demo import DEMO_SIGMA, DEMO_TAU, demo_spec, find_shared_data, run_demo, summary_table
 from kdlens.report import SECTION_TITLES
-from kdlens.sweep import read_results
+from kdlens.sweep import expand_sweep, load_sweep_spec, read_results
 
 # one worker runs the smoke demo once for every test that reads it (make test uses --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("demo")
 
-# the four student runs: (method, sigma, temperature); SFT ignores the teacher, so it has neither
-EXPECTED_RUNS = {("sft", None, None), ("word_kd", 0.0, 1.0), ("word_kd", 2.0, 1.0), ("word_kd", 0.0, 2.0)}
+GRID = Path(__file__).resolve().parents[2] / "analyses" / "lab_grid.yaml"
+# the five cells: (method, teacher_aware, sigma, temperature); SFT has no teacher and no KD setting
+CELLS = {("sft", None, None, None), ("word_kd", True, 0.0, 1.0), ("word_kd", False, 0.0, 1.0),
+         ("word_kd", True, DEMO_SIGMA, 1.0), ("word_kd", True, 0.0, DEMO_TAU)}
+
+
+def _cell(row) -> tuple:
+    if row["method"] == "sft":
+        return ("sft", None, None, None)
+    return (row["method"], bool(row["teacher_aware"]), float(row["sigma"]), float(row["temperature"]))
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +42,21 @@ def _mtimes(root):
             and "eval" not in p.parts}
 
 
+def test_the_lab_demo_is_cells_of_the_lab_grid_with_three_seeds():
+    spec = demo_spec()
+    grid = load_sweep_spec(GRID)
+    # the reference recipe of the grid: the demo's runs are the grid's own cells (same run identity)
+    assert {k: v for k, v in spec["base"].items() if k != "n_examples"} == \
+        {k: v for k, v in grid.base.items() if k not in ("seq_kd", "gkd")}
+    assert spec["base"]["n_examples"] == grid.axes["n_examples"][0]
+    assert spec["aware_teacher"] == grid.aware_teacher and spec["replicate"] == {"seed": [0, 1, 2]}
+    for axis, values in spec["axes"].items():
+        assert values[0] == grid.axes[axis][0] and set(values) <= set(grid.axes[axis])
+    runs = expand_sweep(spec)
+    assert len(runs) == 15 and {_cell(r) for _, r in runs.iterrows()} == CELLS
+    assert spec["eval"]["n"] == 300 and spec["eval"]["split"] == "test"
+
+
 def test_report_has_every_section_and_embeds_figures(demo):
     out, report, _ = demo
     assert report == out / "report.html" and report.is_file()
@@ -40,82 +64,83 @@ def test_report_has_every_section_and_embeds_figures(demo):
     for title in SECTION_TITLES.values():
         assert f">{title}<" in html, f"section {title!r} missing from the demo report"
     assert "smoke" in html  # the title says a smoke run proves nothing
+    assert "task-aware teacher raises accuracy against task-unaware teacher" in html  # the verdicts are rendered
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
     assert images and all(len(b) > 1000 for b in images)
     assert 'src="http' not in html and "src='http" not in html  # self-contained
 
 
-def test_four_runs_finished_with_their_settings(demo):
+def test_ten_runs_finished_with_their_teachers_and_the_exact_cache(demo):
     out, _, _ = demo
     run_dirs = sorted((out / "sweep" / "runs").iterdir())
-    assert len(run_dirs) == 4
-    seen = set()
+    assert len(run_dirs) == 10  # five cells x two seeds in smoke mode
+    seen = []
     for run in run_dirs:
         assert (run / "done").is_file() and (run / "checkpoint" / "config.json").is_file()
         manifest = json.loads((run / "manifest.json").read_text())
-        assert manifest["teacher"] == "tiny" and manifest["student"] == "prune:1" and manifest["steps"] == 4
-        kd = manifest["method"] != "sft"
-        seen.add((manifest["method"], manifest["sigma"] if kd else None, manifest["temperature"] if kd else None))
-        if kd:  # the tau = 1 KD runs read one teacher-logit cache (the teacher ran once for them);
-            # at tau = 2 a top-k cache is not faithful (kdlens.config.cache_is_faithful): online teacher
-            assert manifest["teacher_source"] == ("cache" if manifest["temperature"] == 1.0 else "online")
-    assert seen == EXPECTED_RUNS
-    assert len(list((out / "sweep" / "teacher_cache").iterdir())) == 1
+        assert manifest["student"] == "lab-base-l2" and manifest["steps"] == 2
+        if manifest["method"] == "sft":
+            seen.append(("sft", manifest["seed"]))
+            continue
+        aware = manifest["teacher"] == "lab-teacher-aware"
+        assert manifest["teacher"] == ("lab-teacher-aware" if aware else "lab-teacher-base")
+        # top_k 102 = the lab vocabulary: every word-level run reads the teacher cache, tau 2 too
+        assert manifest["teacher_source"] == "cache"
+        seen.append((aware, manifest["sigma"], manifest["temperature"], manifest["seed"]))
+    assert sorted(map(str, seen)) == sorted(map(str, [
+        *[("sft", s) for s in (0, 1)], *[(True, 0.0, 1.0, s) for s in (0, 1)], *[(False, 0.0, 1.0, s) for s in (0, 1)],
+        *[(True, DEMO_SIGMA, 1.0, s) for s in (0, 1)], *[(True, 0.0, DEMO_TAU, s) for s in (0, 1)]]))
+    # one teacher pass per (teacher, training set): two teachers x two seeds' training sets
+    assert len([p for p in (out / "sweep" / "teacher_cache").iterdir() if p.is_dir()]) == 4
 
 
 def test_results_table_rows_and_metrics_match_the_examples(demo):
     out, _, _ = demo
     results = read_results(out / "sweep")
-    # one row per run and task: chain_sum and the pooled "all"
-    assert len(results) == 8
-    assert sorted(results["task"].unique()) == ["all", "chain_sum"]
-    assert set(results.groupby("run_id").size()) == {2}
-    assert (results["n"] == 8).all()
-    assert {(m, None if pd.isna(s) else s, None if pd.isna(t) else t)
-            for m, s, t in results[["method", "sigma", "temperature"]].itertuples(index=False)} == EXPECTED_RUNS
-    # naive references from the raw tables the metrics were computed from
+    assert len(results) == 20 and sorted(results["task"].unique()) == ["all", "lab_chain"]
+    assert (results["n"] == 4).all()
+    assert {_cell(r) for _, r in results.iterrows()} == CELLS
     examples = pd.read_parquet(out / "sweep" / "examples.parquet")
     tokens = pd.read_parquet(out / "sweep" / "tokens.parquet")
-    teacher = examples.loc[examples["model_id"] == "teacher"].set_index("example_id")
     for row in results.loc[results["task"] == "all"].itertuples():
         mine = examples.loc[examples["model_id"] == row.run_id].set_index("example_id")
-        assert len(mine) == 8
-        assert row.accuracy == pytest.approx(mine["correct"].astype(float).mean())
+        teacher = examples.loc[examples["model_id"] == row.teacher_id].set_index("example_id")
+        assert len(mine) == 4 and row.accuracy == pytest.approx(mine["correct"].astype(float).mean())
         agree = [isinstance(a, str) and isinstance(b, str) and a.strip() == b.strip()
                  for a, b in zip(mine["pred_answer"], teacher.loc[mine.index, "pred_answer"], strict=True)]
         assert row.agreement == pytest.approx(sum(agree) / len(agree))
         kl = tokens.loc[tokens["model_id"] == row.run_id, "forward_kl"]
         assert len(kl) > 0 and row.token_forward_kl == pytest.approx(kl.mean(), rel=1e-6)
-        assert row.token_forward_kl > 0  # a 1-layer student does not match its 2-layer teacher
 
 
 def test_summary_and_stage_times(demo):
     out, _, lines = demo
     record = json.loads((out / "demo.json").read_text())
-    assert record["smoke"] is True and record["threads"] == 1
+    assert record["smoke"] is True and record["threads"] == 1 and record["setting"] == "lab"
+    assert record["workers"] == 1 and len(record["load_average"]) == 3
     stages = record["stages"]
-    assert set(stages) == {"teacher_load", "train", "evaluate", "report", "total"}
+    assert set(stages) == {"teacher_load", "sweep", "report", "total"}
     for clock in ("wall_s", "cpu_s"):
         assert all(v[clock] >= 0 for v in stages.values())
         assert stages["total"][clock] == pytest.approx(sum(v[clock] for k, v in stages.items() if k != "total"))
-    assert stages["train"]["cpu_s"] > 0 and stages["evaluate"]["cpu_s"] > 0
     summary = pd.DataFrame(record["summary"])
-    assert summary["method"].tolist()[0] == "sft" and len(summary) == 4
-    # progress: one line per run trained and evaluated
-    assert sum("training sigma" in line or "training sft" in line for line in lines) == 4
-    assert sum(re.search(r"\[\d/4\] evaluating", line) is not None for line in lines) == 4
+    assert summary["method"].tolist()[:2] == ["sft", "sft"] and len(summary) == 10
+    assert sum(re.search(r"\[\d+/10\] training", line) is not None for line in lines) == 10
 
 
-def test_rerun_resumes_without_retraining_and_cli_prints_the_report(demo, capsys):
+def test_rerun_resumes_without_retraining_and_the_cli_prints_the_verdicts(demo, capsys):
     out, report, _ = demo
     before = _mtimes(out)
     assert main(["demo", "--smoke", "-o", str(out), "--threads", "1"]) == 0
     captured = capsys.readouterr()
     assert f"Report: {report.resolve()}" in captured.out
-    assert re.search(r"\[\d/4\] training", captured.err) is None  # every run was finished: none is trained again
+    assert re.search(r"\[\d+/10\] training", captured.err) is None  # every run was finished: none is trained again
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
     assert _mtimes(out) == before
-    table = captured.out.split("Report:")[0]
-    assert all(name in table for name in ("sft", "word_kd", "accuracy", "agreement", "bleu"))
+    table, verdicts = captured.out.split("Report:")[0].split("Verdicts")
+    assert all(name in table for name in ("sft", "word_kd", "accuracy", "agreement", "bleu", "teacher_aware"))
+    assert "- task-aware teacher raises accuracy against task-unaware teacher" in verdicts
+    assert f"- σ = {DEMO_SIGMA:g} lowers accuracy against σ = 0" in verdicts
 
 
 def test_rerun_with_other_settings_is_refused(demo):
@@ -135,32 +160,62 @@ def test_summary_table_orders_sft_first_and_keeps_pooled_rows():
     assert table["run_id"].tolist() == ["sft-a", "kd-b"] and table["accuracy"].tolist() == [0.4, 0.2]
 
 
-def test_demo_spec_full_mode_uses_smollm2_and_the_math_slice(tmp_path):
+def test_the_smollm2_setting_keeps_the_pruned_student_pipeline(tmp_path):
     math = tmp_path / "MultiArith.json"
     math.write_text("[]")
-    spec = demo_spec(math_test=math)
+    spec = demo_spec("smollm2", math_test=math)
     assert spec["base"]["teacher"] == "smollm2-135m-instruct" and spec["base"]["student"] == "prune:8"
     assert spec["eval"]["tasks"] == ["chain_sum:16", str(math.resolve())]
     assert spec["axes"] == {"sigma": [0.0, 2.0], "temperature": [1.0, 2.0]} and spec["grid"] == "one_at_a_time"
-    assert spec["baseline"] == "sft"
+    assert spec["baseline"] == "sft" and demo_spec("smollm2", smoke=True)["base"]["teacher"] == "tiny"
 
 
-@pytest.mark.parametrize("key", ["student_layers", "train_n", "eval_n", "steps", "max_new_tokens"])
+def test_options_of_the_other_setting_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="belong to the smollm2 setting"):
+        demo_spec("lab", teacher="tiny")
+    with pytest.raises(ValueError, match="seeds belong to the lab setting"):
+        demo_spec("smollm2", seeds=3)
+    with pytest.raises(ValueError, match="'gpu' is not one of lab, smollm2"):
+        demo_spec("gpu")
+    with pytest.raises(ValueError, match="shared_data belongs to the smollm2 setting"):
+        run_demo(tmp_path / "out", smoke=True, shared_data=tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_picks_the_smollm2_setting_from_its_options(tmp_path, capsys, monkeypatch):
+    import kdlens.demo
+
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(kdlens.demo, "run_demo", stop)
+    assert main(["demo", "--model", "tiny", "-o", str(tmp_path)]) == 1
+    assert seen["setting"] == "smollm2" and seen["teacher"] == "tiny"
+    assert main(["demo", "-o", str(tmp_path)]) == 1 and seen["setting"] == "lab"
+    assert "kdlens demo: error: stop here" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["seeds", "train_n", "eval_n", "steps", "max_new_tokens"])
 def test_demo_rejects_non_positive_sizes(key, tmp_path):
     with pytest.raises(ValueError, match=f"demo {key} must be a positive integer, got 0"):
         run_demo(tmp_path, smoke=True, **{key: 0})
     assert not (tmp_path / "sweep").exists()
 
 
-def test_demo_rejects_zero_threads(tmp_path):
+def test_demo_rejects_zero_threads_and_workers(tmp_path):
     with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
         run_demo(tmp_path / "out", smoke=True, threads=0)
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        run_demo(tmp_path / "out", smoke=True, workers=0)
     assert not (tmp_path / "out").exists()
 
 
 def test_demo_rejects_a_shared_data_dir_without_the_math_test(tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="MultiArith.json does not exist"):
-        run_demo(tmp_path / "out", smoke=True, shared_data=tmp_path)
+        run_demo(tmp_path / "out", setting="smollm2", smoke=True, shared_data=tmp_path)
     assert main(["demo", "--smoke", "-o", str(tmp_path / "out"), "--shared-data", str(tmp_path)]) == 1
     assert "kdlens demo: error:" in capsys.readouterr().err
 
@@ -175,3 +230,8 @@ def test_find_shared_data(kd_data, monkeypatch, tmp_path):
     monkeypatch.setenv("KDLENS_SHARED_DATA", str(tmp_path))
     monkeypatch.setattr(kdlens.demo, "__file__", str(tmp_path / "a" / "kdlens" / "demo.py"))
     assert find_shared_data() is None
+
+
+def test_the_make_target_runs_the_lab_demo():
+    makefile = (GRID.parents[1] / "Makefile").read_text()
+    assert "\t$(BIN)/kdlens demo\n" in makefile  # no --setting: the lab experiment

@@ -14,8 +14,11 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 # the notebooks that read the paper's released results
 NEEDS_SHARED_DATA = {"02_paper_statistics.ipynb"}
-# the notebooks committed executed, with the outputs and figures of their full setting
-EXECUTED = {"06_meta_distillation.ipynb"}
+#: the notebooks whose full setting reads the published lab grid, and where their smoke sweep is written
+SWEEP_NOTEBOOKS = {"03_agreement_fidelity.ipynb": "agreement_fidelity", "04_sigma_tau.ipynb": "sigma_tau",
+                   "05_teacher_awareness.ipynb": "teacher_awareness"}
+#: the notebooks committed executed in their full setting (03-05 read the lab grid, 06 the meta grid)
+EXECUTED = {*SWEEP_NOTEBOOKS, "06_meta_distillation.ipynb"}
 
 
 def _code(book) -> list[str]:
@@ -29,25 +32,20 @@ def test_the_six_notebooks_are_there():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_shape(name):
-    """Committed without outputs (or executed in full, EXECUTED); opens with the claim, has a parameters cell,
-    defines nothing, ends on a verdict."""
+    """Opens with the claim, has a parameters cell, defines nothing, ends on a verdict; committed outputs only where
+    they come from the full setting (03-06, the lab's results); 01 and 02 are committed without outputs."""
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(book)
     assert book.cells[0].cell_type == "markdown" and "claim" in book.cells[0].source.lower()
     params = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "SMOKE =" in params[0].source
-    for cell in book.cells:
-        if cell.cell_type == "code" and name not in EXECUTED:
+    code = [cell for cell in book.cells if cell.cell_type == "code"]
+    if name in EXECUTED:  # executed top to bottom in one kernel
+        assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), \
+            f"{name}: commit it executed in order (jupyter nbconvert --execute --inplace, full setting)"
+    else:
+        for cell in code:
             assert cell.outputs == [] and cell.execution_count is None, f"{name}: clear the outputs before committing"
-        if cell.cell_type == "code" and name in EXECUTED:
-            assert cell.execution_count is not None, f"{name}: commit it executed (its full setting), every cell"
-            errors = [out for out in cell.outputs if out.get("output_type") == "error"]
-            assert not errors, f"{name}: a cell of the committed run failed"
-    if name in EXECUTED:  # the committed outputs are the full setting's: its figures and its verdict, not a smoke run
-        verdict = "".join(out.get("text", "") for out in book.cells[-1].outputs if out.get("output_type") == "stream")
-        assert verdict.strip() and "say nothing about distillation" not in verdict
-        assert any("image/png" in out.get("data", {}) for cell in book.cells if cell.cell_type == "code"
-                   for out in cell.outputs)
     for source in _code(book):
         for node in ast.walk(ast.parse(source)):
             assert not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda), \
@@ -56,6 +54,25 @@ def test_notebook_shape(name):
     assert "print(" in book.cells[-1].source
     if name not in NEEDS_SHARED_DATA:  # 02 reads the released results: the same numbers in both settings
         assert "if SMOKE:" in book.cells[-1].source, f"{name}: the smoke verdict must say it proves nothing"
+
+
+@pytest.mark.parametrize("name", sorted(SWEEP_NOTEBOOKS))
+def test_the_committed_outputs_come_from_the_full_lab_grid(name):
+    """03-05 show the published lab results on the repository page: the whole grid, its verdicts and figures."""
+    from kdlens.sweep import read_results
+
+    published = NOTEBOOKS.parent / "analyses" / "results" / "lab_grid"
+    n_runs = len(read_results(published / "runs.parquet"))
+    book = nbformat.read(NOTEBOOKS / name, as_version=4)
+    outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.get("output_type") == "error"]
+    verdict = "".join(out.get("text", "") for out in book.cells[-1].outputs if out.get("output_type") == "stream")
+    assert f"Data: the whole grid: {n_runs} of {n_runs} runs." in verdict
+    assert "Smoke run" not in verdict and "lab_chain@test" in "".join(out.get("text", "") for out in outputs) + verdict
+    assert any(verdict.count(word) for word in ("supported", "contradicted"))  # at least one decided verdict
+    figures = [out for out in outputs if "image/png" in out.get("data", {})]
+    assert figures, f"{name}: the committed notebook shows its figures"
+    assert "/tmp/" not in "".join(str(out) for out in outputs)  # no machine-specific paths in the outputs
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -89,10 +106,6 @@ def test_notebook_runs_on_its_smoke_setting(name, monkeypatch, tmp_path, request
     assert not errors
 
 
-#: the notebooks whose full setting reads a published sweep, and where their smoke sweep is written
-SWEEP_NOTEBOOKS = {"03_agreement_fidelity.ipynb": ("agreement_fidelity", "student_size_smollm2"),
-                   "04_sigma_tau.ipynb": ("sigma_tau", "sigma_tau_smollm2"),
-                   "05_teacher_awareness.ipynb": ("teacher_awareness", "teacher_awareness_smollm2")}
 
 
 def _execute(name: str) -> tuple[str, list]:
@@ -107,7 +120,7 @@ def _execute(name: str) -> tuple[str, list]:
 
 @pytest.mark.parametrize("name", sorted(SWEEP_NOTEBOOKS))
 def test_full_setting_reads_the_published_tables_without_training(name, monkeypatch, tmp_path):
-    """The full setting on a machine without CUDA: the committed tables, whole or partial, give the verdict."""
+    """The full setting reads the published tables, whole or partial, and trains nothing (a CPU grid never)."""
     from kdlens.sweep import publish_sweep, run_sweep
 
     monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "1")
@@ -115,22 +128,25 @@ def test_full_setting_reads_the_published_tables_without_training(name, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # full_results trains only where CUDA is
     monkeypatch.delenv("CI", raising=False)
-    smoke_dir, full_name = SWEEP_NOTEBOOKS[name]
-    sweep_dir = tmp_path / smoke_dir
-    # 05 gets a partial grid, as after a first GPU session: the students of one of its two teachers
+    sweep_dir = tmp_path / SWEEP_NOTEBOOKS[name]
+    # 05 gets a partial grid, as after a stopped session: the SFT baseline and one KD run of one teacher
     run_sweep(_smoke_spec(name, monkeypatch), output_dir=sweep_dir,
-              max_runs=1 if name == "05_teacher_awareness.ipynb" else None)
+              max_runs=2 if name == "05_teacher_awareness.ipynb" else None)
     publish_sweep(sweep_dir, tmp_path / "published")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "published").iterdir()}
+    runs_dir = NOTEBOOKS.parent / "runs"
+    trained_before = sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []
     monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "0")
     monkeypatch.setenv("KDLENS_NOTEBOOK_RESULTS", str(tmp_path / "published"))
     verdict, errors = _execute(name)
     assert not errors, errors
     assert "say nothing about distillation" not in verdict
     if name == "05_teacher_awareness.ipynb":
-        assert "Data: a partial grid: 1 of 2 runs" in verdict and "not testable" in verdict
+        assert "Data: a partial grid: 2 of 6 runs" in verdict and "not testable" in verdict
     else:
         assert "Data: the whole grid" in verdict
-    assert not (NOTEBOOKS.parent / "runs" / full_name).exists()  # nothing was trained
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "published").iterdir()} == before
+    assert (sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []) == trained_before  # nothing was trained
 
 
 def _smoke_spec(name: str, monkeypatch, key: str = "SMOKE_SPEC") -> dict:

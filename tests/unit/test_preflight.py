@@ -169,3 +169,68 @@ def test_a_teacher_worse_than_its_student_is_a_warning_naming_it(tmp_path, arith
     assert not nll["ok"] and nll["teacher"] > nll["student"]
     assert "a task-unaware or broken teacher" in caplog.text
     assert run.done  # a warning, not an error
+
+
+# ---------------------------------------------------------------- no false alarm on a sound loss (review of issue 12)
+
+
+@pytest.mark.parametrize("case", ["jsd saturated", "skew alpha=1", "student = teacher up to rounding"])
+def test_a_flat_loss_is_recorded_as_not_applying_not_as_broken(case):
+    t = torch.zeros(2, 11)
+    t[:, 0] = 30.0
+    s = torch.zeros(2, 11)
+    s[:, 1] = 30.0  # two confident models that disagree: JSD sits at its maximum, log 2
+    if case == "jsd saturated":
+        report = check_descent(L.get_loss("jsd"), s, t, cfg("jsd", temperature=0.25))
+    elif case == "skew alpha=1":
+        report = check_descent(L.get_loss("skew_forward_kl", alpha=1.0), s, t, cfg("skew_forward_kl", alpha=1.0))
+    else:
+        s, t = rows(0)
+        report = check_descent(L.forward_kl, t + 1e-7 * s, t, cfg())
+    assert report["ok"] and report["applies"] is False and "flat" in report["why"], report
+    assert abs(report["slope"]) <= 1e-9 and abs(report["finite_difference"]) <= 1e-9
+
+
+class _FixedLogits(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.logits)
+
+
+def _preflight_on(loss, student_logits, teacher_logits):
+    """:func:`preflight` on one batch whose student and teacher logits are given ([B, T, V])."""
+    from kdlens.distill._preflight import preflight
+
+    b, t, v = student_logits.shape
+    labels = torch.full((b, t), 1)
+    labels[:, 0] = -100
+    features = [{"input_ids": [1] * t, "attention_mask": [1] * t, "labels": labels[i].tolist()} for i in range(b)]
+
+    def collate(feats):
+        return {k: torch.tensor([f[k] for f in feats]) for k in ("input_ids", "attention_mask", "labels")}
+
+    def teacher_fn(batch, example_indices):
+        return SimpleNamespace(logits=teacher_logits[:, :-1])
+
+    config = SimpleNamespace(loss=loss, loss_params={}, temperature=1.0, scale_by_temperature_squared=False,
+                             cache_tail="uniform", batch_size=b, system_prompt=None)
+    return preflight(config, student=_FixedLogits(student_logits), teacher_fn=teacher_fn,
+                     loss_fn=L.get_loss(loss), tokenizer=None, teacher_tokenizer=None, features=features, records=[],
+                     collate=collate, vocab=v, device=torch.device("cpu"), log=False)
+
+
+@pytest.mark.parametrize("loss", ["mse_soft", "l2_soft"])
+def test_a_loss_on_probabilities_that_rises_along_the_logit_line_is_a_warning_not_an_error(loss):
+    """Far from its teacher (logits of scale 8), moving the student's logits toward the teacher's raises
+    the squared error of the probabilities: a property of the loss, not a bug, so the run goes on."""
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(4, 11, generator=g) * 8, torch.randn(4, 11, generator=g) * 8
+    assert not check_descent(L.get_loss(loss), s, t, cfg(loss))["ok"]  # it does rise there
+    report = _preflight_on(loss, s[:, None].expand(4, 2, 11).contiguous(), t[:, None].expand(4, 2, 11).contiguous())
+    assert not report["descent"]["ok"] and report["descent"]["slope"] > 0
+    assert any(f"loss={loss}" in w and "need not fall" in w for w in report["warnings"])
+    kl = _preflight_on("forward_kl", s[:, None].expand(4, 2, 11).contiguous(), t[:, None].expand(4, 2, 11).contiguous())
+    assert kl["descent"]["ok"] and kl["descent"]["slope"] < 0 and kl["warnings"] == []  # KL does fall there

@@ -182,6 +182,43 @@ def test_an_explicit_cache_where_it_is_not_faithful_warns():
         DistillConfig.from_dict({**common, "sigma": 2.0})
 
 
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """The tiny model saved as a Hugging Face directory (vocabulary 260) and as a kdlens run directory."""
+    from kdlens.models import tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    model, tokenizer = tiny_model(seed=0)
+    for where in (root / "hf", root / "run" / "checkpoint"):
+        model.save_pretrained(where)
+        tokenizer.save_pretrained(where)
+    return root
+
+
+def test_a_cache_as_wide_as_the_vocabulary_is_exact_for_every_loss_and_tau(tiny_dir):
+    from kdlens.models import model_vocab_size
+
+    assert cache_is_faithful("reverse_kl", 2.0, top_k=102, vocab_size=102)
+    assert cache_is_faithful("jsd", 5.0, top_k=200, vocab_size=102)
+    assert not cache_is_faithful("reverse_kl", 2.0, top_k=101, vocab_size=102)
+    assert not cache_is_faithful("reverse_kl", 2.0, top_k=102)  # the vocabulary unknown: only the measured case
+    assert model_vocab_size(tiny_dir / "hf") == model_vocab_size(tiny_dir / "run") == 260
+    assert model_vocab_size(tiny_dir / "nothing") is None and model_vocab_size("org/not-here") is None
+    common = {"teacher": str(tiny_dir / "hf"), "student": "prune:1", "tasks": ["chain_sum:4"],
+              "teacher_source": "cache", "loss": "reverse_kl", "temperature": 2.0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # top_k = the teacher's vocabulary: nothing to warn about
+        DistillConfig.from_dict({**common, "top_k": 260})
+    with pytest.warns(UserWarning, match="or a top_k as large as the vocabulary"):
+        DistillConfig.from_dict({**common, "top_k": 259})
+    spec = load_sweep_spec({**SWEEP, "base": {**BASE, "teacher": str(tiny_dir / "hf"), "top_k": 260},
+                            "axes": {"loss": ["forward_kl", "reverse_kl", "jsd"], "temperature": [1.0, 3.0]}})
+    for overrides in expand_sweep(spec)["overrides"]:
+        overrides = json.loads(overrides)
+        cfg = run_config(spec, overrides, output_dir="o", teacher_dir=None, cache_dir="/c")
+        assert cfg.teacher_source == ("online" if overrides.get("method") == "sft" else "cache"), overrides
+
+
 def test_cli_sweep_publish_flags(tmp_path, capsys):
     import yaml
 

@@ -78,6 +78,56 @@ def test_teacher_aware_swaps_the_teacher_for_the_sft_run_and_uses_the_shared_cac
     assert gkd.teacher_source == "online"  # on-policy: the teacher scores fresh samples, no cache can hold them
 
 
+def test_replicate_crosses_every_cell_of_a_one_at_a_time_grid():
+    axes = {"sigma": [0.0, 1.0, 2.0], "temperature": [1.0, 2.0]}
+    runs = expand_sweep(spec(axes=axes, grid="one_at_a_time", replicate={"seed": [0, 1, 2]}))
+    # 4 cells (reference, sigma 1, sigma 2, tau 2) x 3 seeds; the seed is a column like an axis
+    assert len(runs) == 12 and list(runs.columns[4:]) == ["sigma", "temperature", "seed"]
+    cells = runs.groupby(["sigma", "temperature"])["seed"].apply(sorted)
+    assert cells.to_dict() == {(0.0, 1.0): [0, 1, 2], (0.0, 2.0): [0, 1, 2], (1.0, 1.0): [0, 1, 2],
+                               (2.0, 1.0): [0, 1, 2]}
+    # as an axis of a one-at-a-time grid the seed is one more factor: only the reference cell gets every seed
+    as_axis = expand_sweep(spec(axes={**axes, "seed": [0, 1, 2]}, grid="one_at_a_time"))
+    assert len(as_axis) == 6
+    # ids depend on the overrides only: the runs both spellings share keep their ids
+    assert set(as_axis["run_id"]) < set(runs["run_id"])
+    # in a product grid replicate is one more product axis, with the ids of the seed axis
+    product = expand_sweep(spec(axes=axes, replicate={"seed": [0, 1]}))
+    assert set(product["run_id"]) == set(expand_sweep(spec(axes={**axes, "seed": [0, 1]}))["run_id"])
+
+
+def test_replicated_baselines_run_once_per_seed_and_student():
+    runs = expand_sweep(spec(axes={"sigma": [0.0, 2.0], "student": ["prune:1", "prune:2"]}, grid="one_at_a_time",
+                             replicate={"seed": [0, 1]}, baseline="sft"))
+    sft = runs.loc[runs["method"] == "sft"]
+    assert len(runs) == 3 * 2 + 2 * 2 and len(sft) == 4
+    assert set(zip(sft["student"], sft["seed"], strict=True)) == {(s, k) for s in ("prune:1", "prune:2") for k in (0, 1)}
+
+
+def test_the_new_spec_keys_leave_older_specs_and_their_hash_unchanged():
+    from kdlens._io import sha256_json
+
+    plain = load_sweep_spec(spec())
+    assert "replicate" not in plain.to_dict() and "aware_teacher" not in plain.to_dict()
+    assert sha256_json(plain.to_dict()) == sha256_json({"name": "s", "base": BASE, "axes": spec()["axes"],
+                                                        "grid": "product", "baseline": None, "teacher_sft": {},
+                                                        "eval": {}})
+    full = load_sweep_spec(spec(axes={"teacher_aware": [True, False]}, replicate={"seed": [0, 1]},
+                                aware_teacher="some/dir"))
+    assert load_sweep_spec(full.to_dict()) == full
+
+
+def test_aware_teacher_is_the_teacher_of_the_task_aware_runs_and_seq_kd_keeps_it():
+    s = load_sweep_spec(spec(axes={"teacher_aware": [True, False], "method": ["word_kd", "seq_kd"]},
+                             grid="one_at_a_time", baseline="sft", aware_teacher="/models/aware"))
+    runs = expand_sweep(s)
+    seq = runs.loc[runs["method"] == "seq_kd"]
+    assert len(seq) == 1 and seq["teacher_aware"].iloc[0] is True  # a teacher's decodings: the teacher matters
+    assert runs.loc[runs["method"] == "sft", "teacher_aware"].isna().all()  # SFT has no teacher
+    cfg = run_config(s, json.loads(seq["overrides"].iloc[0]), output_dir="o", teacher_dir="/models/aware")
+    assert cfg.teacher == "/models/aware"
+
+
 @pytest.mark.parametrize("bad, message", [
     ({"axes": {"sigam": [1.0]}}, "did you mean sigma"),
     ({"axes": {"sigma": []}}, "non-empty list"),
@@ -87,6 +137,25 @@ def test_teacher_aware_swaps_the_teacher_for_the_sft_run_and_uses_the_shared_cac
     ({"grid": "diagonal"}, "grid='diagonal'"),
     ({"eval": {"beams": 4}}, "unknown key"),
     ({"base": {**BASE, "output_dir": "x"}}, "remove it"),
+    # review of issue 12: a traceback, settings ignored in silence, an evaluation setting found after training
+    ({"axes": None}, r"missing \['axes'\]"),
+    ({"teacher_sft": {"student": "prune:1"}}, r"teacher_sft sets student.*always trains the base teacher"),
+    ({"teacher_sft": {"method": "word_kd"}}, r"teacher_sft sets method.*method=sft"),
+    ({"eval": {"n": -3}}, r"eval.n must be a positive integer or null \(every example\), got -3"),
+    ({"eval": {"max_new_tokens": 0}}, r"eval.max_new_tokens must be a positive integer, got 0"),
+    ({"eval": {"batch_size": 2.5}}, r"eval.batch_size must be a positive integer, got 2.5"),
+    ({"eval": {"n_boot": -1}}, r"eval.n_boot must be an integer >= 0 \(0: no bootstrap\), got -1"),
+    ({"eval": {"split": "dev"}}, r"eval.split: \['dev'\] not among the splits"),
+    ({"eval": {"tokens": "yes"}}, r"eval.tokens must be true or false, got 'yes'"),
+    ({"eval": {"tasks": []}}, r"eval.tasks is empty"),
+    ({"axes": {"teacher": ["tiny", "tiny-b"]}}, "teacher cannot be an axis.*teacher_aware"),
+    ({"replicate": {"sigma": [0.0]}}, "both an axis and a replicate axis"),
+    ({"replicate": {"seed": []}}, "non-empty list"),
+    ({"replicate": [0, 1]}, "'replicate' must be a mapping"),
+    ({"aware_teacher": "x"}, "no teacher_aware axis"),
+    ({"axes": {"teacher_aware": [True]}, "aware_teacher": "x", "teacher_sft": {"steps": 2}}, "keep one"),
+    ({"eval": {"split": ["test", "test"]}}, "repeats a split"),
+    ({"eval": {"split": []}}, "eval.split must be a split name"),
 ])
 def test_bad_specs_fail_with_a_message_naming_the_fix(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -110,6 +179,26 @@ def test_shipped_example_specs_expand(request):
     for path in files:
         runs = expand_sweep(path)
         assert len(runs) >= 2, path
+
+
+def test_on_axis_keeps_one_line_of_a_one_at_a_time_grid_with_its_baselines():
+    from kdlens.sweep import on_axis
+
+    s = load_sweep_spec(spec(axes={"sigma": [0.0, 2.0], "temperature": [1.0, 2.0], "student": ["prune:1", "prune:2"]},
+                             grid="one_at_a_time", baseline="sft", replicate={"seed": [0, 1]}))
+    runs = expand_sweep(s)
+
+    def cells(axis):
+        kept = on_axis(runs, s, axis).fillna({"sigma": -1.0, "temperature": -1.0})
+        assert set(kept.groupby(["method", "sigma", "temperature", "student"]).size()) == {2}  # both seeds
+        return set(kept[["method", "sigma", "temperature", "student"]].itertuples(index=False, name=None))
+
+    sft1, sft2 = ("sft", -1.0, -1.0, "prune:1"), ("sft", -1.0, -1.0, "prune:2")
+    assert cells("sigma") == {("word_kd", 0.0, 1.0, "prune:1"), ("word_kd", 2.0, 1.0, "prune:1"), sft1}
+    assert cells("student") == {("word_kd", 0.0, 1.0, "prune:1"), ("word_kd", 0.0, 1.0, "prune:2"), sft1, sft2}
+    assert cells(None) == {("word_kd", 0.0, 1.0, "prune:1"), sft1}
+    with pytest.raises(ValueError, match="'loss' is not an axis"):
+        on_axis(runs, s, "loss")
 
 
 # --------------------------------------------------------------------------- results
@@ -364,3 +453,44 @@ def test_two_sweeps_on_one_directory_do_not_run_at_once(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_teacher_sft_length_replaces_the_base_length_and_a_bad_teacher_sft_fails_at_expansion():
+    """Review of issue 12: ``teacher_sft: {epochs: 3}`` over a base with ``steps`` failed only once the run
+    had saved its students, and a bad ``teacher_sft`` value passed ``--dry-run``."""
+    from kdlens.sweep import teacher_sft_config
+
+    aware = spec(axes={"teacher_aware": [False, True]}, teacher_sft={"epochs": 1.0})
+    teacher = teacher_sft_config(load_sweep_spec(aware), output_dir="t")
+    assert teacher.epochs == 1.0 and teacher.steps is None and teacher.method == "sft" and teacher.student is None
+    assert teacher_sft_config(load_sweep_spec(spec()), output_dir="t").steps == BASE["steps"]
+    with pytest.raises(ValueError, match=r"teacher_sft.*lr must be > 0"):
+        expand_sweep(spec(axes={"teacher_aware": [False, True]}, teacher_sft={"lr": -1.0}))
+    expand_sweep(spec(teacher_sft={"lr": -1.0}))  # no task-aware run: the teacher's run is never made
+
+
+def test_changed_evaluation_settings_are_refused_before_any_write_and_overwrite_reevaluates(tmp_path, counted):
+    """Review of issue 12: a sweep whose eval settings changed rewrote spec.yaml (the report then showed
+    the new settings over the old results), then failed on the teacher's shard advising ``--overwrite``,
+    which did not apply to evaluations; deleting the teacher's evaluation by hand made the runs'
+    old evaluations join the teacher's new one."""
+    from kdlens.sweep import run_sweep
+
+    evaluation = {"n": 2, "max_new_tokens": 4, "batch_size": 4, "tokens": False, "n_boot": 0}
+    sweep = {"name": "tiny", "base": {**BASE, "tasks": ["chain_sum:4"], "batch_size": 4, "device": "cpu"},
+             "axes": {"sigma": [0.0]}, "eval": evaluation}
+    out = tmp_path / "sweep"
+    first = run_sweep(sweep, output_dir=out)
+    assert len(first.loc[first["task"] == "all"]) == 1 and len(counted) == 1
+    before = {name: (out / name).read_bytes() for name in ("spec.yaml", "manifest.json", "results.parquet")}
+    changed = {**sweep, "eval": {**evaluation, "n": 1, "max_new_tokens": 3}}
+    with pytest.raises(ValueError, match=r"evaluated with other settings \(max_new_tokens: 4 -> 3, n: 2 -> 1\).*"
+                                         r"--overwrite"):
+        run_sweep(changed, output_dir=out)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    run_sweep({**sweep, "eval": {**evaluation, "n_boot": 10, "tokens": True}}, output_dir=out)  # same outputs
+    again = run_sweep(changed, output_dir=out, overwrite=True)
+    assert len(counted) == 1  # the runs are kept; only their evaluations are redone
+    examples = pd.read_parquet(out / "examples.parquet")
+    assert examples.groupby("model_id").size().tolist() == [1, 1]  # n = 1 for the teacher and the run
+    assert (examples["n_output_tokens"] <= 3).all() and again["n"].iloc[0] == 1
