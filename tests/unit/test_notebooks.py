@@ -159,9 +159,10 @@ def _smoke_spec(name: str, monkeypatch, key: str = "SMOKE_SPEC") -> dict:
     return namespace[key]
 
 
-def test_the_meta_distillation_full_setting_reads_its_four_published_tables_without_training(monkeypatch, tmp_path):
-    """06 reads four published folders (three ablation grids sharing one sweep directory, and MetaDistil)."""
-    from kdlens.sweep import run_sweep
+def test_the_meta_distillation_full_setting_reads_its_published_tables_without_training(monkeypatch, tmp_path):
+    """06 reads two published folders (the MPDistil ablation grid and MetaDistil), whole or partial, and trains
+    nothing."""
+    from kdlens.sweep import publish_sweep, run_sweep
 
     name = "06_meta_distillation.ipynb"
     monkeypatch.setenv("KDLENS_NOTEBOOK_OUT", str(tmp_path))
@@ -169,19 +170,46 @@ def test_the_meta_distillation_full_setting_reads_its_four_published_tables_with
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # full_results trains only where CUDA is
     monkeypatch.delenv("CI", raising=False)
     specs = _smoke_spec(name, monkeypatch, key="SMOKE_SPECS")
-    assert list(specs) == ["meta_curriculum", "meta_teacher", "meta_loss", "meta_metadistil"]
+    assert list(specs) == ["meta_mpdistil", "meta_metadistil"]
     for spec_name, spec in specs.items():
-        run_sweep(spec, output_dir=tmp_path / ("md" if spec_name == "meta_metadistil" else "meta"),
-                  publish_dir=tmp_path / "published" / spec_name, max_runs=1 if spec_name == "meta_loss" else None)
+        # MetaDistil stops after seed 0 (its SFT, word_kd and MetaDistil runs), as a session cut short does
+        run_sweep(spec, output_dir=tmp_path / spec_name, max_runs=3 if spec_name == "meta_metadistil" else None)
+        publish_sweep(tmp_path / spec_name, tmp_path / "published" / spec_name)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "published").rglob("*")}
+    runs_dir = NOTEBOOKS.parent / "runs"
+    trained_before = sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []
     monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "0")
     monkeypatch.setenv("KDLENS_NOTEBOOK_RESULTS", str(tmp_path / "published"))
     verdict, errors = _execute(name)
     assert not errors, errors
     assert "say nothing about distillation" not in verdict
-    # meta_loss stopped after its one new run of seed 0 (its MPDistil runs come from meta_curriculum)
-    assert "meta_curriculum: the whole grid: 6 of 6 runs" in verdict and "meta_loss: a partial grid: 3 of 4 runs" in verdict
-    assert "the student beats its teacher on lab_chain" in verdict
-    assert "mpdistil.curriculum = uniform lowers accuracy against mpdistil.curriculum = policy" in verdict
-    assert "mpdistil.meta_loss = competitive changes accuracy" in verdict and "one matched pair of runs" in verdict
+    assert "meta_mpdistil: the whole grid: 10 of 10 runs" in verdict
+    assert "meta_metadistil: a partial grid: 3 of 6 runs" in verdict
+    # one sentence per task of the MPDistil arm, one per ablated switch, and MetaDistil's with one seed
+    assert verdict.count("the student beats its teacher on lab_") == 4
+    for switch in ("mpdistil.curriculum = uniform lowers", "mpdistil.curriculum = none lowers",
+                   "mpdistil.meta_teacher = False lowers", "mpdistil.meta_loss = competitive changes"):
+        assert verdict.count(switch) == 1, switch
     assert "method = metadistil raises accuracy against method = word_kd" in verdict
-    assert not (NOTEBOOKS.parent / "runs" / "meta").exists()  # nothing was trained
+    assert "n = 1 run pair" in verdict  # the partial MetaDistil grid: one seed, no interval
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "published").rglob("*")} == before
+    assert (sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []) == trained_before  # nothing was trained
+
+
+def test_the_committed_meta_distillation_outputs_come_from_its_published_tables():
+    """06 shows the published meta grids on the repository page: their run counts, verdicts and figures."""
+    from kdlens.sweep import read_results
+
+    book = nbformat.read(NOTEBOOKS / "06_meta_distillation.ipynb", as_version=4)
+    outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.get("output_type") == "error"]
+    verdict = "".join(out.get("text", "") for out in book.cells[-1].outputs if out.get("output_type") == "stream")
+    for spec_name in ("meta_mpdistil", "meta_metadistil"):
+        status = read_results(NOTEBOOKS.parent / "analyses" / "results" / spec_name / "runs.parquet")["status"]
+        done = int(status.isin(["published", "evaluated"]).sum())
+        assert f"{spec_name}: {'the whole grid' if done == len(status) else 'a partial grid'}: {done} of " \
+               f"{len(status)} runs" in verdict
+    assert "Smoke run" not in verdict and "n = 5 seeds" in verdict
+    assert any(verdict.count(word) for word in ("supported", "contradicted"))  # at least one decided verdict
+    assert [out for out in outputs if "image/png" in out.get("data", {})], "06 shows its heatmap"
+    assert "/tmp/" not in "".join(str(out) for out in outputs)  # no machine-specific paths in the outputs
