@@ -30,6 +30,7 @@ from kdlens.analysis.grid_tests import (
     ablation_tests,
     axis_contrasts,
     kd_vs_sft,
+    teacher_gap_tests,
 )
 from kdlens.analysis.harness import bootstrap_stderr, harness_accuracy, mean_stderr
 from kdlens.analysis.mode_fit import fit_to_bimodal
@@ -144,6 +145,7 @@ __all__ = [
     "sentence_bleu",
     "summarize_fidelity",
     "teacher_gap",
+    "teacher_gap_tests",
     "tokens_from_columns",
     "tost",
     "tost_correlation",

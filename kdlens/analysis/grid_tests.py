@@ -11,6 +11,9 @@ The unit of analysis is explicit in every row:
 * A one-at-a-time grid varies each axis alone from a center (σ = 0, τ = 1): a σ contrast uses only
   the runs at τ = 1 and a τ contrast only those at σ = 0, so a τ run never enters a σ test; a grid
   where only τ varies gives no σ test.
+* **Student against teacher** (MPDistil's "a student can beat its teacher") is paired within each
+  run: its accuracy minus its teacher's on the same items, one difference per run; the unit is
+  the seed (run) of a setting, per task.
 * A contrast needs two or more units to estimate their variance: with one seed the row says
   ``inconclusive`` and why, instead of testing.
 
@@ -41,7 +44,8 @@ from kdlens.analysis.verdicts import (
     require_expect_level,
 )
 
-__all__ = ["DEFAULT_CENTER", "DEFAULT_EXPECT", "ablation_tests", "axis_contrasts", "kd_vs_sft", "size_key"]
+__all__ = ["DEFAULT_CENTER", "DEFAULT_EXPECT", "ablation_tests", "axis_contrasts", "kd_vs_sft", "size_key",
+           "teacher_gap_tests"]
 
 #: center of a one-at-a-time σ/τ grid: the σ axis is read at τ = 1, the τ axis at σ = 0
 DEFAULT_CENTER: dict[str, Any] = {"sigma": 0.0, "temperature": 1.0}
@@ -76,7 +80,7 @@ def _seed_note(frame: pd.DataFrame, what: str, unit: str) -> str:
     seeds = frame["seed"].nunique() if "seed" in frame.columns else 1
     if seeds <= 1:
         return (f"one seed: {what} needs two or more seeds to estimate their variance "
-                "(add e.g. 'seed: [0, 1, 2]' to the sweep's axes)")
+                "(add e.g. 'replicate: {seed: [0, 1, 2]}' to the sweep spec: every cell then runs with each seed)")
     return f"one {unit}: {what} needs two or more to estimate their variance"
 
 
@@ -218,6 +222,108 @@ def _kd_row(part: pd.DataFrame, gain: str, metric: str, baseline: str, task: str
     return pending_row(hypothesis=hypothesis, test="mean_t", unit="baselines", estimate=mean, est=est, sd=sd,
                        expect="greater", margin=margin, n=n, note="; ".join(notes), scale=scale, units=units,
                        label="mean gain")
+
+
+def teacher_gap_tests(
+    results: pd.DataFrame,
+    *,
+    by: str | Sequence[str] | None = None,
+    tasks: Sequence[str] | None = None,
+    baseline: str = "sft",
+    expect: str = "greater",
+    margin: float = ACCURACY_MARGIN,
+    level: float = 0.95,
+    padjust: str = "holm",
+    simultaneous: bool = False,
+) -> pd.DataFrame:
+    """Does the student beat its teacher? Student-minus-teacher accuracy per task, paired within run.
+
+    MPDistil's headline table (Sengupta et al. 2024) reports student minus teacher per task; here
+    each run gives one difference per task, its ``accuracy`` minus its teacher's
+    ``teacher_accuracy`` on the same examples (a sweep's results: :func:`run_metrics`), and the
+    runs of one setting (its seeds) are the units of a one-sample t interval.
+
+    Parameters
+    ----------
+    results : DataFrame
+        A sweep's results table (one row per run and task) with ``run_id, task, accuracy,
+        teacher_accuracy``. A run listed twice (e.g. results of several specs concatenated) counts once.
+    by : str or list of str, optional
+        Columns that define a setting, tested separately (e.g. the ablation axes). Default: every
+        configuration column that varies among the runs, other than ``seed``.
+    tasks : list of str, optional
+        Tasks tested (``"all"`` pools each run's tasks); default every task but ``"all"``.
+    baseline : str
+        Method of baseline runs (e.g. SFT), which are left out when the table has a ``method`` column.
+    expect : {"greater", "less", "two-sided", "equivalent"}
+        The hypothesis' direction; ``"greater"`` is MPDistil's claim (the student beats the teacher).
+    margin, level, padjust, simultaneous
+        As in :func:`kd_vs_sft`: every row of the call is one family.
+
+    Returns
+    -------
+    DataFrame
+        ``family="teacher_gap"``, ``comparison``, ``setting`` (the setting in words, ``"all runs"``
+        without ``by``), ``task``, the ``by`` columns, then :data:`kdlens._schema.VERDICT_COLUMNS`,
+        one row per setting and task. ``estimate`` is the mean student-minus-teacher difference
+        (a 0-1 rate; positive = the student is better), ``n`` counts runs (seeds).
+
+    Notes
+    -----
+    The interval covers what varies between the runs: when every run of a setting has the same
+    teacher accuracy on a task (one teacher trained once, as in a sweep), it is the students'
+    spread over seeds, not the teacher's training, and the row's note says so.
+    """
+    require_expect_level(expect, margin, level)
+    require_columns(results, ["run_id", "task", "accuracy", "teacher_accuracy"], what="results")
+    runs = results.drop_duplicates(["run_id", "task"])
+    if "method" in runs.columns:
+        runs = runs.loc[runs["method"] != baseline]
+    require_nonempty(runs, what=f"runs (method != {baseline!r})")
+    if by is None:
+        by_cols = _varying(runs, _config_columns(runs, "seed"))
+    else:
+        by_cols = [by] if isinstance(by, str) else list(by)
+        require_columns(runs, by_cols, what="results")
+    known = sorted(map(str, runs["task"].unique()))
+    wanted = [t for t in known if t != "all"] if tasks is None else list(tasks)
+    unknown = [t for t in wanted if t not in known]
+    if unknown:
+        raise ValueError(f"results have no rows with task {unknown}; tasks: {known}")
+    unit = "seeds" if "seed" in runs.columns and runs["seed"].nunique() > 1 else "runs"
+    groups = [((), runs)] if not by_cols else [
+        (key if isinstance(key, tuple) else (key,), g)
+        for key, g in runs.assign(**{c: runs[c].astype(object).where(runs[c].notna(), "-") for c in by_cols})
+        .groupby(by_cols, sort=False)]
+    rows = []
+    for key, group in groups:
+        setting = ", ".join(f"{c} = {_plain(k)}" for c, k in zip(by_cols, key, strict=True)) or "all runs"
+        for task in wanted:
+            part = group.loc[group["task"] == task]
+            diffs = (part["accuracy"].astype(float) - part["teacher_accuracy"].astype(float)).to_numpy()
+            est, mean, sd, n = mean_estimate(diffs)
+            notes = []
+            if n < 2:
+                notes.append(_seed_note(part, "a student-vs-teacher verdict", "run"))
+            elif est is None:
+                notes.append("the differences do not vary across runs: no interval")
+            teacher = part["teacher_accuracy"].dropna()
+            if n >= 2 and teacher.nunique() == 1:
+                notes.append("one teacher for every run: the interval covers the students' seeds, not the "
+                             "teacher's training")
+            where = f" at {setting}" if by_cols else ""
+            hypothesis = (f"the student{where} {_VERB_TEACHER[expect]} its teacher on {task} (accuracy minus the "
+                          f"teacher's on the same items, per run; SESOI {margin * 100:g} points)")
+            rows.append({"family": "teacher_gap", "comparison": f"student vs teacher on {task}{where}",
+                         "setting": setting, "task": task, **dict(zip(by_cols, key, strict=True)),
+                         **pending_row(hypothesis=hypothesis, test="mean_t", unit=unit, estimate=mean, est=est, sd=sd,
+                                       expect=expect, margin=margin, n=n, note="; ".join(notes), scale=100.0,
+                                       units=" points", label="mean student - teacher")})
+    return finish_verdicts(rows, ["family", "comparison", "setting", "task", *by_cols], padjust, level=level,
+                           simultaneous=simultaneous)
+
+
+_VERB_TEACHER = {"greater": "beats", "less": "trails", "two-sided": "differs from", "equivalent": "matches"}
 
 
 def _expect_for(expect: Mapping[str, Any], axis: str, level: Any) -> str:

@@ -648,7 +648,7 @@ def smoke_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *,
     seeds : int
         The first ``seeds`` values of each replicate axis.
     steps : int
-        Optimizer steps per run (no warmup).
+        Optimizer steps per run (no warmup), the task-aware teacher's SFT (``teacher_sft``) too.
     n_examples : int
         Training items per task, unless ``n_examples`` is a kept axis (the batch size is cut to the
         smallest data size).
@@ -687,6 +687,9 @@ def smoke_spec(spec: str | os.PathLike | Mapping[str, Any] | SweepSpec, *,
             out.pop("teacher_sft", None)
     out.update(name=name or f"{spec.name}_smoke", base=base, axes=keep,
                eval={**dict(spec.eval), "n": int(eval_n), "n_boot": 200})
+    if out.get("teacher_sft"):  # its steps would replace the smoke budget in the teacher's SFT run
+        kept = {k: v for k, v in dict(out["teacher_sft"]).items() if k not in ("epochs", "warmup_steps", "log_every")}
+        out["teacher_sft"] = {**kept, "steps": int(steps)}
     if spec.replicate:
         out["replicate"] = {key: list(values)[:max(1, int(seeds))] for key, values in spec.replicate.items()}
     return out

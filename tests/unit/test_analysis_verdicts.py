@@ -29,6 +29,7 @@ from kdlens.analysis import (
     partial_correlation,
     seed_sd,
     seeds_needed,
+    teacher_gap_tests,
     tost,
     tost_correlation,
 )
@@ -286,6 +287,64 @@ def test_one_seed_says_so_instead_of_testing():
     assert math.isnan(row["ci_low"]) and math.isnan(row["p_val"])
     assert row["note"].startswith("one seed")
     assert "inconclusive (one seed" in row["sentence"]
+
+
+# --------------------------------------------------------------------------- student against teacher
+
+
+def _meta_results(gaps: dict, teacher=(0.60, 0.90), seeds=(0, 1, 2)) -> pd.DataFrame:
+    """Runs of two curriculum settings on two tasks, one shared teacher: accuracy = teacher + gap[seed]."""
+    rows = []
+    for curriculum, by_task in gaps.items():
+        for seed in seeds:
+            for (task, per_seed), t_acc in zip(by_task.items(), teacher, strict=True):
+                rows.append({"run_id": f"{curriculum}-{seed}", "mpdistil.curriculum": curriculum, "seed": seed,
+                             "method": "mpdistil", "task": task, "accuracy": t_acc + per_seed[seed],
+                             "teacher_accuracy": t_acc})
+    return pd.DataFrame(rows)
+
+
+def test_teacher_gap_tests_pair_each_run_with_its_teacher_per_task_and_setting():
+    gaps = {"policy": {"lab_chain": [0.05, 0.07, 0.06], "lab_word": [-0.10, -0.20, 0.00]},
+            "none": {"lab_chain": [-0.01, 0.00, 0.002], "lab_word": [-0.30, -0.25, -0.35]}}
+    results = _meta_results(gaps)
+    table = teacher_gap_tests(pd.concat([results, results.iloc[:2]]))  # a run listed twice counts once
+    assert table["setting"].tolist() == ["mpdistil.curriculum = policy"] * 2 + ["mpdistil.curriculum = none"] * 2
+    assert table["task"].tolist() == ["lab_chain", "lab_word"] * 2
+    assert list(table.columns) == ["family", "comparison", "setting", "task", "mpdistil.curriculum", *VERDICT_COLUMNS]
+    chain = table.iloc[0]
+    # by hand: one-sample t over the three per-seed differences
+    ref = sps.ttest_1samp([0.05, 0.07, 0.06], 0.0, alternative="greater")
+    assert chain["estimate"] == pytest.approx(0.06) and chain["n"] == 3 and chain["unit"] == "seeds"
+    assert chain["statistic"] == pytest.approx(ref.statistic) and chain["p_val"] == pytest.approx(ref.pvalue)
+    half = sps.t.ppf(0.975, 2) * 0.01 / math.sqrt(3)
+    assert [chain["ci_low"], chain["ci_high"]] == pytest.approx([0.06 - half, 0.06 + half])
+    assert chain["verdict"] == "supported"
+    assert chain["sentence"].startswith("the student at mpdistil.curriculum = policy beats its teacher on lab_chain")
+    assert "mean student - teacher = +6.00 points" in chain["sentence"] and "n = 3 seeds" in chain["sentence"]
+    assert "one teacher for every run" in chain["note"]
+    assert table["verdict"].tolist() == ["supported", "inconclusive", "contradicted", "contradicted"]
+    from statsmodels.stats.multitest import multipletests
+
+    np.testing.assert_allclose(table["p_adj"], multipletests(table["p_val"], method="holm")[1])
+
+
+def test_teacher_gap_tests_take_tasks_settings_and_leave_the_baseline_out():
+    results = _meta_results({"policy": {"lab_chain": [0.05, 0.07, 0.06], "lab_word": [0.01, 0.0, 0.02]}})
+    sft = results.assign(run_id=results["run_id"] + "-sft", method="sft", accuracy=0.0)
+    pooled = results.groupby(["run_id", "seed", "method", "mpdistil.curriculum"], as_index=False)[
+        ["accuracy", "teacher_accuracy"]].mean().assign(task="all")
+    table = teacher_gap_tests(pd.concat([results, sft, pooled]), tasks=["all"])
+    row = table.iloc[0]
+    assert row["setting"] == "all runs" and row["task"] == "all" and row["n"] == 3  # the SFT runs are left out
+    assert row["estimate"] == pytest.approx(np.mean([(0.05 + 0.01) / 2, 0.07 / 2, (0.06 + 0.02) / 2]))
+    one_seed = teacher_gap_tests(results.loc[results["seed"] == 0], expect="two-sided")
+    assert one_seed["note"].iloc[0].startswith("one seed") and (one_seed["verdict"] == "inconclusive").all()
+    assert one_seed["sentence"].iloc[0].startswith("the student differs from its teacher on lab_chain")
+    with pytest.raises(ValueError, match="no rows with task"):
+        teacher_gap_tests(results, tasks=["lab_add"])
+    with pytest.raises(ValueError, match="teacher_accuracy"):
+        teacher_gap_tests(results.drop(columns=["teacher_accuracy"]))
 
 
 # --------------------------------------------------------------------------- one-at-a-time grids

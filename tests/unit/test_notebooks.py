@@ -17,28 +17,30 @@ NEEDS_SHARED_DATA = {"02_paper_statistics.ipynb"}
 #: the notebooks whose full setting reads the published lab grid, and where their smoke sweep is written
 SWEEP_NOTEBOOKS = {"03_agreement_fidelity.ipynb": "agreement_fidelity", "04_sigma_tau.ipynb": "sigma_tau",
                    "05_teacher_awareness.ipynb": "teacher_awareness"}
+#: the notebooks committed executed in their full setting (03-05 read the lab grid, 06 the meta grid)
+EXECUTED = {*SWEEP_NOTEBOOKS, "06_meta_distillation.ipynb"}
 
 
 def _code(book) -> list[str]:
     return [cell.source for cell in book.cells if cell.cell_type == "code"]
 
 
-def test_the_five_notebooks_are_there():
+def test_the_six_notebooks_are_there():
     assert NAMES == ["01_divergences.ipynb", "02_paper_statistics.ipynb", "03_agreement_fidelity.ipynb",
-                     "04_sigma_tau.ipynb", "05_teacher_awareness.ipynb"]
+                     "04_sigma_tau.ipynb", "05_teacher_awareness.ipynb", "06_meta_distillation.ipynb"]
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_shape(name):
     """Opens with the claim, has a parameters cell, defines nothing, ends on a verdict; committed outputs only where
-    they come from the full setting (03-05, the lab's results); 01 and 02 are committed without outputs."""
+    they come from the full setting (03-06, the lab's results); 01 and 02 are committed without outputs."""
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     nbformat.validate(book)
     assert book.cells[0].cell_type == "markdown" and "claim" in book.cells[0].source.lower()
     params = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1 and "SMOKE =" in params[0].source
     code = [cell for cell in book.cells if cell.cell_type == "code"]
-    if name in SWEEP_NOTEBOOKS:  # executed top to bottom in one kernel
+    if name in EXECUTED:  # executed top to bottom in one kernel
         assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), \
             f"{name}: commit it executed in order (jupyter nbconvert --execute --inplace, full setting)"
     else:
@@ -147,11 +149,67 @@ def test_full_setting_reads_the_published_tables_without_training(name, monkeypa
     assert (sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []) == trained_before  # nothing was trained
 
 
-def _smoke_spec(name: str, monkeypatch) -> dict:
+def _smoke_spec(name: str, monkeypatch, key: str = "SMOKE_SPEC") -> dict:
     """The notebook's own smoke spec (its SMOKE_SPEC), read by running its set-up cells."""
     book = nbformat.read(NOTEBOOKS / name, as_version=4)
     namespace: dict = {}
     monkeypatch.chdir(NOTEBOOKS)
     for cell in book.cells[1:3]:  # the parameters cell and the imports-and-specs cell
         exec(compile(cell.source, name, "exec"), namespace)
-    return namespace["SMOKE_SPEC"]
+    return namespace[key]
+
+
+def test_the_meta_distillation_full_setting_reads_its_published_tables_without_training(monkeypatch, tmp_path):
+    """06 reads two published folders (the MPDistil ablation grid and MetaDistil), whole or partial, and trains
+    nothing."""
+    from kdlens.sweep import publish_sweep, run_sweep
+
+    name = "06_meta_distillation.ipynb"
+    monkeypatch.setenv("KDLENS_NOTEBOOK_OUT", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # full_results trains only where CUDA is
+    monkeypatch.delenv("CI", raising=False)
+    specs = _smoke_spec(name, monkeypatch, key="SMOKE_SPECS")
+    assert list(specs) == ["meta_mpdistil", "meta_metadistil"]
+    for spec_name, spec in specs.items():
+        # MetaDistil stops after seed 0 (its SFT, word_kd and MetaDistil runs), as a session cut short does
+        run_sweep(spec, output_dir=tmp_path / spec_name, max_runs=3 if spec_name == "meta_metadistil" else None)
+        publish_sweep(tmp_path / spec_name, tmp_path / "published" / spec_name)
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "published").rglob("*")}
+    runs_dir = NOTEBOOKS.parent / "runs"
+    trained_before = sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []
+    monkeypatch.setenv("KDLENS_NOTEBOOK_SMOKE", "0")
+    monkeypatch.setenv("KDLENS_NOTEBOOK_RESULTS", str(tmp_path / "published"))
+    verdict, errors = _execute(name)
+    assert not errors, errors
+    assert "say nothing about distillation" not in verdict
+    assert "meta_mpdistil: the whole grid: 10 of 10 runs" in verdict
+    assert "meta_metadistil: a partial grid: 3 of 6 runs" in verdict
+    # one sentence per task of the MPDistil arm, one per ablated switch, and MetaDistil's with one seed
+    assert verdict.count("the student beats its teacher on lab_") == 4
+    for switch in ("mpdistil.curriculum = uniform lowers", "mpdistil.curriculum = none lowers",
+                   "mpdistil.meta_teacher = False lowers", "mpdistil.meta_loss = competitive changes"):
+        assert verdict.count(switch) == 1, switch
+    assert "method = metadistil raises accuracy against method = word_kd" in verdict
+    assert "n = 1 run pair" in verdict  # the partial MetaDistil grid: one seed, no interval
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "published").rglob("*")} == before
+    assert (sorted(runs_dir.rglob("done")) if runs_dir.is_dir() else []) == trained_before  # nothing was trained
+
+
+def test_the_committed_meta_distillation_outputs_come_from_its_published_tables():
+    """06 shows the published meta grids on the repository page: their run counts, verdicts and figures."""
+    from kdlens.sweep import read_results
+
+    book = nbformat.read(NOTEBOOKS / "06_meta_distillation.ipynb", as_version=4)
+    outputs = [out for cell in book.cells if cell.cell_type == "code" for out in cell.outputs]
+    assert not [out for out in outputs if out.get("output_type") == "error"]
+    verdict = "".join(out.get("text", "") for out in book.cells[-1].outputs if out.get("output_type") == "stream")
+    for spec_name in ("meta_mpdistil", "meta_metadistil"):
+        status = read_results(NOTEBOOKS.parent / "analyses" / "results" / spec_name / "runs.parquet")["status"]
+        done = int(status.isin(["published", "evaluated"]).sum())
+        assert f"{spec_name}: {'the whole grid' if done == len(status) else 'a partial grid'}: {done} of " \
+               f"{len(status)} runs" in verdict
+    assert "Smoke run" not in verdict and "n = 5 seeds" in verdict
+    assert any(verdict.count(word) for word in ("supported", "contradicted"))  # at least one decided verdict
+    assert [out for out in outputs if "image/png" in out.get("data", {})], "06 shows its heatmap"
+    assert "/tmp/" not in "".join(str(out) for out in outputs)  # no machine-specific paths in the outputs
