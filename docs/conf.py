@@ -46,6 +46,7 @@ nitpick_ignore_regex = [
     (r"py:class", r".*\[.*"),  # a fragment of a subscripted builtin type (dict[str, ...]) in an annotation
     # private helpers that appear in public signatures only as annotations (documented where they are used)
     (r"py:class", r"kdlens\._http\.JSONClient"),
+    (r"py:class", r"kdlens\.losses\._fused\.LMHead"),  # the fused path's head (weight, bias, vocabulary, soft-cap)
 ]
 
 autodoc_member_order = "bysource"

@@ -487,7 +487,7 @@ def fused_kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_hidden: to
         Weights of the two sums in ``loss`` (e.g. ``w / n_tokens`` and ``(1 - w) / n_tokens``); a
         zero ``ce_weight`` computes the cross-entropy without a graph (logged only).
     chunk_size : int or None
-        Token rows per chunk (None: :func:`kdlens.losses._fused.auto_chunk_rows`).
+        Token rows per chunk (None: ``kdlens.losses._fused.auto_chunk_rows``).
 
     Returns
     -------
@@ -496,7 +496,7 @@ def fused_kd_token_loss(loss_fn: Callable[..., torch.Tensor], student_hidden: to
     Notes
     -----
     The gradient is computed during the forward pass, chunk by chunk
-    (:func:`kdlens.losses._fused.fused_head_values`), so the lm-head products are as many as in a
+    (``kdlens.losses._fused.fused_head_values``), so the lm-head products are as many as in a
     plain step; backward through ``loss`` twice is refused.
     """
     if not sigma >= 0 or not math.isfinite(sigma):

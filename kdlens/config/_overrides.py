@@ -71,7 +71,7 @@ def coerce_fields(cls: type, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
-    """Parse ``key=value`` strings into a nested dict, values via :func:`kdlens._io.load_yaml_text`.
+    """Parse ``key=value`` strings into a nested dict, values via ``kdlens._io.load_yaml_text``.
 
     Only ``true``/``false`` are booleans (``mixed_precision=no`` is the string ``"no"``).
 

@@ -8,7 +8,7 @@ heads a chunk of tokens at a time. This module gives the pieces and decides wher
 * :func:`final_hidden` — a forward pass that returns the hidden states the lm head would read (the
   decoder's ``last_hidden_state``, after the final norm), with ``logits_to_keep`` set so that the
   head computes no logits (or only the last few);
-* :func:`output_head` — the model's :class:`kdlens.losses._fused.LMHead`: weight, bias, the common
+* :func:`output_head` — the model's ``kdlens.losses._fused.LMHead``: weight, bias, the common
   vocabulary width (padding rows cut) and Gemma's final logit soft-capping;
 * :func:`resolve_kd_path` — fused or plain, and why, recorded in the run manifest. A model is used on
   the fused path only when its own logits on a few positions equal ``LMHead.logits`` of the captured

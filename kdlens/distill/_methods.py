@@ -129,7 +129,7 @@ class RunContext:
         Common logit width of teacher and student.
     device : torch.device
     kd_path : {"fused", "plain"} or None
-        The run's KD path (:func:`kdlens.distill._heads.resolve_kd_path`), for a method's own teacher
+        The run's KD path (``kdlens.distill._heads.resolve_kd_path``), for a method's own teacher
         scoring (DistiLLM's validation loss).
     """
 

@@ -123,7 +123,7 @@ def fused_policy_gradient_loss(student_hidden: torch.Tensor, student_head: LMHea
     :func:`kdlens.teacher.add_noise` adds), the proposal the clean logits. The four per-token
     statistics (``log q(y)``, the full-vocabulary reverse KL, ``log p(y)``, ``log p'(y)``) come from
     one chunk of rows at a time, recomputed in the backward pass
-    (:func:`kdlens.losses._fused.fused_head_values` with ``weights=None``: the importance weights and
+    (``kdlens.losses._fused.fused_head_values`` with ``weights=None``: the importance weights and
     returns depend on later tokens, so the objective's weights are not known before the chunks run).
 
     Parameters

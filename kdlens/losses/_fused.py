@@ -5,7 +5,7 @@ Two pieces:
 * :class:`LMHead` — what turns a model's final hidden states into its logits: the head's weight
   (and bias), the common vocabulary width it is cut to, the model's final logit soft-capping
   (Gemma) and the autocast the model ran under;
-* :func:`fused_head_values` — the engine: per-token values of any function of the two models'
+* ``fused_head_values`` — the engine: per-token values of any function of the two models'
   logits, computed ``chunk`` token rows at a time, with the logits of one chunk alive at once in
   the forward and the backward pass. :func:`fused_divergence` (a divergence, reduced as the plain
   one) and :func:`kdlens.teacher.fused_kd_token_loss` (the training KD term with noise, tau and the
@@ -211,7 +211,7 @@ def fused_head_values(per_chunk: ChunkFn, student_rows: torch.Tensor, student_he
         Given: also return ``objective = sum(values * weights)``, differentiable, its gradient
         computed in the forward pass. None: ``values`` keep their graph (checkpointed chunks).
     chunk_size : int or None
-        Rows per chunk; None = :func:`auto_chunk_rows`.
+        Rows per chunk; None = ``auto_chunk_rows``.
 
     Returns
     -------
@@ -318,7 +318,7 @@ def fused_divergence(
         bool ``[...]`` or labels with -100. Masked positions are not computed at all.
     chunk_size : int or None
         Token rows per chunk; None picks them from the vocabulary and the device
-        (:func:`auto_chunk_rows`). Peak extra memory is about ten ``chunk_size x V`` float32 buffers.
+        (``auto_chunk_rows``). Peak extra memory is about ten ``chunk_size x V`` float32 buffers.
     student_head_bias, teacher_head_bias : torch.Tensor, optional
         ``[V]`` biases, if the heads have them.
     student_logit_softcap, teacher_logit_softcap : float, optional
@@ -338,7 +338,7 @@ def fused_divergence(
     Notes
     -----
     A scalar reduction is a weighted sum of per-token values with weights known in advance, so its
-    gradient is computed during the forward pass (:func:`fused_head_values`, as Liger Kernel's
+    gradient is computed during the forward pass (``fused_head_values``, as Liger Kernel's
     fused linear losses do) and the head's products are those of a plain step; the backward only
     scales it (calling backward twice through it is refused). ``reduction="none"`` checkpoints each
     chunk instead and recomputes its logits in the backward pass. The logits are computed in the
